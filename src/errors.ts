@@ -1,0 +1,137 @@
+/**
+ * Every failure edgekeeper reports has a stable string code. Parts throw these classes; the
+ * boundaries translate them: `src/etcd/` to etcd's gRPC status and exact message, `src/http/` to
+ * an HTTP status with a JSON body `{code, message}`, MQTT to a reject reason. Codes never change
+ * meaning once released; `test/errors.test.ts` checks each one is documented in README.md.
+ */
+export class EdgeError extends Error {
+  readonly code: string;
+  /** HTTP status used at the HTTP boundary. */
+  readonly status: number;
+  constructor(code: string, message: string, status = 500, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+    this.code = code;
+    this.status = status;
+  }
+}
+
+// --- store / etcd semantics -------------------------------------------------------------------
+
+/** A read or watch asked for a revision older than the compaction point. */
+export class CompactedError extends EdgeError {
+  constructor(readonly compactRevision: number) {
+    super('EDGE_ERR_COMPACTED', `revision has been compacted (compact revision ${compactRevision})`, 410);
+  }
+}
+
+/** A read asked for a revision newer than the store's current revision. */
+export class FutureRevisionError extends EdgeError {
+  constructor(readonly requested: number, readonly current: number) {
+    super('EDGE_ERR_FUTURE_REV', `revision ${requested} is in the future (current ${current})`, 400);
+  }
+}
+
+export class LeaseNotFoundError extends EdgeError {
+  constructor(readonly leaseId: bigint) {
+    super('EDGE_ERR_LEASE_NOT_FOUND', `lease ${leaseId} not found`, 404);
+  }
+}
+
+export class LeaseExistsError extends EdgeError {
+  constructor(readonly leaseId: bigint) {
+    super('EDGE_ERR_LEASE_EXISTS', `lease ${leaseId} already exists`, 409);
+  }
+}
+
+export class LeaseTtlTooLargeError extends EdgeError {
+  constructor(ttl: number, max: number) {
+    super('EDGE_ERR_LEASE_TTL_TOO_LARGE', `lease TTL ${ttl}s exceeds the maximum ${max}s`, 400);
+  }
+}
+
+export class RequestTooLargeError extends EdgeError {
+  constructor(size: number, limit: number) {
+    super('EDGE_ERR_REQUEST_TOO_LARGE', `request of ${size} bytes exceeds the limit of ${limit} bytes`, 413);
+  }
+}
+
+export class TooManyOpsError extends EdgeError {
+  constructor(count: number, limit: number) {
+    super('EDGE_ERR_TOO_MANY_OPS', `txn has ${count} operations, the limit is ${limit}`, 400);
+  }
+}
+
+export class EmptyKeyError extends EdgeError {
+  constructor() {
+    super('EDGE_ERR_EMPTY_KEY', 'key is not provided', 400);
+  }
+}
+
+/** etcd refuses a txn branch that writes the same key twice. */
+export class DuplicateKeyError extends EdgeError {
+  constructor() {
+    super('EDGE_ERR_DUPLICATE_KEY', 'duplicate key given in txn request', 400);
+  }
+}
+
+/** `ignore_value` / `ignore_lease` on a key that does not exist. */
+export class KeyNotFoundError extends EdgeError {
+  constructor() {
+    super('EDGE_ERR_KEY_NOT_FOUND', 'key not found', 404);
+  }
+}
+
+/** The database passed its size quota: only deletes, compaction and lease revokes are allowed. */
+export class NoSpaceError extends EdgeError {
+  constructor(size: number, quota: number) {
+    super(
+      'EDGE_ERR_NO_SPACE',
+      `database size ${size} bytes exceeds the quota of ${quota} bytes; delete keys and compact to free space`,
+      507,
+    );
+  }
+}
+
+export class InvalidArgumentError extends EdgeError {
+  constructor(message: string) {
+    super('EDGE_ERR_INVALID_ARGUMENT', message, 400);
+  }
+}
+
+export class UnsupportedError extends EdgeError {
+  constructor(what: string) {
+    super('EDGE_ERR_UNSUPPORTED', `${what} is not supported by edgekeeper`, 501);
+  }
+}
+
+export class StoreClosedError extends EdgeError {
+  constructor() {
+    super('EDGE_ERR_CLOSED', 'the store is closed', 503);
+  }
+}
+
+export class CorruptDatabaseError extends EdgeError {
+  constructor(file: string, detail: string) {
+    super(
+      'EDGE_ERR_CORRUPT',
+      `database ${file} failed its integrity check (${detail}); restore a backup with \`edgekeeper restore FILE\``,
+      500,
+    );
+  }
+}
+
+/** A watcher fell further behind than its buffer allows and was cancelled. */
+export class WatchOverflowError extends EdgeError {
+  constructor(limit: number) {
+    super('EDGE_ERR_WATCH_OVERFLOW', `watcher fell more than ${limit} events behind and was cancelled`, 503);
+  }
+}
+
+export class ConfigError extends EdgeError {
+  constructor(readonly problems: string[]) {
+    super('EDGE_ERR_CONFIG', `invalid configuration:\n  - ${problems.join('\n  - ')}`, 400);
+  }
+}
+
+// --- other parts append their error classes below, one section per part -----------------------
