@@ -317,6 +317,8 @@ export interface StoreStats {
   watchers: number;
   /** True while the database is over its quota (etcd's NOSPACE alarm). */
   noSpace: boolean;
+  /** Commit latency over the last 1,000 commits (ms), undefined before the first commit. */
+  commitLatencyMs?: { p50: number; p99: number };
 }
 
 export type Durability = 'fsync' | 'relaxed';
