@@ -27,7 +27,10 @@ export class CompactedError extends EdgeError {
 
 /** A read asked for a revision newer than the store's current revision. */
 export class FutureRevisionError extends EdgeError {
-  constructor(readonly requested: number, readonly current: number) {
+  constructor(
+    readonly requested: number,
+    readonly current: number,
+  ) {
     super('EDGE_ERR_FUTURE_REV', `revision ${requested} is in the future (current ${current})`, 400);
   }
 }
@@ -135,3 +138,124 @@ export class ConfigError extends EdgeError {
 }
 
 // --- other parts append their error classes below, one section per part -----------------------
+
+// --- store: recipes and storage ---
+
+/** v3election: the caller's leader key is gone or was replaced. */
+export class NotLeaderError extends EdgeError {
+  constructor() {
+    super('EDGE_ERR_NOT_LEADER', 'election: not leader', 409);
+  }
+}
+
+/** v3election: nobody is leader of this election. */
+export class NoLeaderError extends EdgeError {
+  constructor() {
+    super('EDGE_ERR_NO_LEADER', 'election: no leader', 404);
+  }
+}
+
+/** SQLite could not write (disk full, I/O error). Nothing of the failed transaction is kept. */
+export class StorageError extends EdgeError {
+  constructor(detail: string) {
+    super('EDGE_ERR_STORAGE', `storage failure: ${detail}; check free disk space and the disk's health`, 503);
+  }
+}
+
+// --- daemon / http ---
+
+/** No route has this path (HTTP 404). */
+export class RouteNotFoundError extends EdgeError {
+  constructor(path: string) {
+    super('EDGE_ERR_NOT_FOUND', `no route for ${path}; see README.md "HTTP endpoints"`, 404);
+  }
+}
+
+/** The path exists but not with this method (HTTP 405). */
+export class MethodNotAllowedError extends EdgeError {
+  constructor(
+    method: string,
+    path: string,
+    readonly allow: string[],
+  ) {
+    super(
+      'EDGE_ERR_METHOD_NOT_ALLOWED',
+      `${method} is not allowed on ${path}; allowed: ${allow.join(', ')}`,
+      405,
+    );
+  }
+}
+
+/** A request body without Content-Length: the body limit is checked before reading (HTTP 411). */
+export class LengthRequiredError extends EdgeError {
+  constructor() {
+    super(
+      'EDGE_ERR_LENGTH_REQUIRED',
+      'request bodies need a Content-Length header (chunked bodies are refused)',
+      411,
+    );
+  }
+}
+
+/** An unexpected failure; details stay in the daemon log, never in the response. */
+export class InternalError extends EdgeError {
+  constructor() {
+    super('EDGE_ERR_INTERNAL', 'internal error; the daemon log has the details', 500);
+  }
+}
+
+/** Another edgekeeper process uses this state directory. */
+export class AlreadyRunningError extends EdgeError {
+  constructor(dir: string, pid: number) {
+    super(
+      'EDGE_ERR_ALREADY_RUNNING',
+      `edgekeeper (pid ${pid}) is running on ${dir}; stop it first (systemctl stop edgekeeper) or use --http to reach it`,
+      409,
+    );
+  }
+}
+
+/** The writer's queue is full: the caller should retry later (backpressure, nothing was written). */
+export class BusyError extends EdgeError {
+  constructor(limit: number) {
+    super('EDGE_ERR_BUSY', `the store's write queue is full (${limit} requests); retry later`, 503);
+  }
+}
+
+// --- sync --------------------------------------------------------------------------------------
+
+/** A batch the receiver cannot read: corrupt compression, wrong CBOR, columns that do not add up. */
+export class SyncBadBatchError extends EdgeError {
+  constructor(detail: string) {
+    super('EDGE_ERR_SYNC_BAD_BATCH', `bad batch: ${detail}`, 400);
+  }
+}
+
+/** The node's token (or client certificate) does not match the node it names. */
+export class SyncUnauthorizedError extends EdgeError {
+  constructor(detail: string) {
+    super('EDGE_ERR_SYNC_UNAUTHORIZED', `unauthorized: ${detail}`, 401);
+  }
+}
+
+/** The receiver does not know the node; add it with `edgekeeper fleet-server --node NAME=TOKEN`. */
+export class SyncUnknownNodeError extends EdgeError {
+  constructor(node: string) {
+    super(
+      'EDGE_ERR_SYNC_UNKNOWN_NODE',
+      `unknown node ${JSON.stringify(node)}; register it on the fleet server`,
+      403,
+    );
+  }
+}
+
+/** An upload the receiver refused or that did not complete; the uplink retries it. */
+export class SyncUploadError extends EdgeError {
+  constructor(
+    message: string,
+    readonly httpStatus?: number,
+    readonly retryAfterMs?: number,
+  ) {
+    super('EDGE_ERR_SYNC_UPLOAD', message, 502);
+  }
+}

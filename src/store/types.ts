@@ -375,7 +375,12 @@ export interface Store {
   /** Wait until this lease holds the lock `name`; resolves with the lock key. */
   lock(name: Buffer, lease: bigint, signal?: AbortSignal): Promise<{ header: ResponseHeader; key: Buffer }>;
   unlock(key: Buffer): Promise<ResponseHeader>;
-  campaign(name: Buffer, lease: bigint, value: Buffer, signal?: AbortSignal): Promise<{ header: ResponseHeader; leader: LeaderKey }>;
+  campaign(
+    name: Buffer,
+    lease: bigint,
+    value: Buffer,
+    signal?: AbortSignal,
+  ): Promise<{ header: ResponseHeader; leader: LeaderKey }>;
   proclaim(leader: LeaderKey, value: Buffer): Promise<ResponseHeader>;
   /** The current leader's key-value, or undefined when there is none. */
   leader(name: Buffer): KeyValue | undefined;

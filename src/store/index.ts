@@ -1,0 +1,7 @@
+/**
+ * The store part's public face: etcd v3 semantics on one SQLite file. The contract (every
+ * revision, ordering and error rule) is documented in ./types.ts.
+ */
+export { openStore, pendingWrites } from './store.js';
+export { prefixEnd } from './keys.js';
+export type * from './types.js';

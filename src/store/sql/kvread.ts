@@ -1,0 +1,224 @@
+/**
+ * Reads of the key space, on any connection: the main thread's read connection serves Range,
+ * the writer's connection serves the reads inside a txn (which must see the txn's own writes).
+ * SQL alone lives here; etcd's rules for ranges are applied on top of it.
+ */
+import type Database from 'better-sqlite3';
+import { CompactedError, FutureRevisionError } from '../../errors.js';
+import { interval, type KeyInterval } from '../keys.js';
+import type { KeyValue, RangeRequest, SortTarget } from '../types.js';
+
+const EMPTY = Buffer.alloc(0);
+
+interface Row {
+  key: Buffer;
+  create_rev: bigint;
+  mod_rev: bigint;
+  version: bigint;
+  lease: bigint;
+  value?: Buffer;
+}
+
+export function rowToKv(r: Row): KeyValue {
+  return {
+    key: r.key,
+    createRevision: Number(r.create_rev),
+    modRevision: Number(r.mod_rev),
+    version: Number(r.version),
+    value: r.value ?? EMPTY,
+    lease: r.lease,
+  };
+}
+
+export interface RangeResult {
+  kvs: KeyValue[];
+  more: boolean;
+  count: number;
+}
+
+const ORDER_COLUMN: Record<SortTarget, string> = {
+  KEY: 'k.key',
+  VERSION: 'k.version',
+  CREATE: 'k.create_rev',
+  MOD: 'k.mod_rev',
+  VALUE: 'l.value',
+};
+
+const SORT_FIELD: Record<SortTarget, (kv: KeyValue) => number | Buffer> = {
+  KEY: (kv) => kv.key,
+  VERSION: (kv) => kv.version,
+  CREATE: (kv) => kv.createRevision,
+  MOD: (kv) => kv.modRevision,
+  VALUE: (kv) => kv.value,
+};
+
+function keyCondition(iv: KeyInterval, col: string): string {
+  if (iv.single) return `${col} = ?`;
+  return iv.end === undefined ? `${col} >= ?` : `${col} >= ? AND ${col} < ?`;
+}
+
+function keyParams(iv: KeyInterval): Buffer[] {
+  if (iv.single || iv.end === undefined) return [iv.start];
+  return [iv.start, iv.end];
+}
+
+export class KvReader {
+  private readonly stmts = new Map<string, Database.Statement>();
+  private readonly currentStmt: Database.Statement;
+  private readonly currentWithValueStmt: Database.Statement;
+  private readonly leaseKeysStmt: Database.Statement;
+  private readonly prevStmt: Database.Statement;
+
+  constructor(private readonly db: Database.Database) {
+    this.currentStmt = db
+      .prepare('SELECT key, log_id, create_rev, mod_rev, version, lease FROM kv WHERE key = ?')
+      .safeIntegers(true);
+    this.currentWithValueStmt = db
+      .prepare(
+        'SELECT k.key, k.log_id, k.create_rev, k.mod_rev, k.version, k.lease, l.value FROM kv k JOIN kv_log l ON l.id = k.log_id WHERE k.key = ?',
+      )
+      .safeIntegers(true);
+    this.leaseKeysStmt = db.prepare('SELECT key FROM kv WHERE lease = ? ORDER BY key').pluck();
+    this.prevStmt = db
+      .prepare(
+        'SELECT key, deleted, create_rev, rev AS mod_rev, version, lease, value FROM kv_log WHERE key = ? AND rev < ? ORDER BY rev DESC LIMIT 1',
+      )
+      .safeIntegers(true);
+  }
+
+  private stmt(sql: string, safe = true): Database.Statement {
+    let s = this.stmts.get(sql);
+    if (!s) {
+      s = this.db.prepare(sql);
+      if (safe) s.safeIntegers(true);
+      this.stmts.set(sql, s);
+    }
+    return s;
+  }
+
+  /** The live row of one key (with its value when asked), or undefined. */
+  current(key: Buffer, withValue: boolean): (KeyValue & { logId: bigint }) | undefined {
+    const r = (withValue ? this.currentWithValueStmt : this.currentStmt).get(key) as
+      | (Row & { log_id: bigint })
+      | undefined;
+    if (!r) return undefined;
+    return { ...rowToKv(r), logId: r.log_id };
+  }
+
+  /** Live key-values in an interval, key order, with values when asked. */
+  currentIn(iv: KeyInterval, withValue: boolean): KeyValue[] {
+    const sql = withValue
+      ? `SELECT k.key, k.create_rev, k.mod_rev, k.version, k.lease, l.value FROM kv k JOIN kv_log l ON l.id = k.log_id WHERE ${keyCondition(iv, 'k.key')} ORDER BY k.key`
+      : `SELECT k.key, k.create_rev, k.mod_rev, k.version, k.lease FROM kv k WHERE ${keyCondition(iv, 'k.key')} ORDER BY k.key`;
+    return (this.stmt(sql).all(...keyParams(iv)) as Row[]).map(rowToKv);
+  }
+
+  leaseKeys(id: bigint): Buffer[] {
+    return this.leaseKeysStmt.all(id) as Buffer[];
+  }
+
+  /** The key's value just before `rev` (undefined when it did not exist or history is gone). */
+  previous(key: Buffer, rev: number): KeyValue | undefined {
+    const r = this.prevStmt.get(key, rev) as (Row & { deleted: bigint }) | undefined;
+    if (!r || r.deleted === 1n) return undefined;
+    return rowToKv(r);
+  }
+
+  /**
+   * etcd's Range. `current` is the revision the caller's view is at; `compacted` the compaction
+   * point the caller knows (rows below it may be gone).
+   */
+  range(req: RangeRequest, current: number, compacted: number): RangeResult {
+    const rev = req.revision && req.revision > 0 ? req.revision : current;
+    if (rev > current) throw new FutureRevisionError(rev, current);
+    if (rev < compacted) throw new CompactedError(compacted);
+    const iv = interval(req.key, req.rangeEnd);
+    let target: SortTarget = req.sortTarget ?? 'KEY';
+    let order = req.sortOrder ?? 'NONE';
+    // etcd: a target other than KEY with order NONE sorts ascending.
+    if (target !== 'KEY' && order === 'NONE') order = 'ASCEND';
+    if (order === 'NONE') {
+      target = 'KEY';
+      order = 'ASCEND';
+    }
+    const limit = req.limit && req.limit > 0 ? req.limit : 0;
+    if (rev === current) return this.rangeCurrent(req, iv, target, order === 'DESCEND', limit);
+    return this.rangeHistory(req, iv, rev, target, order === 'DESCEND', limit);
+  }
+
+  private filters(req: RangeRequest, prefix: string): { sql: string; params: number[] } {
+    const parts: string[] = [];
+    const params: number[] = [];
+    const add = (v: number | undefined, cond: string) => {
+      if (v && v > 0) {
+        parts.push(cond);
+        params.push(v);
+      }
+    };
+    add(req.minModRevision, `${prefix}mod_rev >= ?`);
+    add(req.maxModRevision, `${prefix}mod_rev <= ?`);
+    add(req.minCreateRevision, `${prefix}create_rev >= ?`);
+    add(req.maxCreateRevision, `${prefix}create_rev <= ?`);
+    return { sql: parts.map((p) => ` AND ${p}`).join(''), params };
+  }
+
+  private rangeCurrent(req: RangeRequest, iv: KeyInterval, target: SortTarget, desc: boolean, limit: number) {
+    const kc = keyCondition(iv, 'k.key');
+    const kp = keyParams(iv);
+    const count = Number(
+      this.stmt(`SELECT count(*) AS n FROM kv k WHERE ${kc}`, false)
+        .pluck()
+        .get(...kp),
+    );
+    if (req.countOnly || count === 0) return { kvs: [], more: false, count };
+    const f = this.filters(req, 'k.');
+    const withValue = !req.keysOnly || target === 'VALUE';
+    const dir = desc ? 'DESC' : 'ASC';
+    const orderBy = target === 'KEY' ? `k.key ${dir}` : `${ORDER_COLUMN[target]} ${dir}, k.key ASC`;
+    const cols = `k.key, k.create_rev, k.mod_rev, k.version, k.lease${req.keysOnly ? '' : ', l.value'}`;
+    const from = withValue ? 'kv k JOIN kv_log l ON l.id = k.log_id' : 'kv k';
+    const sql = `SELECT ${cols} FROM ${from} WHERE ${kc}${f.sql} ORDER BY ${orderBy}${limit ? ' LIMIT ?' : ''}`;
+    const params: unknown[] = [...kp, ...f.params];
+    if (limit) params.push(limit + 1);
+    const rows = this.stmt(sql).all(...params) as Row[];
+    const more = limit > 0 && rows.length > limit;
+    if (more) rows.length = limit;
+    return { kvs: rows.map(rowToKv), more, count };
+  }
+
+  private rangeHistory(
+    req: RangeRequest,
+    iv: KeyInterval,
+    rev: number,
+    target: SortTarget,
+    desc: boolean,
+    limit: number,
+  ): RangeResult {
+    // SQLite returns the bare columns of the row holding max(rev) within each group.
+    const sql = `SELECT key, deleted, create_rev, rev AS mod_rev, version, lease, value, max(rev) AS m FROM kv_log WHERE ${keyCondition(iv, 'key')} AND rev <= ? GROUP BY key ORDER BY key`;
+    const rows = (this.stmt(sql).all(...keyParams(iv), rev) as (Row & { deleted: bigint })[]).filter(
+      (r) => r.deleted === 0n,
+    );
+    const count = rows.length;
+    if (req.countOnly) return { kvs: [], more: false, count };
+    let kvs = rows.map(rowToKv);
+    const inRange = (v: number, min?: number, max?: number) => (!min || v >= min) && (!max || v <= max);
+    kvs = kvs.filter(
+      (kv) =>
+        inRange(kv.modRevision, req.minModRevision, req.maxModRevision) &&
+        inRange(kv.createRevision, req.minCreateRevision, req.maxCreateRevision),
+    );
+    const field = SORT_FIELD[target];
+    kvs.sort((a, b) => {
+      const fa = field(a);
+      const fb = field(b);
+      let c = typeof fa === 'number' ? fa - (fb as number) : Buffer.compare(fa, fb as Buffer);
+      if (desc) c = -c;
+      return c !== 0 ? c : Buffer.compare(a.key, b.key);
+    });
+    const more = limit > 0 && kvs.length > limit;
+    if (more) kvs.length = limit;
+    if (req.keysOnly) kvs = kvs.map((kv) => ({ ...kv, value: EMPTY }));
+    return { kvs, more, count };
+  }
+}

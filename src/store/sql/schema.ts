@@ -1,0 +1,72 @@
+/**
+ * The store's own schema, versioned with PRAGMA user_version; other parts' tables come as
+ * `Migration`s recorded in `schema_migrations`. Each step runs once, in its own transaction.
+ */
+import type Database from 'better-sqlite3';
+import type { Migration } from '../types.js';
+
+const BASE: string[] = [
+  // 1: the revision log, the current key space, leases, node events and upload cursors.
+  `
+  CREATE TABLE meta (name TEXT PRIMARY KEY, value ANY) WITHOUT ROWID, STRICT;
+  -- Every change to a key, in revision order (rowid order = revision order). Compaction removes
+  -- rows below the compact revision that a later row supersedes.
+  CREATE TABLE kv_log (
+    id INTEGER PRIMARY KEY,
+    rev INTEGER NOT NULL CHECK (rev > 1),
+    key BLOB NOT NULL CHECK (length(key) > 0),
+    deleted INTEGER NOT NULL CHECK (deleted IN (0, 1)),
+    create_rev INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    lease INTEGER NOT NULL,
+    value BLOB NOT NULL
+  ) STRICT;
+  CREATE UNIQUE INDEX kv_log_key_rev ON kv_log (key, rev);
+  CREATE INDEX kv_log_rev ON kv_log (rev);
+  -- The live key space; the value stays in kv_log (log_id) so it is stored once.
+  CREATE TABLE kv (
+    key BLOB PRIMARY KEY,
+    log_id INTEGER NOT NULL,
+    create_rev INTEGER NOT NULL,
+    mod_rev INTEGER NOT NULL,
+    version INTEGER NOT NULL CHECK (version > 0),
+    lease INTEGER NOT NULL
+  ) WITHOUT ROWID, STRICT;
+  CREATE INDEX kv_lease ON kv (lease) WHERE lease <> 0;
+  CREATE TABLE leases (id INTEGER PRIMARY KEY CHECK (id <> 0), ttl INTEGER NOT NULL CHECK (ttl > 0)) STRICT;
+  CREATE TABLE events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    ts INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    subject TEXT,
+    data TEXT
+  );
+  CREATE TABLE cursors (name TEXT PRIMARY KEY, position INTEGER NOT NULL) WITHOUT ROWID;
+  CREATE TABLE schema_migrations (part TEXT NOT NULL, version INTEGER NOT NULL, PRIMARY KEY (part, version)) WITHOUT ROWID;
+  INSERT INTO meta (name, value) VALUES ('revision', 1), ('compact_revision', 0);
+  `,
+];
+
+/** Apply the base schema and the parts' migrations; returns nothing, throws on failure. */
+export function migrate(db: Database.Database, parts: readonly Migration[]): void {
+  const current = db.pragma('user_version', { simple: true }) as number;
+  for (let v = current; v < BASE.length; v++) {
+    db.transaction(() => {
+      db.exec(BASE[v]!);
+      db.pragma(`user_version = ${v + 1}`);
+    })();
+  }
+  const done = new Set(
+    (
+      db.prepare('SELECT part, version FROM schema_migrations').all() as { part: string; version: number }[]
+    ).map((r) => `${r.part}:${r.version}`),
+  );
+  const sorted = [...parts].sort((a, b) => a.part.localeCompare(b.part) || a.version - b.version);
+  for (const m of sorted) {
+    if (done.has(`${m.part}:${m.version}`)) continue;
+    db.transaction(() => {
+      db.exec(m.sql);
+      db.prepare('INSERT INTO schema_migrations (part, version) VALUES (?, ?)').run(m.part, m.version);
+    })();
+  }
+}
