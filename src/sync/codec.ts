@@ -1,0 +1,643 @@
+/**
+ * The batch wire format (version 1), shared by the uplink and the receiver.
+ *
+ * A batch is one CBOR map, compressed as a whole (gzip or brotli, named by Content-Encoding):
+ *
+ *   { v: 1, n: node, q: seq, t: sentAt ms, a: applied desired version | null,
+ *     b: [backlog events, backlog reports, backlog samples],
+ *     e?: [[id, ts, kind, subject, data], ...],           // events, row-wise: they are few
+ *     r?: ReportColumns, s?: SampleColumns }                // columnar: they are many
+ *
+ * Columnar reports make a typical report (8 numeric metrics) cost a few bytes before
+ * compression: ids and receive times are delta-encoded, device names and metric names go
+ * through dictionaries, each metric becomes one column of delta-encoded integers scaled by the
+ * smallest power of ten that represents every value exactly (else raw float64), and the set of
+ * metric names a row carries ("shape") is one small index. Anything that does not fit the
+ * columns (non-numeric metrics, state, tags, other keys, an undecodable body) travels as a
+ * per-row extra, so nothing a device sent is lost.
+ *
+ * Integer columns are zigzag varint byte strings; when a value does not fit (|v| > 2^51 or not
+ * an integer) the column is sent as a plain CBOR array instead.
+ */
+import { Decoder, Encoder } from 'cbor-x';
+import { SyncBadBatchError } from '../errors.js';
+import { MAX_ZIGZAG, VarintReader, VarintWriter } from './varint.js';
+
+export const WIRE_VERSION = 1;
+
+export interface EventRecord {
+  id: number;
+  ts: number;
+  kind: string;
+  subject: string | null;
+  data: string | null;
+}
+
+export interface ReportRecord {
+  id: number;
+  device: string;
+  received_at: number;
+  ts: number | null;
+  seq: number | null;
+  /** CBOR map {metrics, state?, tags?} as ingest stored it. */
+  body: Uint8Array;
+}
+
+export interface SampleRecord {
+  id: number;
+  ts: number;
+  probe: string;
+  metric: string;
+  /** CBOR as probes stored it. */
+  data: Uint8Array;
+}
+
+export interface Backlog {
+  events: number;
+  reports: number;
+  samples: number;
+}
+
+export interface Batch {
+  node: string;
+  seq: number;
+  sentAt: number;
+  /** The desired-state version the node has applied, or null before the first one. */
+  applied: string | null;
+  backlog: Backlog;
+  events: EventRecord[];
+  reports: ReportRecord[];
+  samples: SampleRecord[];
+}
+
+/** A report as the receiver stores it. */
+export interface DecodedReport {
+  id: number;
+  device: string;
+  receivedAt: number;
+  ts: number | null;
+  seq: number | null;
+  metrics: Record<string, unknown>;
+  /** True when `metrics` holds non-numbers too (they may be bigints, bytes, maps). */
+  mixed?: boolean;
+  state?: unknown;
+  tags?: unknown;
+  /** Other top-level keys of the body; `{raw}` (the bytes) when the body was not a CBOR map. */
+  other?: Record<string, unknown>;
+}
+
+export interface DecodedSample {
+  id: number;
+  ts: number;
+  probe: string;
+  metric: string;
+  data: unknown;
+}
+
+export interface DecodedBatch {
+  node: string;
+  seq: number;
+  sentAt: number;
+  applied: string | null;
+  backlog: Backlog;
+  events: EventRecord[];
+  reports: DecodedReport[];
+  samples: DecodedSample[];
+}
+
+// Plain maps in, plain objects out; no cbor-x record extension (the receiver may not be us).
+const encoder = new Encoder({ useRecords: false, mapsAsObjects: true });
+const decoder = new Decoder({ useRecords: false, mapsAsObjects: true });
+
+/** Decode a CBOR value from a database column (report body, sample data). */
+export function decodeCbor(bytes: Uint8Array): unknown {
+  return decoder.decode(bytes);
+}
+
+export function encodeCbor(value: unknown): Buffer {
+  return encoder.encode(value);
+}
+
+// --- integer columns ---------------------------------------------------------------------------
+
+function fits(v: number): boolean {
+  return Number.isInteger(v) && Math.abs(v) <= MAX_ZIGZAG / 2;
+}
+
+/** Delta-encode a sequence of integers (first delta from 0). */
+function packDeltas(values: number[]): Buffer | number[] {
+  const w = new VarintWriter(values.length * 2 + 8);
+  let prev = 0;
+  for (const v of values) {
+    if (!fits(v)) return values;
+    w.int(v - prev);
+    prev = v;
+  }
+  return w.finish();
+}
+
+function unpackDeltas(col: unknown, n: number, what: string): number[] {
+  if (Array.isArray(col)) return intArray(col, n, what);
+  const r = reader(col, what);
+  const out = new Array<number>(n);
+  let prev = 0;
+  for (let i = 0; i < n; i++) {
+    prev += r.int();
+    out[i] = prev;
+  }
+  if (!r.done) throw bad(`column ${what} is longer than its ${n} rows`);
+  return out;
+}
+
+/** Unsigned small integers (dictionary indexes). */
+function packIndexes(values: number[]): Buffer {
+  const w = new VarintWriter(values.length + 8);
+  for (const v of values) w.uint(v);
+  return w.finish();
+}
+
+function unpackIndexes(col: unknown, n: number, limit: number, what: string): number[] {
+  const r = reader(col, what);
+  const out = new Array<number>(n);
+  for (let i = 0; i < n; i++) {
+    const v = r.uint();
+    if (v >= limit) throw bad(`column ${what} refers to entry ${v} of a dictionary of ${limit}`);
+    out[i] = v;
+  }
+  if (!r.done) throw bad(`column ${what} is longer than its ${n} rows`);
+  return out;
+}
+
+/** Nullable integers relative to a base per row (0 = null, else zigzag(v - base) + 1). */
+function packRelative(values: (number | null)[], base: (i: number) => number): Buffer | (number | null)[] {
+  const w = new VarintWriter(values.length * 2 + 8);
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i]!;
+    if (v === null) {
+      w.uint(0);
+      continue;
+    }
+    const d = v - base(i);
+    if (!fits(v) || !fits(d)) return values;
+    w.uint(zig1(d));
+  }
+  return w.finish();
+}
+
+function zig1(d: number): number {
+  return (d >= 0 ? d * 2 : -d * 2 - 1) + 1;
+}
+
+function unpackRelative(
+  col: unknown,
+  n: number,
+  base: (i: number) => number,
+  what: string,
+): (number | null)[] {
+  if (Array.isArray(col)) {
+    if (col.length !== n) throw bad(`column ${what} has ${col.length} rows, expected ${n}`);
+    return col.map((v) => {
+      if (v === null) return null;
+      if (typeof v !== 'number' || !Number.isFinite(v)) throw bad(`column ${what} holds a non-number`);
+      return v;
+    });
+  }
+  const r = reader(col, what);
+  const out = new Array<number | null>(n);
+  for (let i = 0; i < n; i++) {
+    const u = r.uint();
+    if (u === 0) out[i] = null;
+    else {
+      const z = u - 1;
+      out[i] = (z % 2 === 0 ? z / 2 : -(z + 1) / 2) + base(i);
+    }
+  }
+  if (!r.done) throw bad(`column ${what} is longer than its ${n} rows`);
+  return out;
+}
+
+// --- metric value columns ----------------------------------------------------------------------
+
+const POW10 = [1, 10, 100, 1000, 10_000, 100_000, 1_000_000];
+
+/** Smallest decimal scale that represents `v` exactly, or -1. */
+function scaleOf(v: number): number {
+  if (Object.is(v, -0) || !Number.isFinite(v)) return -1;
+  for (let s = 0; s < POW10.length; s++) {
+    const p = POW10[s]!;
+    const x = Math.round(v * p);
+    // Decoding divides by the same power, so this check proves the round trip is exact.
+    if (x / p === v) return Math.abs(x) <= MAX_ZIGZAG / 4 ? s : -1;
+  }
+  return -1;
+}
+
+/** [scale, zigzag deltas of v*10^scale] or [-1, float64 LE bytes]. */
+function packValues(values: number[]): [number, Buffer] {
+  let scale = 0;
+  for (const v of values) {
+    const s = scaleOf(v);
+    if (s < 0) {
+      scale = -1;
+      break;
+    }
+    if (s > scale) scale = s;
+  }
+  if (scale < 0) {
+    const b = Buffer.allocUnsafe(values.length * 8);
+    for (let i = 0; i < values.length; i++) b.writeDoubleLE(values[i]!, i * 8);
+    return [-1, b];
+  }
+  const p = POW10[scale]!;
+  const w = new VarintWriter(values.length * 2 + 8);
+  let prev = 0;
+  for (const v of values) {
+    const x = Math.round(v * p);
+    w.int(x - prev);
+    prev = x;
+  }
+  return [scale, w.finish()];
+}
+
+function unpackValues(col: unknown, n: number, what: string): number[] {
+  if (!Array.isArray(col) || col.length !== 2) throw bad(`metric column ${what} is not [scale, bytes]`);
+  const [scale, bytes] = col as [unknown, unknown];
+  if (!(bytes instanceof Uint8Array)) throw bad(`metric column ${what} has no byte string`);
+  const out = new Array<number>(n);
+  if (scale === -1) {
+    if (bytes.length !== n * 8) throw bad(`metric column ${what} has ${bytes.length} bytes for ${n} doubles`);
+    const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    for (let i = 0; i < n; i++) out[i] = view.getFloat64(i * 8, true);
+    return out;
+  }
+  if (typeof scale !== 'number' || !Number.isInteger(scale) || scale < 0 || scale >= POW10.length)
+    throw bad(`metric column ${what} has scale ${String(scale)}`);
+  const p = POW10[scale]!;
+  const r = new VarintReader(bytes);
+  let prev = 0;
+  try {
+    for (let i = 0; i < n; i++) {
+      prev += r.int();
+      out[i] = prev / p;
+    }
+  } catch (err) {
+    throw bad(`metric column ${what}: ${(err as Error).message}`);
+  }
+  if (!r.done) throw bad(`metric column ${what} is longer than its ${n} values`);
+  return out;
+}
+
+// --- tables --------------------------------------------------------------------------------------
+
+function encodeReports(rows: ReportRecord[]): Record<string, unknown> {
+  const n = rows.length;
+  const devices = new Map<string, number>();
+  const devIdx = new Array<number>(n);
+  const metricNames = new Map<string, number>();
+  const shapes = new Map<string, number>();
+  const shapeList: number[][] = [];
+  const shapeIdx = new Array<number>(n);
+  const columns: number[][] = [];
+  const extras: [number, Record<string, unknown>][] = [];
+  const lastSeq: (number | null)[] = [];
+  const seqBase = new Array<number>(n);
+
+  for (let i = 0; i < n; i++) {
+    const r = rows[i]!;
+    let d = devices.get(r.device);
+    if (d === undefined) {
+      d = devices.size;
+      devices.set(r.device, d);
+      lastSeq.push(null);
+    }
+    devIdx[i] = d;
+    // Device sequence numbers usually advance by one: send the step from the device's last one.
+    seqBase[i] = lastSeq[d] ?? 0;
+    if (r.seq !== null) lastSeq[d] = r.seq;
+
+    let body: unknown;
+    try {
+      body = decoder.decode(r.body);
+    } catch {
+      body = undefined;
+    }
+    const indexes: number[] = [];
+    if (body === null || typeof body !== 'object' || Array.isArray(body) || body instanceof Uint8Array) {
+      extras.push([i, { raw: Buffer.from(r.body) }]);
+    } else {
+      const extra: Record<string, unknown> = {};
+      let hasExtra = false;
+      for (const [k, v] of Object.entries(body as Record<string, unknown>)) {
+        if (
+          k === 'metrics' &&
+          v !== null &&
+          typeof v === 'object' &&
+          !Array.isArray(v) &&
+          !(v instanceof Uint8Array)
+        ) {
+          let other: Record<string, unknown> | undefined;
+          for (const [name, value] of Object.entries(v as Record<string, unknown>)) {
+            if (typeof value === 'number') {
+              let m = metricNames.get(name);
+              if (m === undefined) {
+                m = metricNames.size;
+                metricNames.set(name, m);
+                columns.push([]);
+              }
+              if (indexes.includes(m)) continue;
+              indexes.push(m);
+              columns[m]!.push(value);
+            } else {
+              other ??= {};
+              other[name] = value;
+            }
+          }
+          if (other) {
+            extra.m = other;
+            hasExtra = true;
+          }
+        } else {
+          extra[k === 'metrics' ? 'mx' : k === 'state' ? 's' : k === 'tags' ? 'g' : `o:${k}`] = v;
+          hasExtra = true;
+        }
+      }
+      if (hasExtra) extras.push([i, extra]);
+    }
+    const key = indexes.join(',');
+    let s = shapes.get(key);
+    if (s === undefined) {
+      s = shapeList.length;
+      shapes.set(key, s);
+      shapeList.push(indexes);
+    }
+    shapeIdx[i] = s;
+  }
+
+  return {
+    n,
+    i: packDeltas(rows.map((r) => r.id)),
+    ra: packDeltas(rows.map((r) => r.received_at)),
+    ts: packRelative(
+      rows.map((r) => r.ts),
+      (i) => rows[i]!.received_at,
+    ),
+    sq: packRelative(
+      rows.map((r) => r.seq),
+      (i) => seqBase[i]!,
+    ),
+    dv: [...devices.keys()],
+    di: packIndexes(devIdx),
+    mn: [...metricNames.keys()],
+    sh: shapeList,
+    si: packIndexes(shapeIdx),
+    mv: columns.map(packValues),
+    x: extras,
+  };
+}
+
+function decodeReports(col: unknown): DecodedReport[] {
+  const c = obj(col, 'r');
+  const n = count(c.n, 'r.n');
+  const ids = unpackDeltas(c.i, n, 'r.i');
+  const ra = unpackDeltas(c.ra, n, 'r.ra');
+  const ts = unpackRelative(c.ts, n, (i) => ra[i]!, 'r.ts');
+  const dv = stringArray(c.dv, 'r.dv');
+  const di = unpackIndexes(c.di, n, dv.length, 'r.di');
+  const lastSeq = new Array<number>(dv.length).fill(0);
+  // The seq base is the device's previous non-null seq, so decode row by row.
+  const seqCol = c.sq;
+  let seqs: (number | null)[];
+  if (Array.isArray(seqCol)) seqs = unpackRelative(seqCol, n, () => 0, 'r.sq');
+  else {
+    const r = reader(seqCol, 'r.sq');
+    seqs = new Array<number | null>(n);
+    for (let i = 0; i < n; i++) {
+      const u = r.uint();
+      if (u === 0) seqs[i] = null;
+      else {
+        const z = u - 1;
+        const v = (z % 2 === 0 ? z / 2 : -(z + 1) / 2) + lastSeq[di[i]!]!;
+        lastSeq[di[i]!] = v;
+        seqs[i] = v;
+      }
+    }
+    if (!r.done) throw bad('column r.sq is longer than its rows');
+  }
+  const mn = stringArray(c.mn, 'r.mn');
+  if (!Array.isArray(c.sh)) throw bad('r.sh is not an array');
+  const shapes = (c.sh as unknown[]).map((s, k) => {
+    if (!Array.isArray(s)) throw bad(`r.sh[${k}] is not an array`);
+    return s.map((m) => {
+      if (typeof m !== 'number' || !Number.isInteger(m) || m < 0 || m >= mn.length)
+        throw bad(`r.sh[${k}] names metric ${String(m)} of ${mn.length}`);
+      return m;
+    });
+  });
+  const si = unpackIndexes(c.si, n, shapes.length, 'r.si');
+  // Count each metric's rows to know its column length.
+  const counts = new Array<number>(mn.length).fill(0);
+  for (let i = 0; i < n; i++) for (const m of shapes[si[i]!]!) counts[m]!++;
+  if (!Array.isArray(c.mv) || c.mv.length !== mn.length) throw bad('r.mv does not match r.mn');
+  const values = (c.mv as unknown[]).map((v, m) => unpackValues(v, counts[m]!, mn[m]!));
+  const pos = new Array<number>(mn.length).fill(0);
+  const out = new Array<DecodedReport>(n);
+  for (let i = 0; i < n; i++) {
+    const metrics: Record<string, unknown> = {};
+    for (const m of shapes[si[i]!]!) metrics[mn[m]!] = values[m]![pos[m]!++];
+    out[i] = { id: ids[i]!, device: dv[di[i]!]!, receivedAt: ra[i]!, ts: ts[i]!, seq: seqs[i]!, metrics };
+  }
+  if (!Array.isArray(c.x)) throw bad('r.x is not an array');
+  for (const e of c.x as unknown[]) {
+    if (!Array.isArray(e) || e.length !== 2) throw bad('r.x entry is not [row, extra]');
+    const [row, extra] = e as [unknown, unknown];
+    if (typeof row !== 'number' || !Number.isInteger(row) || row < 0 || row >= n)
+      throw bad('r.x row out of range');
+    const x = obj(extra, 'r.x extra');
+    const rep = out[row]!;
+    for (const [k, v] of Object.entries(x)) {
+      if (k === 'm') {
+        Object.assign(rep.metrics, obj(v, 'r.x.m'));
+        rep.mixed = true;
+      } else if (k === 's') rep.state = v;
+      else if (k === 'g') rep.tags = v;
+      else if (k === 'raw') rep.other = { ...rep.other, raw: v };
+      else if (k === 'mx') rep.other = { ...rep.other, metrics: v };
+      else if (k.startsWith('o:')) rep.other = { ...rep.other, [k.slice(2)]: v };
+      else throw bad(`r.x has unknown key ${k}`);
+    }
+  }
+  return out;
+}
+
+function encodeSamples(rows: SampleRecord[]): Record<string, unknown> {
+  const probes = new Map<string, number>();
+  const metrics = new Map<string, number>();
+  const pi: number[] = [];
+  const mi: number[] = [];
+  for (const r of rows) {
+    let p = probes.get(r.probe);
+    if (p === undefined) {
+      p = probes.size;
+      probes.set(r.probe, p);
+    }
+    let m = metrics.get(r.metric);
+    if (m === undefined) {
+      m = metrics.size;
+      metrics.set(r.metric, m);
+    }
+    pi.push(p);
+    mi.push(m);
+  }
+  return {
+    n: rows.length,
+    i: packDeltas(rows.map((r) => r.id)),
+    t: packDeltas(rows.map((r) => r.ts)),
+    p: [...probes.keys()],
+    pi: packIndexes(pi),
+    m: [...metrics.keys()],
+    mi: packIndexes(mi),
+    d: rows.map((r) => Buffer.from(r.data)),
+  };
+}
+
+function decodeSamples(col: unknown): DecodedSample[] {
+  const c = obj(col, 's');
+  const n = count(c.n, 's.n');
+  const ids = unpackDeltas(c.i, n, 's.i');
+  const ts = unpackDeltas(c.t, n, 's.t');
+  const p = stringArray(c.p, 's.p');
+  const pi = unpackIndexes(c.pi, n, p.length, 's.pi');
+  const m = stringArray(c.m, 's.m');
+  const mi = unpackIndexes(c.mi, n, m.length, 's.mi');
+  if (!Array.isArray(c.d) || c.d.length !== n) throw bad('s.d does not have one entry per row');
+  const out = new Array<DecodedSample>(n);
+  for (let i = 0; i < n; i++) {
+    const raw = (c.d as unknown[])[i];
+    if (!(raw instanceof Uint8Array)) throw bad('s.d entry is not a byte string');
+    let data: unknown;
+    try {
+      data = decoder.decode(raw);
+    } catch {
+      data = { raw: Buffer.from(raw) };
+    }
+    out[i] = { id: ids[i]!, ts: ts[i]!, probe: p[pi[i]!]!, metric: m[mi[i]!]!, data };
+  }
+  return out;
+}
+
+function decodeEvents(col: unknown): EventRecord[] {
+  if (!Array.isArray(col)) throw bad('e is not an array');
+  return col.map((row, k) => {
+    if (!Array.isArray(row) || row.length !== 5) throw bad(`e[${k}] is not [id, ts, kind, subject, data]`);
+    const [id, ts, kind, subject, data] = row as unknown[];
+    if (typeof id !== 'number' || !Number.isInteger(id) || id < 1) throw bad(`e[${k}] has a bad id`);
+    if (typeof ts !== 'number' || !Number.isFinite(ts)) throw bad(`e[${k}] has a bad ts`);
+    if (typeof kind !== 'string') throw bad(`e[${k}] has a bad kind`);
+    if (subject !== null && typeof subject !== 'string') throw bad(`e[${k}] has a bad subject`);
+    if (data !== null && typeof data !== 'string') throw bad(`e[${k}] has bad data`);
+    return { id, ts, kind, subject, data };
+  });
+}
+
+// --- batch ---------------------------------------------------------------------------------------
+
+/** CBOR bytes of a batch, before compression. */
+export function encodeBatch(b: Batch): Buffer {
+  const m: Record<string, unknown> = {
+    v: WIRE_VERSION,
+    n: b.node,
+    q: b.seq,
+    t: b.sentAt,
+    a: b.applied,
+    bl: [b.backlog.events, b.backlog.reports, b.backlog.samples],
+  };
+  if (b.events.length) m.e = b.events.map((e) => [e.id, e.ts, e.kind, e.subject, e.data]);
+  if (b.reports.length) m.r = encodeReports(b.reports);
+  if (b.samples.length) m.s = encodeSamples(b.samples);
+  return encoder.encode(m);
+}
+
+/** Parse and check a batch; every defect is a SyncBadBatchError naming what is wrong. */
+export function decodeBatch(bytes: Uint8Array): DecodedBatch {
+  let raw: unknown;
+  try {
+    raw = decoder.decode(bytes);
+  } catch (err) {
+    throw bad(`body is not CBOR: ${(err as Error).message}`);
+  }
+  const m = obj(raw, 'batch');
+  if (m.v !== WIRE_VERSION)
+    throw bad(`wire version ${String(m.v)} is not supported (expected ${WIRE_VERSION})`);
+  if (typeof m.n !== 'string' || m.n === '') throw bad('n (node) is not a string');
+  if (typeof m.q !== 'number' || !Number.isSafeInteger(m.q) || m.q < 1)
+    throw bad('q (sequence) is not a positive integer');
+  if (typeof m.t !== 'number' || !Number.isFinite(m.t)) throw bad('t (sent at) is not a number');
+  if (m.a !== null && m.a !== undefined && typeof m.a !== 'string')
+    throw bad('a (applied version) is not a string');
+  const bl = Array.isArray(m.bl) && m.bl.length === 3 ? (m.bl as unknown[]) : undefined;
+  if (!bl || bl.some((x) => typeof x !== 'number' || !Number.isFinite(x) || x < 0))
+    throw bad('bl (backlog) is not three counts');
+  try {
+    const events = m.e === undefined ? [] : decodeEvents(m.e);
+    const reports = m.r === undefined ? [] : decodeReports(m.r);
+    const samples = m.s === undefined ? [] : decodeSamples(m.s);
+    for (const [name, rows] of [
+      ['events', events],
+      ['reports', reports],
+      ['samples', samples],
+    ] as const) {
+      for (let i = 1; i < rows.length; i++)
+        if (rows[i]!.id <= rows[i - 1]!.id) throw bad(`${name} ids are not increasing`);
+    }
+    return {
+      node: m.n,
+      seq: m.q,
+      sentAt: m.t,
+      applied: (m.a as string | null | undefined) ?? null,
+      backlog: { events: bl[0] as number, reports: bl[1] as number, samples: bl[2] as number },
+      events,
+      reports,
+      samples,
+    };
+  } catch (err) {
+    if (err instanceof SyncBadBatchError) throw err;
+    throw bad((err as Error).message);
+  }
+}
+
+// --- checks ------------------------------------------------------------------------------------
+
+function bad(message: string): SyncBadBatchError {
+  return new SyncBadBatchError(message);
+}
+
+function obj(v: unknown, what: string): Record<string, unknown> {
+  if (v === null || typeof v !== 'object' || Array.isArray(v) || v instanceof Uint8Array)
+    throw bad(`${what} is not a map`);
+  return v as Record<string, unknown>;
+}
+
+function count(v: unknown, what: string): number {
+  // A batch holds at most a few hundred thousand rows; a larger count is hostile.
+  if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 10_000_000)
+    throw bad(`${what} is not a row count`);
+  return v;
+}
+
+function stringArray(v: unknown, what: string): string[] {
+  if (!Array.isArray(v) || v.some((s) => typeof s !== 'string'))
+    throw bad(`${what} is not a list of strings`);
+  return v as string[];
+}
+
+function intArray(v: unknown[], n: number, what: string): number[] {
+  if (v.length !== n) throw bad(`column ${what} has ${v.length} rows, expected ${n}`);
+  for (const x of v)
+    if (typeof x !== 'number' || !Number.isFinite(x)) throw bad(`column ${what} holds a non-number`);
+  return v as number[];
+}
+
+function reader(col: unknown, what: string): VarintReader {
+  if (!(col instanceof Uint8Array)) throw bad(`column ${what} is not a byte string`);
+  return new VarintReader(col);
+}

@@ -1,0 +1,109 @@
+/**
+ * The fleet receiver's PostgreSQL schema, as ordered migrations. Several receivers may start at
+ * once against one database: migrations run under a transaction-scoped advisory lock, so exactly
+ * one applies each step and the others see it done.
+ */
+import type pg from 'pg';
+
+// An arbitrary constant that names "edgekeeper fleet schema" among advisory locks.
+const MIGRATION_LOCK = 0x65_6b_66_6c; // "ekfl"
+
+export const FLEET_MIGRATIONS: { version: number; sql: string }[] = [
+  {
+    version: 1,
+    sql: `
+CREATE TABLE fleet_nodes (
+  id serial PRIMARY KEY,
+  name text NOT NULL UNIQUE,
+  -- sha256 hex of the node's bearer token; NULL = only a client certificate authenticates it.
+  token_hash text,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  last_seen timestamptz,
+  last_seq bigint NOT NULL DEFAULT 0,
+  backlog jsonb,
+  applied_version text
+);
+-- One row per stored batch: the idempotency key (node, seq) is enforced here, and the ids each
+-- batch covered let a retried batch be answered with what was stored the first time.
+CREATE TABLE fleet_batches (
+  node_id integer NOT NULL REFERENCES fleet_nodes(id),
+  seq bigint NOT NULL,
+  received_at timestamptz NOT NULL DEFAULT now(),
+  records integer NOT NULL,
+  wire_bytes integer NOT NULL,
+  events_to bigint,
+  reports_to bigint,
+  samples_to bigint,
+  PRIMARY KEY (node_id, seq)
+);
+-- Records keep the node's own ids; the primary key refuses a record stored twice.
+CREATE TABLE fleet_events (
+  node_id integer NOT NULL REFERENCES fleet_nodes(id),
+  id bigint NOT NULL,
+  ts_ms bigint NOT NULL,
+  kind text NOT NULL,
+  subject text,
+  data text,
+  PRIMARY KEY (node_id, id)
+);
+CREATE TABLE fleet_reports (
+  node_id integer NOT NULL REFERENCES fleet_nodes(id),
+  id bigint NOT NULL,
+  device text NOT NULL,
+  received_at_ms bigint NOT NULL,
+  ts_ms bigint,
+  seq bigint,
+  metrics jsonb NOT NULL,
+  state jsonb,
+  tags jsonb,
+  other jsonb,
+  PRIMARY KEY (node_id, id)
+);
+CREATE TABLE fleet_samples (
+  node_id integer NOT NULL REFERENCES fleet_nodes(id),
+  id bigint NOT NULL,
+  ts_ms bigint NOT NULL,
+  probe text NOT NULL,
+  metric text NOT NULL,
+  data jsonb,
+  PRIMARY KEY (node_id, id)
+);
+CREATE TABLE fleet_desired (
+  node_id integer PRIMARY KEY REFERENCES fleet_nodes(id),
+  version bigint NOT NULL,
+  keys jsonb NOT NULL,
+  updated_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE TABLE fleet_frames (
+  node_id integer PRIMARY KEY REFERENCES fleet_nodes(id),
+  png bytea NOT NULL,
+  updated_at timestamptz NOT NULL DEFAULT now()
+);
+`,
+  },
+];
+
+/** Bring the database to the newest schema; safe to call from several receivers at once. */
+export async function migrate(pool: pg.Pool): Promise<number> {
+  const c = await pool.connect();
+  try {
+    await c.query('BEGIN');
+    await c.query('SELECT pg_advisory_xact_lock($1)', [MIGRATION_LOCK]);
+    await c.query('CREATE TABLE IF NOT EXISTS fleet_schema (version integer NOT NULL)');
+    const r = await c.query<{ v: number | null }>('SELECT max(version) AS v FROM fleet_schema');
+    let current = r.rows[0]?.v ?? 0;
+    for (const m of FLEET_MIGRATIONS) {
+      if (m.version <= current) continue;
+      await c.query(m.sql);
+      await c.query('INSERT INTO fleet_schema(version) VALUES ($1)', [m.version]);
+      current = m.version;
+    }
+    await c.query('COMMIT');
+    return current;
+  } catch (err) {
+    await c.query('ROLLBACK').catch(() => {});
+    throw err;
+  } finally {
+    c.release();
+  }
+}
