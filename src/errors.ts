@@ -259,3 +259,19 @@ export class SyncUploadError extends EdgeError {
     super('EDGE_ERR_SYNC_UPLOAD', message, 502);
   }
 }
+
+// --- frames ---------------------------------------------------------------------------------------
+
+/** `GET /frame.png?size=` or `edgekeeper frame --size` named a size edgekeeper does not lay out. */
+export class FrameSizeError extends EdgeError {
+  constructor(size: string, valid: readonly string[]) {
+    super('EDGE_ERR_FRAME_SIZE', `frame size ${JSON.stringify(size.slice(0, 32))} is not one of ${valid.join(', ')}`, 400);
+  }
+}
+
+/** The framebuffer cannot be used (sysfs unreadable, unsupported depth, write failed). */
+export class FramebufferError extends EdgeError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('EDGE_ERR_FRAMEBUFFER', message, 500, options);
+  }
+}
