@@ -1,0 +1,130 @@
+/**
+ * Backups: scheduled online copies with rotation, the integrity check every backup and restore
+ * goes through, and the restore itself (stopped node only).
+ */
+import { randomBytes } from 'node:crypto';
+import { closeSync, copyFileSync, fsyncSync, openSync } from 'node:fs';
+import { mkdir, readdir, rename, rm, unlink } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+import Database from 'better-sqlite3';
+import { CorruptDatabaseError } from '../errors.js';
+import type { Store } from '../store/types.js';
+
+export const DB_FILE = 'edgekeeper.db';
+const NAME_RE = /^edgekeeper-(\d{8}T\d{9}Z)\.db$/;
+
+/** `edgekeeper-20261126T093000123Z.db`: sorts by time, never collides within a millisecond. */
+export function backupFileName(epochMs: number): string {
+  const iso = new Date(epochMs).toISOString(); // 2026-11-26T09:30:00.123Z
+  return `edgekeeper-${iso.replace(/[-:.]/g, '')}.db`;
+}
+
+/**
+ * One scheduled backup: an online copy into `dir` under a temporary name, renamed into place
+ * once complete (a half-written file never looks like a backup), then rotation keeps the newest
+ * `keep`. Only files with our naming pattern are ever deleted.
+ */
+export async function runScheduledBackup(
+  store: Pick<Store, 'backup'>,
+  dir: string,
+  keep: number,
+  nowMs: number,
+): Promise<{ file: string; deleted: string[] }> {
+  await mkdir(dir, { recursive: true });
+  const name = backupFileName(nowMs);
+  const tmp = join(dir, `.${name}.${randomBytes(4).toString('hex')}.tmp`);
+  try {
+    await store.backup(tmp);
+    verifyDatabaseFile(tmp);
+    await rename(tmp, join(dir, name));
+  } catch (err) {
+    await rm(tmp, { force: true });
+    throw err;
+  }
+  fsyncDir(dir);
+  const ours = (await readdir(dir)).filter((f) => NAME_RE.test(f)).sort();
+  const deleted = ours.slice(0, Math.max(0, ours.length - keep));
+  for (const f of deleted) await unlink(join(dir, f));
+  return { file: join(dir, name), deleted };
+}
+
+/**
+ * Opens `file` with SQLite and runs `PRAGMA integrity_check`. Throws CorruptDatabaseError when
+ * it is not a SQLite database, is damaged, or holds no tables (not an edgekeeper database).
+ */
+export function verifyDatabaseFile(file: string): void {
+  let db: Database.Database | undefined;
+  try {
+    db = new Database(file, { fileMustExist: true });
+    const rows = db.pragma('integrity_check') as { integrity_check: string }[];
+    const bad = rows.map((r) => r.integrity_check).filter((r) => r !== 'ok');
+    if (bad.length > 0) throw new CorruptDatabaseError(file, bad.slice(0, 3).join('; '));
+    const tables = db.prepare("SELECT count(*) AS n FROM sqlite_master WHERE type = 'table'").get() as {
+      n: number;
+    };
+    if (tables.n === 0)
+      throw new CorruptDatabaseError(file, 'it holds no tables; not an edgekeeper database');
+  } catch (err) {
+    if (err instanceof CorruptDatabaseError) throw err;
+    throw new CorruptDatabaseError(file, (err as Error).message);
+  } finally {
+    db?.close();
+  }
+}
+
+export function fsyncDir(dir: string): void {
+  let fd: number | undefined;
+  try {
+    fd = openSync(dir, 'r');
+    fsyncSync(fd);
+  } catch {
+    // Some filesystems refuse fsync on directories; the rename is still atomic.
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+}
+
+function fsyncFile(file: string): void {
+  const fd = openSync(file, 'r+');
+  try {
+    fsyncSync(fd);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/**
+ * Replaces `<dataDir>/edgekeeper.db` with `backup` (the caller has made sure no daemon runs).
+ * The backup is verified first; the current database, with its -wal and -shm files, is kept as
+ * `edgekeeper.db.pre-restore-<time>` so a wrong restore can be undone.
+ */
+export async function restoreDatabase(
+  backup: string,
+  dataDir: string,
+  nowMs: number,
+): Promise<{ previous?: string }> {
+  verifyDatabaseFile(backup);
+  await mkdir(dataDir, { recursive: true });
+  const target = join(dataDir, DB_FILE);
+  const tmp = join(dataDir, `.${DB_FILE}.restore-${randomBytes(4).toString('hex')}.tmp`);
+  copyFileSync(backup, tmp);
+  fsyncFile(tmp);
+  let previous: string | undefined;
+  const stamp = new Date(nowMs).toISOString().replace(/[-:.]/g, '');
+  for (const suffix of ['', '-wal', '-shm']) {
+    const from = target + suffix;
+    const to = `${target}.pre-restore-${stamp}${suffix}`;
+    try {
+      await rename(from, to);
+      if (suffix === '') previous = to;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'ENOENT') {
+        await rm(tmp, { force: true });
+        throw err;
+      }
+    }
+  }
+  await rename(tmp, target);
+  fsyncDir(dirname(target));
+  return previous ? { previous: basename(previous) } : {};
+}

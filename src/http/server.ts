@@ -1,0 +1,258 @@
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Counter, Histogram, type Registry } from 'prom-client';
+import { parseHostPort } from '../config/index.js';
+import {
+  EdgeError,
+  InternalError,
+  LengthRequiredError,
+  MethodNotAllowedError,
+  RequestTooLargeError,
+  RouteNotFoundError,
+} from '../errors.js';
+import type { Logger } from '../log.js';
+import type { HttpRoutes, ReadinessCheck, RouteHandler } from '../part.js';
+
+type Method = 'GET' | 'POST' | 'PUT' | 'DELETE';
+
+export interface HttpServerOptions {
+  logger: Logger;
+  registry: Registry;
+  /** Largest request body in bytes; default 1 MiB. */
+  maxBodyBytes?: number;
+  /** Wait this long for in-flight requests at close before cutting connections; default 10 s. */
+  closeGraceMs?: number;
+}
+
+export interface Readiness {
+  ready: boolean;
+  /** Check name -> what is wrong, for every failing check. */
+  failing: Record<string, string>;
+  checks: string[];
+}
+
+/** Label value for requests that matched no route, so unknown paths cannot blow up label cardinality. */
+const UNMATCHED = 'unmatched';
+
+/**
+ * The local HTTP server: exact-path routes, `/healthz`, `/readyz`, `/metrics`, JSON errors
+ * `{code, message}` (EdgeError -> its status; anything else 500 without internals), bounded
+ * request bodies, per-route request and error counters.
+ */
+export class HttpServer implements HttpRoutes {
+  private readonly routes = new Map<string, Map<Method, RouteHandler>>();
+  private readonly checks = new Map<string, ReadinessCheck>();
+  private readonly server: Server;
+  private readonly log: Logger;
+  private readonly maxBody: number;
+  private readonly graceMs: number;
+  private readonly requests: Counter<'method' | 'route' | 'status'>;
+  private readonly errors: Counter<'route' | 'code'>;
+  private readonly duration: Histogram<'route'>;
+  private closing = false;
+
+  constructor(private readonly opts: HttpServerOptions) {
+    this.log = opts.logger.child({ part: 'http' });
+    this.maxBody = opts.maxBodyBytes ?? 1024 * 1024;
+    this.graceMs = opts.closeGraceMs ?? 10_000;
+    this.requests = new Counter({
+      name: 'edgekeeper_http_requests_total',
+      help: 'HTTP requests by method, route (the registered path, or "unmatched") and status',
+      labelNames: ['method', 'route', 'status'],
+      registers: [opts.registry],
+    });
+    this.errors = new Counter({
+      name: 'edgekeeper_http_errors_total',
+      help: 'HTTP requests answered with an error, by route and error code',
+      labelNames: ['route', 'code'],
+      registers: [opts.registry],
+    });
+    this.duration = new Histogram({
+      name: 'edgekeeper_http_request_duration_seconds',
+      help: 'Time from request to the end of the response, by route',
+      labelNames: ['route'],
+      buckets: [0.001, 0.005, 0.025, 0.1, 0.5, 2.5, 10],
+      registers: [opts.registry],
+    });
+    this.server = createServer((req, res) => {
+      void this.dispatch(req, res);
+    });
+    // Tight limits: this is a local admin/metrics endpoint, never a public server.
+    this.server.headersTimeout = 10_000;
+    this.server.requestTimeout = 30_000;
+    this.server.maxHeadersCount = 64;
+    this.server.maxConnections = 256;
+    this.server.on('clientError', (err, socket) => {
+      this.errors.inc({ route: UNMATCHED, code: 'EDGE_ERR_BAD_HTTP' });
+      this.log.debug({ err: err.message }, 'malformed HTTP request; connection closed');
+      if (socket.writable)
+        socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');
+      else socket.destroy();
+    });
+
+    this.add('GET', '/healthz', (_req, res) => sendJson(res, 200, { status: 'alive' }));
+    this.add('GET', '/readyz', (_req, res) => {
+      const r = this.readiness();
+      sendJson(
+        res,
+        r.ready ? 200 : 503,
+        r.ready ? { status: 'ready', checks: r.checks } : { status: 'not ready', failing: r.failing },
+      );
+    });
+    this.add('GET', '/metrics', async (_req, res) => {
+      const text = await this.opts.registry.metrics();
+      res.writeHead(200, { 'content-type': this.opts.registry.contentType, 'cache-control': 'no-store' });
+      res.end(text);
+    });
+  }
+
+  add(method: Method, path: string, handler: RouteHandler): void {
+    if (!path.startsWith('/')) throw new Error(`route path must start with "/": ${path}`);
+    let byMethod = this.routes.get(path);
+    if (!byMethod) {
+      byMethod = new Map();
+      this.routes.set(path, byMethod);
+    }
+    if (byMethod.has(method)) throw new Error(`route ${method} ${path} is registered twice`);
+    byMethod.set(method, handler);
+  }
+
+  addReadinessCheck(name: string, check: ReadinessCheck): void {
+    if (this.checks.has(name)) throw new Error(`readiness check ${name} is registered twice`);
+    this.checks.set(name, check);
+  }
+
+  /** Runs every readiness check now. A check that throws counts as failing with its message. */
+  readiness(): Readiness {
+    const failing: Record<string, string> = {};
+    if (this.closing) failing.shutdown = 'the daemon is shutting down';
+    for (const [name, check] of this.checks) {
+      try {
+        const problem = check();
+        if (problem !== undefined) failing[name] = problem;
+      } catch (err) {
+        failing[name] = `check failed: ${(err as Error).message}`;
+      }
+    }
+    return { ready: Object.keys(failing).length === 0, failing, checks: [...this.checks.keys()] };
+  }
+
+  /** Listens on "HOST:PORT" (port 0 picks a free one); resolves with the bound address. */
+  listen(hostPort: string): Promise<{ host: string; port: number }> {
+    const hp = parseHostPort(hostPort);
+    if (!hp) return Promise.reject(new Error(`not HOST:PORT: ${hostPort}`));
+    return new Promise((resolve, reject) => {
+      const onError = (err: Error) => reject(err);
+      this.server.once('error', onError);
+      this.server.listen({ host: hp.host, port: hp.port }, () => {
+        this.server.off('error', onError);
+        const a = this.server.address() as AddressInfo;
+        resolve({ host: a.address, port: a.port });
+      });
+    });
+  }
+
+  /** The bound address, or undefined before listen. */
+  address(): { host: string; port: number } | undefined {
+    const a = this.server.address();
+    return a && typeof a === 'object' ? { host: a.address, port: a.port } : undefined;
+  }
+
+  /**
+   * Stops accepting connections, lets in-flight requests finish (up to the grace period), then
+   * cuts what is left. Readiness fails from the first moment so a load balancer stops sending.
+   */
+  async close(): Promise<void> {
+    if (this.closing) return;
+    this.closing = true;
+    if (!this.server.listening) return;
+    await new Promise<void>((resolve) => {
+      const timer = setTimeout(() => this.server.closeAllConnections(), this.graceMs);
+      timer.unref();
+      this.server.close(() => {
+        clearTimeout(timer);
+        resolve();
+      });
+      this.server.closeIdleConnections();
+    });
+  }
+
+  private async dispatch(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    const started = performance.now();
+    let route = UNMATCHED;
+    res.on('finish', () => {
+      this.requests.inc({ method: req.method ?? '', route, status: String(res.statusCode) });
+      this.duration.observe({ route }, (performance.now() - started) / 1000);
+    });
+    try {
+      // The host part is irrelevant (exact-path routing); a fixed base keeps hostile Host headers out.
+      const url = new URL(req.url ?? '/', 'http://localhost');
+      const byMethod = this.routes.get(url.pathname);
+      if (!byMethod) throw new RouteNotFoundError(url.pathname);
+      route = url.pathname;
+      // HEAD is GET without a body; node's ServerResponse drops the body for HEAD itself.
+      const method = (req.method === 'HEAD' ? 'GET' : req.method) as Method;
+      const handler = byMethod.get(method);
+      if (!handler) {
+        const allow: string[] = [...byMethod.keys()];
+        if (allow.includes('GET')) allow.push('HEAD');
+        throw new MethodNotAllowedError(req.method ?? '', url.pathname, allow);
+      }
+      this.checkBody(req);
+      await handler(req, res, url);
+    } catch (err) {
+      this.fail(req, res, route, err);
+    }
+  }
+
+  /**
+   * Bodies are bounded before anything reads them: Content-Length over the limit is 413, and a
+   * chunked body (no length to check up front) is refused with 411.
+   */
+  private checkBody(req: IncomingMessage): void {
+    const te = req.headers['transfer-encoding'];
+    if (te !== undefined) throw new LengthRequiredError();
+    const cl = req.headers['content-length'];
+    if (cl !== undefined) {
+      const n = Number(cl);
+      if (n > this.maxBody) throw new RequestTooLargeError(n, this.maxBody);
+    }
+  }
+
+  private fail(req: IncomingMessage, res: ServerResponse, route: string, err: unknown): void {
+    const edge = err instanceof EdgeError ? err : undefined;
+    const shown = edge ?? new InternalError();
+    this.errors.inc({ route, code: shown.code });
+    if (edge) {
+      this.log.debug({ route, method: req.method, code: edge.code, status: edge.status }, edge.message);
+    } else {
+      this.log.error({ route, method: req.method, err }, 'HTTP handler failed unexpectedly; answered 500');
+    }
+    if (res.headersSent) {
+      // Too late for a JSON error: cut the response so the client sees it is incomplete.
+      res.destroy();
+      return;
+    }
+    const headers: Record<string, string> = {};
+    if (err instanceof MethodNotAllowedError) headers.allow = err.allow.join(', ');
+    // The unread body would otherwise be parsed as the next request on a kept-alive connection.
+    if (shown.status === 413 || shown.status === 411) headers.connection = 'close';
+    sendJson(res, shown.status, { code: shown.code, message: shown.message }, headers);
+  }
+}
+
+export function sendJson(
+  res: ServerResponse,
+  status: number,
+  body: unknown,
+  headers: Record<string, string> = {},
+): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, {
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': Buffer.byteLength(text),
+    'cache-control': 'no-store',
+    ...headers,
+  });
+  res.end(text);
+}
