@@ -1,0 +1,460 @@
+/**
+ * The probes part: checks the machine, runs the supervisor, turns bpftrace's interval prints into
+ * histograms (Prometheus) and `probe_samples` rows (CBOR, for the fleet sync), applies retention.
+ */
+import { readFileSync } from 'node:fs';
+import { encode } from 'cbor-x';
+import type { Migration } from '../store/types.js';
+import type { Part, PartContext } from '../part.js';
+import type { Logger } from '../log.js';
+import { PROBE_NAMES, type ProbeName } from './catalog.js';
+import { checkEnvironment, type EnvironmentReport } from './environment.js';
+import { Log2Histogram } from './histogram.js';
+import { createProbeMetrics, type ProbeMetrics, registerBucketHistogram, type Series } from './metrics.js';
+import type { ParsedLine, RawBucket } from './parser.js';
+import { type ProbeStatus, ProbeSupervisor } from './supervisor.js';
+import type { LatestPercentiles, ProbesOptions } from './types.js';
+
+export const probesMigrations: Migration[] = [
+  {
+    part: 'probes',
+    version: 1,
+    sql: `
+      CREATE TABLE IF NOT EXISTS probe_samples (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        ts INTEGER NOT NULL,
+        probe TEXT NOT NULL,
+        metric TEXT NOT NULL,
+        data BLOB NOT NULL
+      );
+      CREATE INDEX IF NOT EXISTS probe_samples_ts ON probe_samples(ts);
+      CREATE INDEX IF NOT EXISTS probe_samples_probe_ts ON probe_samples(probe, metric, ts);
+    `,
+  },
+];
+
+const INSERT = 'INSERT INTO probe_samples (ts, probe, metric, data) VALUES (?, ?, ?, ?)';
+/** Cursor names the fleet sync may use for this table (the briefs name both forms). */
+const CURSOR_NAMES = "('probe_samples', 'samples')";
+/** Label values we keep per keyed map: a map keyed by something unbounded cannot grow /metrics. */
+const MAX_KEYS = 64;
+const TCP_STATES = [
+  '',
+  'ESTABLISHED',
+  'SYN_SENT',
+  'SYN_RECV',
+  'FIN_WAIT1',
+  'FIN_WAIT2',
+  'TIME_WAIT',
+  'CLOSE',
+  'CLOSE_WAIT',
+  'LAST_ACK',
+  'LISTEN',
+  'CLOSING',
+  'NEW_SYN_RECV',
+];
+
+const HIST_METRICS: Record<string, { probe: ProbeName; metric: string; help: string }> = {
+  fsync_us: {
+    probe: 'fsync',
+    metric: 'edgekeeper_probe_fsync_seconds',
+    help: 'fsync/fdatasync latency, every process (syscall tracepoints).',
+  },
+  fsync_own_us: {
+    probe: 'fsync',
+    metric: 'edgekeeper_probe_fsync_own_seconds',
+    help: "fsync/fdatasync latency of edgekeeper's own process (the floor of its commit latency).",
+  },
+  runq_us: {
+    probe: 'runqlat',
+    metric: 'edgekeeper_probe_runqlat_seconds',
+    help: 'Run-queue latency, measured during the duty-cycle windows (sched tracepoints).',
+  },
+  bio_us: {
+    probe: 'biolat',
+    metric: 'edgekeeper_probe_biolat_seconds',
+    help: 'Block I/O latency from issue to completion, per device (block tracepoints).',
+  },
+};
+
+function resolveEnabled(list: readonly string[] | undefined): ProbeName[] {
+  const want = list ?? PROBE_NAMES;
+  const unknown = want.filter((p) => !(PROBE_NAMES as readonly string[]).includes(p));
+  if (unknown.length)
+    throw new Error(`probes.enabled: unknown probe ${unknown.join(', ')}; known: ${PROBE_NAMES.join(', ')}`);
+  return PROBE_NAMES.filter((p) => want.includes(p));
+}
+
+/** `major:minor` of a kernel dev_t (MINORBITS = 20) and its name from /sys/dev/block. */
+export function deviceName(devt: string, cache: Map<string, string>): string {
+  const hit = cache.get(devt);
+  if (hit) return hit;
+  const n = Number(devt);
+  let name = devt;
+  if (Number.isInteger(n) && n >= 0) {
+    const mm = `${Math.floor(n / 2 ** 20)}:${n % 2 ** 20}`;
+    name = mm;
+    try {
+      const m = /^DEVNAME=(.+)$/m.exec(readFileSync(`/sys/dev/block/${mm}/uevent`, 'utf8'));
+      if (m) name = m[1]!;
+    } catch {
+      // Gone or not a block device: keep major:minor.
+    }
+  }
+  if (cache.size < 256) cache.set(devt, name);
+  return name;
+}
+
+export function parseOomLine(text: string): Record<string, string | number> | undefined {
+  const m = /^oomkill pid=(\d+) uid=(\d+) total_vm_kb=(\d+) anon_rss_kb=(\d+) comm=(.*)$/.exec(text.trim());
+  if (!m) return undefined;
+  // The tracepoint records total_vm and anon_rss in kB (its format prints "total-vm=%lukB").
+  return {
+    pid: Number(m[1]),
+    uid: Number(m[2]),
+    totalVmKb: Number(m[3]),
+    anonRssKb: Number(m[4]),
+    comm: m[5]!,
+  };
+}
+
+export class ProbesPart implements Part {
+  readonly name = 'probes';
+  private readonly log: Logger;
+  private readonly enabled: ProbeName[];
+  private readonly o: Required<
+    Pick<
+      ProbesOptions,
+      | 'interval'
+      | 'runqlatPeriod'
+      | 'runqlatOn'
+      | 'cpuBudget'
+      | 'bpftracePath'
+      | 'sharing'
+      | 'retention'
+      | 'maxSamples'
+      | 'mountTracefs'
+      | 'tracefsDir'
+      | 'uplinkEnabled'
+    >
+  >;
+  private env: EnvironmentReport | undefined;
+  private sup: ProbeSupervisor | undefined;
+  private readonly metrics: ProbeMetrics;
+  /** Cumulative histograms for /metrics, by map name and key ("" for unkeyed). */
+  private readonly cumulative = new Map<string, Map<string, Log2Histogram>>();
+  private readonly latest = new Map<string, LatestPercentiles>();
+  private readonly devices = new Map<string, string>();
+  private retentionTimer: { cancel(): void } | undefined;
+  private stopped = false;
+  private started = false;
+  private writes = new Set<Promise<unknown>>();
+  private lastOom: Record<string, string | number> | undefined;
+  samplesWritten = 0;
+
+  constructor(
+    private readonly ctx: PartContext,
+    private readonly opts: ProbesOptions = {},
+  ) {
+    this.log = ctx.logger.child({ part: 'probes' });
+    this.enabled = resolveEnabled(opts.enabled);
+    this.o = {
+      interval: opts.interval ?? 10_000,
+      runqlatPeriod: opts.runqlatPeriod ?? 60_000,
+      runqlatOn: Math.min(opts.runqlatOn ?? 10_000, opts.runqlatPeriod ?? 60_000),
+      cpuBudget: opts.cpuBudget ?? 2,
+      bpftracePath: opts.bpftracePath ?? 'bpftrace',
+      sharing: opts.sharing ?? 'shared',
+      retention: opts.retention ?? 7 * 24 * 3_600_000,
+      maxSamples: opts.maxSamples ?? 500_000,
+      mountTracefs: opts.mountTracefs ?? true,
+      tracefsDir: opts.tracefsDir ?? '/sys/kernel/tracing',
+      uplinkEnabled: opts.uplinkEnabled ?? false,
+    };
+    this.metrics = createProbeMetrics(ctx.registry, (g) => {
+      g.reset();
+      for (const [probe, s] of Object.entries(this.probeStates())) {
+        const up = s === 'running' || s === 'idle (duty cycle)';
+        const reason = up ? (s === 'running' ? '' : s) : s.replace(/^unavailable: /, '');
+        g.set({ probe, reason: reason.slice(0, 160) }, up ? 1 : 0);
+      }
+    });
+    for (const [map, spec] of Object.entries(HIST_METRICS)) {
+      registerBucketHistogram(ctx.registry, spec.metric, spec.help, () => this.series(map));
+    }
+    ctx.http.add('GET', '/v1/probes', (_req, res) => {
+      res.writeHead(200, { 'content-type': 'application/json' });
+      res.end(JSON.stringify(this.status()));
+    });
+  }
+
+  private series(map: string): Series[] {
+    const byKey = this.cumulative.get(map);
+    if (!byKey) return [];
+    return [...byKey].map(
+      ([key, hist]): Series => ({ labels: map === 'bio_us' ? { device: key } : {}, hist }),
+    );
+  }
+
+  async start(): Promise<void> {
+    if (this.started) return;
+    this.started = true;
+    this.env = await checkEnvironment({
+      bpftracePath: this.o.bpftracePath,
+      tracefsDir: this.o.tracefsDir,
+      mountTracefs: this.o.mountTracefs,
+      probes: this.enabled,
+      host: this.opts.host,
+    });
+    for (const c of this.env.checks.filter((x) => !x.ok)) {
+      this.log.warn(
+        { check: c.name, fix: c.fix },
+        `probes: ${c.name}: ${c.detail}${c.fix ? `; fix: ${c.fix}` : ''}`,
+      );
+    }
+    const runnable = this.enabled.filter((p) => this.env!.unavailable[p] === undefined);
+    if (this.stopped) return;
+    if (runnable.length && this.env.bpftrace) {
+      this.sup = new ProbeSupervisor({
+        bpftrace: this.env.bpftrace,
+        setpriv: this.env.setpriv,
+        probes: runnable,
+        intervalMs: this.o.interval,
+        ownPid: this.opts.ownPid ?? process.pid,
+        runqlatPeriodMs: this.o.runqlatPeriod,
+        runqlatOnMs: this.o.runqlatOn,
+        cpuBudgetPercent: this.o.cpuBudget,
+        cpuCheckMs: this.opts.cpuCheckMs ?? Math.max(this.o.interval, 10_000),
+        sharing: this.o.sharing,
+        backoffInitialMs: this.opts.backoffInitialMs ?? 1000,
+        backoffMaxMs: this.opts.backoffMaxMs ?? 60_000,
+        bpfDir: this.opts.bpfDir,
+        clock: this.ctx.clock,
+        logger: this.log,
+        monotonicNs: this.opts.monotonicNs,
+        readProcStat: this.opts.readProcStat,
+        env: this.opts.env,
+        onLine: (line, probe) => this.onLine(line, probe),
+        onRestart: () => this.metrics.restarts.inc(),
+      });
+      this.sup.start();
+    }
+    this.scheduleRetention(0);
+  }
+
+  /** Stop bpftrace (its final partial interval is still stored), wait for pending writes. */
+  async stop(): Promise<void> {
+    if (this.stopped) return;
+    this.stopped = true;
+    this.retentionTimer?.cancel();
+    await this.sup?.stop();
+    await Promise.allSettled([...this.writes]);
+  }
+
+  /** bpftrace pids (tests, status). */
+  pids(): number[] {
+    return this.sup?.pids() ?? [];
+  }
+
+  probeStates(): Record<ProbeName, ProbeStatus> {
+    const live = this.sup?.states() ?? {};
+    const out = {} as Record<ProbeName, ProbeStatus>;
+    for (const p of PROBE_NAMES) {
+      const why = this.env?.unavailable[p];
+      out[p] =
+        live[p] ??
+        (why ? `unavailable: ${why}` : this.env ? 'unavailable: not started' : 'unavailable: starting');
+    }
+    return out;
+  }
+
+  status(): Record<string, unknown> {
+    const latest: Record<string, LatestPercentiles | undefined> = {
+      fsync: this.latest.get('fsync_us\u0000'),
+      fsyncOwn: this.latest.get('fsync_own_us\u0000'),
+      runqlat: this.latest.get('runq_us\u0000'),
+    };
+    const biolat: Record<string, LatestPercentiles> = {};
+    for (const [k, v] of this.latest) if (k.startsWith('bio_us\u0000')) biolat[k.slice(7)] = v;
+    return {
+      probes: this.probeStates(),
+      latest: { ...latest, biolat },
+      lastOomKill: this.lastOom,
+      bpftrace: this.env ? { path: this.env.bpftrace ?? null, version: this.env.version ?? null } : null,
+      processes: this.sup?.cpu() ?? [],
+      intervalMs: this.o.interval,
+      runqlatDutyCycle: { onMs: this.o.runqlatOn, periodMs: this.o.runqlatPeriod },
+    };
+  }
+
+  // --- data path --------------------------------------------------------------------------------
+
+  private onLine(line: ParsedLine, probe: ProbeName | undefined): void {
+    if (line.kind === 'bad') {
+      this.metrics.badLines.inc();
+      this.log.debug({ reason: line.reason }, 'unparseable bpftrace line dropped');
+      return;
+    }
+    if (!probe) return;
+    const now = this.ctx.clock.now();
+    const rows: [number, string, string, Buffer][] = [];
+    if (line.kind === 'hist') {
+      const entries: [string, RawBucket[]][] = 'buckets' in line ? [['', line.buckets]] : [...line.keyed];
+      for (const [rawKey, buckets] of entries) {
+        const key = line.name === 'bio_us' && rawKey ? deviceName(rawKey, this.devices) : rawKey;
+        const delta = Log2Histogram.fromRaw(buckets);
+        if (delta.total === 0) continue;
+        const byKey = this.cumulative.get(line.name) ?? new Map<string, Log2Histogram>();
+        this.cumulative.set(line.name, byKey);
+        let cum = byKey.get(key);
+        if (!cum && byKey.size >= MAX_KEYS) continue;
+        if (!cum) {
+          cum = new Log2Histogram();
+          byKey.set(key, cum);
+        }
+        cum.add(delta);
+        const p = delta.percentiles()!;
+        this.latest.set(`${line.name}\u0000${key}`, {
+          p50Ms: p.p50 / 1000,
+          p90Ms: p.p90 / 1000,
+          p99Ms: p.p99 / 1000,
+          count: delta.total,
+          at: now,
+        });
+        rows.push([
+          now,
+          probe,
+          line.name,
+          encode({
+            unit: 'us',
+            intervalMs: this.o.interval,
+            ...(key ? { key } : {}),
+            buckets: delta.toPairs(),
+            count: delta.total,
+            p50: p.p50,
+            p90: p.p90,
+            p99: p.p99,
+          }),
+        ]);
+      }
+    } else if (line.kind === 'map') {
+      if ('values' in line) {
+        let total = 0;
+        const byKey: Record<string, number> = {};
+        for (const [k, n] of line.values) {
+          if (n <= 0) continue;
+          total += n;
+          const name = line.name === 'tcpretrans' ? (TCP_STATES[Number(k)] ?? `state ${k}`) : k;
+          byKey[name] = n;
+          if (line.name === 'tcpretrans') this.metrics.tcpRetransmits.inc({ state: name }, n);
+        }
+        if (total > 0)
+          rows.push([now, probe, line.name, encode({ intervalMs: this.o.interval, count: total, byKey })]);
+      } else if (line.value > 0) {
+        if (line.name === 'tcpretrans_synack') this.metrics.tcpSynackRetransmits.inc(line.value);
+        if (line.name === 'oomkill') this.metrics.oomKills.inc(line.value);
+        rows.push([now, probe, line.name, encode({ intervalMs: this.o.interval, count: line.value })]);
+      }
+    } else if (line.kind === 'printf' && probe === 'oomkill') {
+      const ev = parseOomLine(line.text);
+      if (!ev) {
+        this.metrics.badLines.inc();
+        return;
+      }
+      this.lastOom = { ...ev, at: now };
+      this.log.warn(ev, `the kernel OOM killer chose pid ${ev.pid} (${ev.comm})`);
+      rows.push([now, probe, 'oomkill_event', encode(ev)]);
+    }
+    if (rows.length) this.write(rows);
+  }
+
+  private write(rows: [number, string, string, Buffer][]): void {
+    const p = this.ctx.store
+      .write({ sql: [{ sql: INSERT, rows }] })
+      .then(() => {
+        this.samplesWritten += rows.length;
+      })
+      .catch((err: unknown) => {
+        this.metrics.writeErrors.inc();
+        this.log.error({ err }, 'storing probe samples failed; they are still in /metrics');
+      })
+      .finally(() => this.writes.delete(p));
+    this.writes.add(p);
+  }
+
+  // --- retention --------------------------------------------------------------------------------
+
+  private scheduleRetention(ms: number): void {
+    if (this.stopped) return;
+    this.retentionTimer = this.ctx.clock.setTimeout(() => {
+      void this.applyRetention().finally(() => this.scheduleRetention(this.opts.retentionCheckMs ?? 600_000));
+    }, ms);
+  }
+
+  /** Deletes old samples (never past the uplink cursor) and enforces the hard row cap. */
+  async applyRetention(): Promise<{ aged: number; capped: number }> {
+    const cutoff = this.ctx.clock.now() - this.o.retention;
+    let limitId = Number.MAX_SAFE_INTEGER;
+    if (this.o.uplinkEnabled) {
+      // No cursor yet means nothing was uploaded: keep everything.
+      const row = this.ctx.store
+        .query<{ pos: number | null }>(
+          `SELECT MIN(position) AS pos FROM cursors WHERE name IN ${CURSOR_NAMES}`,
+        )
+        .get();
+      limitId = row?.pos ?? 0;
+    }
+    let aged = 0;
+    let capped = 0;
+    try {
+      const r = await this.ctx.store.write({
+        sql: [{ sql: 'DELETE FROM probe_samples WHERE ts < ? AND id <= ?', params: [cutoff, limitId] }],
+        freesSpace: true,
+      });
+      aged = r.sql[0]?.changes ?? 0;
+      const max = this.ctx.store
+        .query<{ maxId: number | null; n: number }>(
+          'SELECT MAX(id) AS maxId, COUNT(*) AS n FROM probe_samples',
+        )
+        .get();
+      if (max && max.n > this.o.maxSamples && max.maxId !== null) {
+        const below = max.maxId - this.o.maxSamples;
+        const unsent = this.o.uplinkEnabled ? Math.max(0, below - limitId) : 0;
+        const r2 = await this.ctx.store.write({
+          sql: [
+            { sql: 'DELETE FROM probe_samples WHERE id <= ?', params: [below] },
+            ...(unsent > 0
+              ? [
+                  {
+                    sql: 'INSERT INTO events (ts, kind, subject, data) VALUES (?, ?, ?, ?)',
+                    params: [
+                      this.ctx.clock.now(),
+                      'sync.gap',
+                      'probe_samples',
+                      JSON.stringify({ reason: 'probes.maxSamples', firstId: limitId + 1, lastId: below }),
+                    ],
+                  },
+                ]
+              : []),
+          ],
+          freesSpace: true,
+        });
+        capped = r2.sql[0]?.changes ?? 0;
+        if (unsent > 0) {
+          this.metrics.samplesDropped.inc(Math.min(unsent, capped));
+          this.log.warn(
+            { capped, unsent },
+            `probe_samples over probes.maxSamples (${this.o.maxSamples}): deleted ${capped} oldest rows, up to ${unsent} not yet uploaded; check the uplink`,
+          );
+        }
+      }
+    } catch (err) {
+      this.log.error({ err }, 'probe sample retention failed; will retry');
+    }
+    return { aged, capped };
+  }
+}
+
+export function createProbesPart(ctx: PartContext, options: ProbesOptions = {}): ProbesPart {
+  return new ProbesPart(ctx, options);
+}

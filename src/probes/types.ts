@@ -1,0 +1,54 @@
+/**
+ * The probes part's options and status shapes. Option names match the `probes` config section
+ * (src/probes/config.ts); durations are milliseconds.
+ */
+import type { HostAccess } from './environment.js';
+
+export interface ProbesOptions {
+  /** Probes to run, from fsync, runqlat, biolat, tcpretrans, oomkill. Default: all. */
+  enabled?: readonly string[];
+  /** bpftrace prints (and clears) its maps this often. Default 10 s. */
+  interval?: number;
+  /** runqlat measures `runqlatOn` of every `runqlatPeriod` (in the kernel). Default 10 s of 60 s. */
+  runqlatPeriod?: number;
+  runqlatOn?: number;
+  /** Percent of one CPU each probe may use before it is stopped. Default 2. */
+  cpuBudget?: number;
+  /** bpftrace binary, looked up on PATH when bare. Default "bpftrace". */
+  bpftracePath?: string;
+  /** 'shared' (default): one bpftrace process for every probe; 'per-probe': one each. */
+  sharing?: 'shared' | 'per-probe';
+  /** Samples older than this are deleted (once uploaded when an uplink is configured). Default 7 d. */
+  retention?: number;
+  /** Hard cap on stored sample rows; the oldest go first, uploaded or not, with a warning. */
+  maxSamples?: number;
+  /** Mount tracefs when it is missing and CAP_SYS_ADMIN allows. Default true. */
+  mountTracefs?: boolean;
+  tracefsDir?: string;
+  /** True when the fleet uplink runs: retention keeps rows its cursor has not passed. */
+  uplinkEnabled?: boolean;
+
+  // --- injection points for tests ---
+  host?: HostAccess;
+  readProcStat?: (pid: number) => string | undefined;
+  monotonicNs?: () => bigint;
+  /** The pid whose fsyncs feed the "own" histogram. Default process.pid. */
+  ownPid?: number;
+  bpfDir?: string;
+  cpuCheckMs?: number;
+  backoffInitialMs?: number;
+  backoffMaxMs?: number;
+  retentionCheckMs?: number;
+  env?: NodeJS.ProcessEnv;
+}
+
+export interface LatestPercentiles {
+  /** Milliseconds. */
+  p50Ms: number;
+  p90Ms: number;
+  p99Ms: number;
+  /** Events in that interval. */
+  count: number;
+  /** ms epoch of the interval's end. */
+  at: number;
+}
