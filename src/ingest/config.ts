@@ -1,0 +1,105 @@
+/**
+ * The `mqtt` config section and the options the ingest part takes. Values arrive validated and
+ * frozen from `src/config/`; tests build `IngestOptions` directly with `ingestDefaults()`.
+ */
+import type { ConfigSection } from '../config/types.js';
+
+export type IngestMode = 'embedded' | 'external';
+
+export interface IngestOptions {
+  mode: IngestMode;
+  /** Embedded: plain TCP listener `HOST:PORT` (port 0 picks a free one). */
+  listen: string;
+  /** Embedded: optional TLS listener `HOST:PORT`, needs `tlsCert` and `tlsKey`. */
+  tlsListen?: string;
+  /** External: `mqtt://host:port` or `mqtts://host:port`. */
+  url?: string;
+  /** External: fixed client id, so the broker keeps our session (and QoS 1 reports) across restarts. */
+  clientId: string;
+  /** External: broker credentials. */
+  username?: string;
+  passwordFile?: string;
+  /** External: MQTT protocol version towards the broker (5 keeps the session with sessionExpiryInterval). */
+  protocolVersion: 4 | 5;
+  /** PEM files. Embedded: the TLS listener's certificate, key and (for client certificates) CA. External: client certificate, key and the CA that signed the broker. */
+  tlsCert?: string;
+  tlsKey?: string;
+  tlsCa?: string;
+  /** Embedded: let devices connect without a password (device id = client id). */
+  allowAnonymous: boolean;
+  maxPayload: number;
+  maxMetrics: number;
+  /** Token bucket per device: sustained reports per second and burst size. */
+  ratePerSec: number;
+  rateBurst: number;
+  maxConnections: number;
+  /** A device's key under /edgekeeper/devices/ is rewritten at most this often (ms), at once on online/offline. */
+  mirrorInterval: number;
+  /** A device that sends nothing for this long (ms) is marked offline. */
+  silenceTimeout: number;
+  /** Reports older than this (ms) are deleted by retention. */
+  retentionAge: number;
+  /** The reports table is trimmed (oldest first) above roughly this many bytes. */
+  retentionBytes: number;
+  retentionInterval: number;
+  /** Rows kept in the dead-letter table ingest_rejects (oldest dropped first). */
+  rejectsMax: number;
+  /** How far back (ms) a (device, seq, ts) is checked for duplicates. */
+  dedupeWindow: number;
+  /** A command not delivered within this long (ms) is marked expired. */
+  commandTtl: number;
+  /** Most reports in one store.write. */
+  batchMax: number;
+  /**
+   * False while the fleet sync's disk budget is full with the policy "stop acknowledging": reports
+   * are then held unacknowledged (devices keep and resend them) until it returns true again.
+   */
+  admit?: () => boolean;
+  /** True when an uplink is configured: retention never deletes reports the uplink has not passed. */
+  uplinkEnabled?: boolean;
+}
+
+// 64 KiB: a report is a few hundred bytes; anything near this is a bug or an attack.
+const KIB = 1024;
+
+export const ingestConfigSection: ConfigSection = {
+  name: 'mqtt',
+  doc: 'MQTT device reports: an embedded broker (default) or an existing broker.',
+  fields: {
+    mode: { type: 'string', enum: ['embedded', 'external'], default: 'embedded', doc: 'embedded: run a broker inside edgekeeper; external: subscribe to an existing broker at `url`.' },
+    listen: { type: 'string', default: '127.0.0.1:1883', doc: 'Embedded broker listener HOST:PORT (flag --mqtt-listen).' },
+    tlsListen: { type: 'string', optional: true, doc: 'Embedded broker TLS listener HOST:PORT (needs tlsCert and tlsKey).' },
+    url: { type: 'string', optional: true, doc: 'External broker URL mqtt://HOST:PORT or mqtts://HOST:PORT (flag --mqtt-url).' },
+    clientId: { type: 'string', default: 'edgekeeper-ingest', doc: 'External mode: fixed client id of the persistent session.' },
+    username: { type: 'string', optional: true, doc: 'External mode: broker user name.' },
+    passwordFile: { type: 'string', optional: true, doc: 'External mode: file holding the broker password.' },
+    protocolVersion: { type: 'integer', default: 5, min: 4, max: 5, doc: 'External mode: MQTT protocol level (4 = 3.1.1, 5).' },
+    tlsCert: { type: 'string', optional: true, doc: 'PEM certificate (embedded: TLS listener; external: client certificate).' },
+    tlsKey: { type: 'string', optional: true, doc: 'PEM private key for tlsCert.' },
+    tlsCa: { type: 'string', optional: true, doc: 'PEM CA (embedded: require client certificates signed by it; external: trust the broker).' },
+    allowAnonymous: { type: 'boolean', default: false, doc: 'Embedded: accept devices without a password (device id = client id).' },
+    maxPayload: { type: 'bytes', default: 64 * KIB, min: 256, max: 16 * 1024 * KIB, doc: 'Largest report payload.' },
+    maxMetrics: { type: 'integer', default: 256, min: 1, max: 10_000, doc: 'Most metrics in one report.' },
+    ratePerSec: { type: 'number', default: 20, min: 0.01, max: 1_000_000, doc: 'Sustained reports per second per device (token bucket).' },
+    rateBurst: { type: 'integer', default: 200, min: 1, max: 10_000_000, doc: 'Token bucket size per device.' },
+    maxConnections: { type: 'integer', default: 5000, min: 1, max: 1_000_000, doc: 'Most concurrent device connections (embedded).' },
+    mirrorInterval: { type: 'duration', default: 5000, min: 0, doc: 'Rewrite /edgekeeper/devices/<id> at most this often per device.' },
+    silenceTimeout: { type: 'duration', default: 300_000, min: 1000, doc: 'A device silent this long is marked offline.' },
+    retentionAge: { type: 'duration', default: 30 * 86_400_000, min: 60_000, doc: 'Delete reports older than this.' },
+    retentionBytes: { type: 'bytes', default: 1024 * 1024 * KIB, min: 1024 * KIB, doc: 'Trim the oldest reports above this size.' },
+    retentionInterval: { type: 'duration', default: 60_000, min: 1000, doc: 'How often retention runs.' },
+    rejectsMax: { type: 'integer', default: 1000, min: 10, max: 1_000_000, doc: 'Rows kept in the dead-letter table ingest_rejects.' },
+    dedupeWindow: { type: 'duration', default: 3_600_000, min: 0, doc: 'How far back a redelivered report (same device, seq and ts) is recognised.' },
+    commandTtl: { type: 'duration', default: 86_400_000, min: 1000, doc: 'Undelivered commands expire after this.' },
+    batchMax: { type: 'integer', default: 2000, min: 1, max: 100_000, doc: 'Most reports per write batch.' },
+  },
+};
+
+/** Defaults as plain options (what the config loader produces for an empty `mqtt` section). */
+export function ingestDefaults(overrides: Partial<IngestOptions> = {}): IngestOptions {
+  const o: Record<string, unknown> = {};
+  for (const [k, f] of Object.entries(ingestConfigSection.fields)) {
+    if ('default' in f && f.default !== undefined) o[k] = f.default;
+  }
+  return { ...(o as unknown as IngestOptions), ...overrides };
+}

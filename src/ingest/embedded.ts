@@ -1,0 +1,342 @@
+/**
+ * Embedded mode: an aedes 1.x broker inside the daemon.
+ *
+ * Ack after commit. aedes handles an incoming QoS 1 PUBLISH as the series
+ * `authorizePublish -> write PUBACK -> route` (lib/handlers/publish.js), so the PUBACK is
+ * written from the `authorizePublish` callback and nothing else; `published` runs after the
+ * PUBACK has left. We therefore store the report inside `authorizePublish` and call its callback
+ * only after the commit. aedes processes one socket read of a client at a time and reads the
+ * next only when every packet of the batch is done, which is our per-device backpressure.
+ * A failed commit calls back with an error: aedes closes the connection without a PUBACK and
+ * the device resends.
+ *
+ * Access. username = device id, password checked against the scrypt hash in
+ * `ingest_devices`; the client id must be the device id (or empty), so one device cannot take
+ * over another's session. A device may publish only to its own `report`/`status` topics and
+ * subscribe only to its own `command` topic. Publishing elsewhere closes the connection
+ * (MQTT-3.3.5-2 leaves the broker that choice and 3.1.1 has no negative PUBACK); a refused
+ * subscription gets SUBACK 0x80.
+ */
+import net from 'node:net';
+import { readFileSync } from 'node:fs';
+import tls from 'node:tls';
+import type { Aedes, AedesPublishPacket, AuthenticateError, Client, PublishPacket, Subscription } from 'aedes';
+import type { Logger } from '../log.js';
+import type { Store } from '../store/types.js';
+import { VerifiedCache, verifySecret } from './auth.js';
+import type { IngestOptions } from './config.js';
+import type { IngestCore } from './core.js';
+import { secretHashOf } from './devices.js';
+import { commandTopic, parseTopic, sanitize, statusTopic, validDeviceId } from './ids.js';
+import { parseStatus } from './payload.js';
+
+export function parseHostPort(s: string, defPort: number): { host: string; port: number } {
+  const m = /^(?:\[([^\]]+)\]|([^:]*))(?::(\d+))?$/.exec(s.trim());
+  if (!m) throw new Error(`bad address ${s}: use HOST:PORT`);
+  const host = m[1] ?? (m[2] || '127.0.0.1');
+  const port = m[3] === undefined ? defPort : Number(m[3]);
+  if (!Number.isInteger(port) || port < 0 || port > 65535) throw new Error(`bad port in ${s}`);
+  return { host, port };
+}
+
+function authError(message: string, returnCode: 2 | 3 | 4 | 5): AuthenticateError {
+  return Object.assign(new Error(message), { returnCode }) as AuthenticateError;
+}
+
+export interface CommandDelivery {
+  /** True while the device has a connection subscribed to its command topic. */
+  reachable(device: string): boolean;
+  /** Publish QoS 1 and resolve when the device acknowledges (embedded) or the broker does (external). */
+  send(device: string, payload: Buffer, timeoutMs: number): Promise<'delivered' | 'published'>;
+  /** Called when a device becomes reachable (it subscribed to its command topic). */
+  onReachable?: (device: string) => void;
+}
+
+export class EmbeddedBroker implements CommandDelivery {
+  private broker!: Aedes;
+  private servers: net.Server[] = [];
+  private readonly deviceOf = new WeakMap<Client, string>();
+  private readonly conns = new Map<string, Set<Client>>();
+  private readonly keepaliveExpired = new WeakSet<Client>();
+  private readonly subscribed = new Set<string>();
+  private readonly verified = new VerifiedCache();
+  private readonly waitingAcks = new Map<string, { payload: Buffer; resolve: () => void }[]>();
+  onReachable?: (device: string) => void;
+  private addresses: { host: string; port: number; tls: boolean }[] = [];
+
+  constructor(
+    private readonly core: IngestCore,
+    private readonly store: Store,
+    private readonly opts: IngestOptions,
+    private readonly log: Logger,
+  ) {}
+
+  async start(): Promise<void> {
+    const { Aedes } = await import('aedes');
+    this.broker = await Aedes.createBroker({
+      // the device id is the client id: allow the same 64 characters as validDeviceId
+      maxClientsIdLength: 64,
+      heartbeatInterval: 60_000,
+      connectTimeout: 10_000,
+      authenticate: (client, username, password, cb) => this.authenticate(client, username, password, cb),
+      authorizePublish: (client, packet, cb) => this.authorizePublish(client, packet, cb),
+      authorizeSubscribe: (client, sub, cb) => this.authorizeSubscribe(client, sub, cb),
+    });
+    const b = this.broker;
+    b.on('clientReady', (client) => this.connected(client));
+    b.on('clientDisconnect', (client) => this.disconnected(client));
+    b.on('keepaliveTimeout', (client) => this.keepaliveExpired.add(client));
+    b.on('clientError', (client, err) => this.log.debug({ client: sanitize(client.id ?? ''), err: err.message }, 'client error'));
+    b.on('ack', (packet, client) => this.acked(packet as PublishPacket, client));
+    b.on('subscribe', (subs, client) => {
+      const dev = this.deviceOf.get(client);
+      if (dev && subs.some((s) => s.topic === commandTopic(dev) && (s.qos as number) !== 128)) {
+        this.subscribed.add(dev);
+        this.onReachable?.(dev);
+      }
+    });
+
+    const handle = b.handle as (conn: net.Socket) => void;
+    const listen = parseHostPort(this.opts.listen, 1883);
+    const plain = net.createServer(handle);
+    await this.listen(plain, listen.host, listen.port, false);
+    if (this.opts.tlsListen) {
+      if (!this.opts.tlsCert || !this.opts.tlsKey) throw new Error('mqtt.tlsListen needs mqtt.tlsCert and mqtt.tlsKey');
+      const t = parseHostPort(this.opts.tlsListen, 8883);
+      const server = tls.createServer(
+        {
+          cert: readFileSync(this.opts.tlsCert),
+          key: readFileSync(this.opts.tlsKey),
+          ...(this.opts.tlsCa ? { ca: readFileSync(this.opts.tlsCa), requestCert: true, rejectUnauthorized: true } : {}),
+        },
+        handle,
+      );
+      await this.listen(server, t.host, t.port, true);
+    }
+  }
+
+  private listen(server: net.Server, host: string, port: number, isTls: boolean): Promise<void> {
+    // a little slack above the device limit for connections that are still authenticating
+    server.maxConnections = this.opts.maxConnections + 64;
+    return new Promise((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(port, host, () => {
+        server.off('error', reject);
+        const a = server.address() as net.AddressInfo;
+        this.addresses.push({ host: a.address, port: a.port, tls: isTls });
+        this.servers.push(server);
+        this.log.info({ host: a.address, port: a.port, tls: isTls }, 'embedded MQTT broker listening');
+        resolve();
+      });
+    });
+  }
+
+  address(): { host: string; port: number; tls: boolean }[] {
+    return this.addresses;
+  }
+
+  /** The aedes instance, for the bench's raw-rate ceiling. */
+  get aedes(): Aedes {
+    return this.broker;
+  }
+
+  private authenticate(
+    client: Client,
+    username: string | undefined,
+    password: Buffer | undefined,
+    cb: (err: AuthenticateError | null, ok: boolean | null) => void,
+  ): void {
+    if (this.broker.connectedClients >= this.opts.maxConnections) {
+      this.core.reject('connections', { device: username, detail: `${this.opts.maxConnections} connections open` });
+      return cb(authError('too many connections', 3), null);
+    }
+    if (username === undefined || username === '') {
+      if (!this.opts.allowAnonymous) {
+        this.core.reject('auth', { device: client.id, detail: 'no user name (anonymous access is disabled)' });
+        return cb(authError('not authorized', 5), null);
+      }
+      if (!validDeviceId(client.id)) {
+        this.core.reject('bad_device_id', { device: client.id, detail: 'anonymous client id is not a valid device id' });
+        return cb(authError('identifier rejected', 2), null);
+      }
+      this.deviceOf.set(client, client.id);
+      return cb(null, true);
+    }
+    if (!validDeviceId(username)) {
+      this.core.reject('bad_device_id', { device: username, detail: 'user name is not a valid device id' });
+      return cb(authError('bad user name or password', 4), null);
+    }
+    // a generated id (empty client id, clean session) is fine; another device's id is not
+    if (client.id !== username && !client.id.startsWith('aedes_')) {
+      this.core.reject('auth', { device: username, detail: `client id ${sanitize(client.id, 64)} is not the device id` });
+      return cb(authError('identifier rejected', 2), null);
+    }
+    const stored = secretHashOf(this.store, username);
+    const pw = password ?? Buffer.alloc(0);
+    if (stored === undefined) {
+      this.core.reject('unknown_device', { device: username, detail: 'no such device; add it with `edgekeeper device add`' });
+      return cb(authError('bad user name or password', 4), null);
+    }
+    if (this.verified.has(username, stored, pw)) {
+      this.deviceOf.set(client, username);
+      return cb(null, true);
+    }
+    verifySecret(pw, stored).then(
+      (ok) => {
+        if (ok) {
+          this.verified.add(username, stored, pw);
+          this.deviceOf.set(client, username);
+          return cb(null, true);
+        }
+        this.core.reject('auth', { device: username, detail: 'wrong password' });
+        cb(authError('bad user name or password', 4), null);
+      },
+      (err) => {
+        this.log.warn({ err }, 'password check failed');
+        cb(authError('server unavailable', 3), null);
+      },
+    );
+  }
+
+  /** Forget cached verifications and close the device's connections (after remove/rotate). */
+  revoke(device: string): void {
+    this.verified.drop(device);
+    for (const c of this.conns.get(device) ?? []) c.close();
+  }
+
+  private authorizePublish(client: Client | null, packet: PublishPacket, cb: (err?: Error | null) => void): void {
+    const topic = packet.topic;
+    if (client === null) {
+      // a will left behind by an earlier broker instance: only status wills are let through
+      const t = parseTopic(topic);
+      if (t.ok && t.kind === 'status') this.status(t.device, packet.payload as Buffer, 'will', null);
+      return cb(t.ok && t.kind === 'status' ? null : new Error('refused'));
+    }
+    const dev = this.deviceOf.get(client);
+    const t = parseTopic(topic);
+    const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload);
+    if (!dev || !t.ok || t.device !== dev || t.kind === 'command') {
+      this.core.reject(t.ok ? 'acl' : t.reason, { device: dev, topic, payload, detail: `device ${dev ?? '?'} may not publish here` });
+      return cb(new Error(`device ${dev ?? '?'} may not publish to ${sanitize(topic, 80)}`));
+    }
+    if (t.kind === 'status') {
+      // client.closed is set before aedes publishes the will
+      this.status(dev, payload, (client as unknown as { closed: boolean }).closed ? 'will' : 'status', client);
+      return cb(null);
+    }
+    // reports are not kept as retained messages: the table is their home
+    packet.retain = false;
+    const contentType = (packet as { properties?: { contentType?: string } }).properties?.contentType;
+    this.core.report(dev, topic, payload, packet.qos, contentType).then(
+      () => cb(null),
+      (err: Error) => cb(err),
+    );
+  }
+
+  private status(dev: string, payload: Buffer, via: 'will' | 'status', client: Client | null): void {
+    const online = parseStatus(payload);
+    if (online === undefined) {
+      this.core.reject('schema', { device: dev, topic: statusTopic(dev), payload, detail: 'status must be online/offline or {"online": bool}' });
+      return;
+    }
+    if (online) {
+      this.core.registry.setOnline(dev, true, via);
+      return;
+    }
+    // a will of a connection that was taken over says nothing while another one is open
+    const others = [...(this.conns.get(dev) ?? [])].filter((c) => c !== client);
+    if (others.length === 0) this.core.registry.setOnline(dev, false, via);
+  }
+
+  private authorizeSubscribe(client: Client, sub: Subscription, cb: (err: Error | null, sub?: Subscription | null) => void): void {
+    const dev = this.deviceOf.get(client);
+    if (dev && sub.topic === commandTopic(dev)) return cb(null, { ...sub, qos: sub.qos > 1 ? 1 : sub.qos });
+    this.core.reject('acl', { device: dev, topic: sub.topic, detail: 'may subscribe only to its own command topic' });
+    cb(null, null);
+  }
+
+  private connected(client: Client): void {
+    const dev = this.deviceOf.get(client);
+    if (!dev) return;
+    let set = this.conns.get(dev);
+    if (!set) this.conns.set(dev, (set = new Set()));
+    set.add(client);
+    this.core.metrics.connected.inc();
+    this.core.registry.setOnline(dev, true, 'connect');
+    // a persistent session restores its subscriptions without a SUBSCRIBE
+    if ((client as unknown as { subscriptions: Record<string, unknown> }).subscriptions[commandTopic(dev)]) {
+      this.subscribed.add(dev);
+      this.onReachable?.(dev);
+    }
+  }
+
+  private disconnected(client: Client): void {
+    const dev = this.deviceOf.get(client);
+    if (!dev) return;
+    const set = this.conns.get(dev);
+    if (!set?.delete(client)) return;
+    this.core.metrics.connected.dec();
+    if (set.size > 0) return;
+    this.conns.delete(dev);
+    this.subscribed.delete(dev);
+    this.core.registry.setOnline(dev, false, this.keepaliveExpired.has(client) ? 'keepalive' : 'disconnect');
+  }
+
+  connectionCount(): number {
+    let n = 0;
+    for (const s of this.conns.values()) n += s.size;
+    return n;
+  }
+
+  // --- downlink ---------------------------------------------------------------------------------
+
+  reachable(device: string): boolean {
+    return this.subscribed.has(device) && (this.conns.get(device)?.size ?? 0) > 0;
+  }
+
+  send(device: string, payload: Buffer, timeoutMs: number): Promise<'delivered'> {
+    return new Promise((resolve, reject) => {
+      let list = this.waitingAcks.get(device);
+      if (!list) this.waitingAcks.set(device, (list = []));
+      const entry = {
+        payload,
+        resolve: () => {
+          clearTimeout(timer);
+          resolve('delivered');
+        },
+      };
+      list.push(entry);
+      const timer = setTimeout(() => {
+        const l = this.waitingAcks.get(device);
+        if (l) l.splice(l.indexOf(entry) >>> 0, 1);
+        reject(new Error('not acknowledged in time'));
+      }, timeoutMs);
+      timer.unref();
+      this.broker.publish({ cmd: 'publish', topic: commandTopic(device), payload, qos: 1, retain: false, dup: false }, (err) => {
+        if (err) {
+          clearTimeout(timer);
+          reject(err);
+        }
+      });
+    });
+  }
+
+  private acked(packet: PublishPacket, client: Client): void {
+    const dev = this.deviceOf.get(client);
+    if (!dev || packet?.topic !== commandTopic(dev)) return;
+    const list = this.waitingAcks.get(dev);
+    if (!list) return;
+    const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload ?? '');
+    const i = list.findIndex((e) => e.payload.equals(payload));
+    if (i >= 0) list.splice(i, 1)[0]!.resolve();
+  }
+
+  async stop(): Promise<void> {
+    // stop accepting, then let aedes close every client, then wait for the listeners
+    const closed = this.servers.map((s) => new Promise<void>((r) => s.close(() => r())));
+    await new Promise<void>((r) => (this.broker ? this.broker.close(() => r()) : r()));
+    await Promise.all(closed);
+  }
+}
+
+export type { AedesPublishPacket };

@@ -1,0 +1,185 @@
+/**
+ * The ingest part: wires the core (checks, batching, registry, dead letters) to the embedded
+ * broker or the external subscriber, the downlink, retention, the HTTP routes and the metrics.
+ */
+import type { IncomingMessage, ServerResponse } from 'node:http';
+import { InvalidArgumentError, RequestTooLargeError } from '../errors.js';
+import type { Part, PartContext } from '../part.js';
+import type { IngestOptions } from './config.js';
+import { IngestCore } from './core.js';
+import { addDevice, listDevices, removeDevice, rotateDevice } from './devices.js';
+import { Downlink } from './downlink.js';
+import { EmbeddedBroker } from './embedded.js';
+import { ExternalSubscriber } from './external.js';
+import { createMetrics } from './metrics.js';
+import { DeadLetters } from './rejects.js';
+import { Retention, type RetentionResult } from './retention.js';
+import type { Timer } from '../clock.js';
+
+export interface IngestPart extends Part {
+  /** Embedded listeners (port 0 in the options resolves to the real port here). */
+  addresses(): { host: string; port: number; tls: boolean }[];
+  /** Run retention now (it also runs every retentionInterval). */
+  runRetention(): Promise<RetentionResult>;
+  /** Write the device mirror and dead letters now (tests, shutdown). */
+  flush(): Promise<void>;
+  /** The embedded aedes broker, when in embedded mode (benchmarks). */
+  readonly embedded: EmbeddedBroker | undefined;
+}
+
+const MAX_BODY = 4096;
+
+async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
+  const chunks: Buffer[] = [];
+  let size = 0;
+  for await (const c of req) {
+    size += (c as Buffer).length;
+    if (size > MAX_BODY) throw new RequestTooLargeError(size, MAX_BODY);
+    chunks.push(c as Buffer);
+  }
+  if (size === 0) return {};
+  try {
+    const v = JSON.parse(Buffer.concat(chunks).toString('utf8')) as unknown;
+    if (typeof v === 'object' && v !== null && !Array.isArray(v)) return v as Record<string, unknown>;
+  } catch {
+    // answered below
+  }
+  throw new InvalidArgumentError('request body must be a JSON object');
+}
+
+function send(res: ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
+  res.end(text);
+}
+
+function idFrom(body: Record<string, unknown>, url: URL): string {
+  const id = body.id ?? url.searchParams.get('id');
+  if (typeof id !== 'string' || id === '') throw new InvalidArgumentError('give the device id as {"id": "..."} or ?id=');
+  return id;
+}
+
+export function createIngestPart(ctx: PartContext, options: IngestOptions): IngestPart {
+  const log = ctx.logger.child({ part: 'ingest' });
+  const metrics = createMetrics(ctx.registry);
+  const core = new IngestCore(ctx.store, ctx.clock, metrics, log, options);
+  const embedded = options.mode === 'embedded' ? new EmbeddedBroker(core, ctx.store, options, log) : undefined;
+  const external = options.mode === 'external' ? new ExternalSubscriber(core, options, log) : undefined;
+  const transport = (embedded ?? external)!;
+  const downlink = new Downlink(ctx.store, ctx.clock, transport, metrics, log, options.commandTtl);
+  const retention = new Retention(ctx.store, ctx.clock, metrics, log, options);
+  let retentionTimer: Timer | undefined;
+  let started = false;
+  let stopping: Promise<void> | undefined;
+
+  ctx.http.add('GET', '/v1/devices', (_req, res) => {
+    const live = core.registry.devices;
+    send(
+      res,
+      200,
+      listDevices(ctx.store).map((d) => ({ ...d, online: live.get(d.id)?.online ?? d.online })),
+    );
+  });
+  ctx.http.add('POST', '/v1/devices', async (req, res, url) => {
+    const id = idFrom(await readJson(req), url);
+    const secret = await addDevice(ctx.store, id, ctx.clock.now());
+    send(res, 201, { id, secret });
+  });
+  ctx.http.add('POST', '/v1/devices/rotate', async (req, res, url) => {
+    const id = idFrom(await readJson(req), url);
+    const secret = await rotateDevice(ctx.store, id, ctx.clock.now());
+    embedded?.revoke(id);
+    send(res, 200, { id, secret });
+  });
+  const remove = async (req: IncomingMessage, res: ServerResponse, url: URL) => {
+    const id = idFrom(req.method === 'DELETE' ? {} : await readJson(req), url);
+    const removed = await removeDevice(ctx.store, id);
+    embedded?.revoke(id);
+    core.registry.forget(id);
+    send(res, removed ? 200 : 404, { id, removed });
+  };
+  ctx.http.add('POST', '/v1/devices/remove', remove);
+  ctx.http.add('DELETE', '/v1/devices', remove);
+  ctx.http.add('GET', '/v1/ingest/rejects', (_req, res, url) => {
+    const limit = Math.min(1000, Math.max(1, Number(url.searchParams.get('limit') ?? 50) || 50));
+    send(
+      res,
+      200,
+      DeadLetters.list(ctx.store, limit).map((r) => ({ ...r, head: r.head ? Buffer.from(r.head).toString('hex') : null })),
+    );
+  });
+
+  ctx.addReadinessCheck('ingest', () => {
+    if (!started) return 'ingest is not started';
+    if (core.writer.queued > 50_000) return `ingest has ${core.writer.queued} reports waiting to be stored`;
+    return undefined;
+  });
+
+  return {
+    name: 'ingest',
+    embedded,
+    async start() {
+      core.registry.load(options.mode === 'embedded');
+      core.registry.start();
+      if (embedded) await embedded.start();
+      if (external) {
+        await external.start();
+        // not waiting for the first connect: a missing broker must not stop the daemon; it retries
+      }
+      downlink.start();
+      const loop = () => {
+        retention.run().then(
+          () => undefined,
+          (err) => log.warn({ err }, 'retention failed; retrying next interval'),
+        );
+        retentionTimer = ctx.clock.setTimeout(loop, options.retentionInterval);
+      };
+      retentionTimer = ctx.clock.setTimeout(loop, options.retentionInterval);
+      started = true;
+      log.info({ mode: options.mode }, 'ingest started');
+    },
+    stop() {
+      stopping ??= (async () => {
+        retentionTimer?.cancel();
+        downlink.stop();
+        // reports held by admission were never acknowledged: devices resend them
+        if (options.admit && !options.admit()) core.writer.failHeld(new Error('ingest stopping'));
+        // embedded: close the clients first, then let their in-flight reports commit (their
+        // PUBACKs go nowhere, devices resend and seq de-duplicates); external: commit first so
+        // the held PUBACKs still reach the broker, then disconnect
+        if (embedded) await embedded.stop();
+        await core.writer.drain();
+        if (external) await external.stop();
+        await core.registry.stop();
+        await core.rejects.settle();
+        started = false;
+      })();
+      return stopping;
+    },
+    status() {
+      const { online, offline } = core.registry.counts();
+      const attention: { id: string; why: string }[] = [];
+      for (const d of core.registry.devices.values()) {
+        if (!d.online) attention.push({ id: d.id, why: d.reason ?? 'offline' });
+        else if (d.rejects > 0) attention.push({ id: d.id, why: `${d.rejects} rejected` });
+        if (attention.length >= 5) break;
+      }
+      return {
+        mode: options.mode,
+        devices: { online, offline },
+        connections: embedded?.connectionCount() ?? null,
+        attention,
+        reportsPerMinute: core.ratePerMinute(),
+        rejects: Object.fromEntries(core.rejects.counts),
+        queued: core.writer.queued,
+        commandsPending: downlink.pendingCount(),
+      };
+    },
+    addresses: () => embedded?.address() ?? [],
+    runRetention: () => retention.run(),
+    async flush() {
+      await core.registry.flushAll();
+      await core.rejects.settle();
+    },
+  };
+}

@@ -1,0 +1,317 @@
+/**
+ * The device registry: first seen, last seen, report count, last values and liveness per device,
+ * kept in memory, persisted in `ingest_device_state` and mirrored as JSON to
+ * `/edgekeeper/devices/<id>` so local applications can `etcdctl watch --prefix
+ * /edgekeeper/devices/`.
+ *
+ * Mirror rate: a device's key is rewritten at most once per `mirrorInterval`, except that an
+ * online/offline change is written at once (with a `device.online`/`device.offline` row in the
+ * `events` table in the same transaction). Each write carries many devices (one revision each
+ * chunk), so 1,000 chatty devices cost a few revisions per interval, not one per report.
+ *
+ * Silence: our own sweep on the injected Clock rather than a store lease per device. A store
+ * lease deletes its keys when it expires, so a silent device would vanish from
+ * /edgekeeper/devices/ instead of turning `online: false`, and every report would have to touch
+ * the lease. The sweep costs nothing per report and tests drive it with ManualClock.
+ */
+import type { Clock, Timer } from '../clock.js';
+import type { Logger } from '../log.js';
+import type { RequestOp, Store } from '../store/types.js';
+import { DEVICES_PREFIX } from './ids.js';
+import type { IngestMetrics } from './metrics.js';
+import type { Report } from './payload.js';
+
+// etcd's default --max-txn-ops is 128; stay below it with room for nothing else
+const PUTS_PER_TXN = 100;
+
+export interface DeviceState {
+  id: string;
+  firstSeen: number;
+  lastSeen: number;
+  reports: number;
+  online: boolean;
+  /** When `online` last changed. */
+  since: number;
+  /** Why the device is offline: disconnect, will, keepalive, silence, restart, status. */
+  reason?: string;
+  lastSeq: number | null;
+  lastTs: number | null;
+  metrics?: Record<string, number>;
+  state?: Record<string, unknown>;
+  tags?: Record<string, string>;
+  rejects: number;
+  mirroredAt: number;
+  dirty: boolean;
+  urgent: boolean;
+  pendingEvent?: { kind: 'device.online' | 'device.offline'; ts: number; reason: string };
+}
+
+/** The JSON under /edgekeeper/devices/<id>. */
+export interface DeviceDoc {
+  id: string;
+  online: boolean;
+  since: number;
+  reason?: string;
+  firstSeen: number;
+  lastSeen: number;
+  reports: number;
+  lastSeq: number | null;
+  lastTs: number | null;
+  metrics?: Record<string, number>;
+  state?: Record<string, unknown>;
+  tags?: Record<string, string>;
+  rejects: number;
+}
+
+const UPSERT_STATE = `INSERT INTO ingest_device_state(id, first_seen, last_seen, reports, online, last)
+VALUES (@id, @firstSeen, @lastSeen, @reports, @online, @last)
+ON CONFLICT(id) DO UPDATE SET first_seen = excluded.first_seen, last_seen = excluded.last_seen,
+  reports = excluded.reports, online = excluded.online, last = excluded.last`;
+const INSERT_EVENT = 'INSERT INTO events(ts, kind, subject, data) VALUES (@ts, @kind, @subject, @data)';
+
+export class DeviceRegistry {
+  readonly devices = new Map<string, DeviceState>();
+  private tickTimer: Timer | undefined;
+  private sweepTimer: Timer | undefined;
+  private flushing: Promise<void> | undefined;
+  private again = false;
+  private immediate = false;
+  private stopped = false;
+
+  constructor(
+    private readonly store: Store,
+    private readonly clock: Clock,
+    private readonly metrics: IngestMetrics,
+    private readonly log: Logger,
+    private readonly opts: { mirrorInterval: number; silenceTimeout: number },
+  ) {}
+
+  /** Load the persisted registry. `resetOnline`: connections did not survive the restart (embedded). */
+  load(resetOnline: boolean): void {
+    const rows = this.store
+      .query<{ id: string; first_seen: number; last_seen: number; reports: number; online: number; last: string | null }>(
+        'SELECT id, first_seen, last_seen, reports, online, last FROM ingest_device_state',
+      )
+      .all();
+    const now = this.clock.now();
+    for (const r of rows) {
+      let last: Partial<DeviceDoc> = {};
+      try {
+        last = r.last ? (JSON.parse(r.last) as Partial<DeviceDoc>) : {};
+      } catch {
+        last = {};
+      }
+      const d: DeviceState = {
+        id: r.id,
+        firstSeen: r.first_seen,
+        lastSeen: r.last_seen,
+        reports: r.reports,
+        online: r.online === 1,
+        since: last.since ?? r.last_seen,
+        reason: last.reason,
+        lastSeq: last.lastSeq ?? null,
+        lastTs: last.lastTs ?? null,
+        metrics: last.metrics,
+        state: last.state,
+        tags: last.tags,
+        rejects: 0,
+        mirroredAt: 0,
+        dirty: false,
+        urgent: false,
+      };
+      this.devices.set(r.id, d);
+      if (d.online && resetOnline) this.setOnline(r.id, false, 'restart', now);
+    }
+    this.updateGauges();
+  }
+
+  start(): void {
+    const tick = Math.min(1000, Math.max(100, Math.floor(this.opts.mirrorInterval / 2) || 100));
+    const loop = () => {
+      if (this.stopped) return;
+      this.kick();
+      this.tickTimer = this.clock.setTimeout(loop, tick);
+    };
+    this.tickTimer = this.clock.setTimeout(loop, tick);
+    const sweepEvery = Math.max(250, Math.min(5000, Math.floor(this.opts.silenceTimeout / 4)));
+    const sweep = () => {
+      if (this.stopped) return;
+      this.sweepSilence();
+      this.sweepTimer = this.clock.setTimeout(sweep, sweepEvery);
+    };
+    this.sweepTimer = this.clock.setTimeout(sweep, sweepEvery);
+  }
+
+  private get(id: string, now: number): DeviceState {
+    let d = this.devices.get(id);
+    if (!d) {
+      d = { id, firstSeen: now, lastSeen: now, reports: 0, online: false, since: now, lastSeq: null, lastTs: null, rejects: 0, mirroredAt: 0, dirty: true, urgent: false };
+      this.devices.set(id, d);
+    }
+    return d;
+  }
+
+  /** A report of this device was committed. */
+  report(id: string, r: Report, now = this.clock.now()): void {
+    const d = this.get(id, now);
+    d.lastSeen = now;
+    d.reports++;
+    d.lastSeq = r.seq;
+    d.lastTs = r.ts;
+    d.metrics = r.metrics;
+    if (r.state) d.state = r.state;
+    if (r.tags) d.tags = r.tags;
+    d.dirty = true;
+    if (!d.online) this.setOnline(id, true, 'report', now);
+  }
+
+  /** Any sign of life that is not a report (connect, status "online"). */
+  touch(id: string, now = this.clock.now()): void {
+    const d = this.get(id, now);
+    d.lastSeen = now;
+    d.dirty = true;
+  }
+
+  rejected(id: string): void {
+    const d = this.devices.get(id);
+    if (d) {
+      d.rejects++;
+      d.dirty = true;
+    }
+  }
+
+  setOnline(id: string, online: boolean, reason: string, now = this.clock.now()): void {
+    const d = this.get(id, now);
+    if (online) d.lastSeen = now;
+    if (d.online === online) return;
+    d.online = online;
+    d.since = now;
+    d.reason = online ? undefined : reason;
+    d.dirty = true;
+    d.urgent = true;
+    d.pendingEvent = { kind: online ? 'device.online' : 'device.offline', ts: now, reason };
+    this.log.info({ device: id, reason }, online ? 'device online' : 'device offline');
+    this.updateGauges();
+    if (!this.immediate) {
+      this.immediate = true;
+      setImmediate(() => {
+        this.immediate = false;
+        this.kick();
+      });
+    }
+  }
+
+  forget(id: string): void {
+    this.devices.delete(id);
+    this.updateGauges();
+  }
+
+  private updateGauges(): void {
+    let on = 0;
+    for (const d of this.devices.values()) if (d.online) on++;
+    this.metrics.devices.set({ state: 'online' }, on);
+    this.metrics.devices.set({ state: 'offline' }, this.devices.size - on);
+  }
+
+  sweepSilence(now = this.clock.now()): void {
+    for (const d of this.devices.values()) {
+      if (d.online && now - d.lastSeen > this.opts.silenceTimeout) this.setOnline(d.id, false, 'silence', now);
+    }
+  }
+
+  static doc(d: DeviceState): DeviceDoc {
+    const doc: DeviceDoc = {
+      id: d.id,
+      online: d.online,
+      since: d.since,
+      firstSeen: d.firstSeen,
+      lastSeen: d.lastSeen,
+      reports: d.reports,
+      lastSeq: d.lastSeq,
+      lastTs: d.lastTs,
+      rejects: d.rejects,
+    };
+    if (d.reason) doc.reason = d.reason;
+    if (d.metrics) doc.metrics = d.metrics;
+    if (d.state) doc.state = d.state;
+    if (d.tags) doc.tags = d.tags;
+    return doc;
+  }
+
+  /** Write what is due; concurrent calls coalesce. */
+  kick(): Promise<void> {
+    if (this.flushing) {
+      this.again = true;
+      return this.flushing;
+    }
+    this.flushing = this.flush().finally(() => {
+      this.flushing = undefined;
+      if (this.again) {
+        this.again = false;
+        void this.kick();
+      }
+    });
+    return this.flushing;
+  }
+
+  /** Write every dirty device now (shutdown, tests). */
+  async flushAll(): Promise<void> {
+    for (const d of this.devices.values()) if (d.dirty) d.urgent = true;
+    await this.kick();
+    if (this.flushing) await this.flushing;
+  }
+
+  private async flush(): Promise<void> {
+    const now = this.clock.now();
+    const due: DeviceState[] = [];
+    for (const d of this.devices.values()) {
+      if (d.dirty && (d.urgent || now - d.mirroredAt >= this.opts.mirrorInterval)) due.push(d);
+    }
+    for (let i = 0; i < due.length; i += PUTS_PER_TXN) {
+      const chunk = due.slice(i, i + PUTS_PER_TXN);
+      const states: Record<string, unknown>[] = [];
+      const events: Record<string, unknown>[] = [];
+      const puts: RequestOp[] = [];
+      for (const d of chunk) {
+        const doc = DeviceRegistry.doc(d);
+        const json = JSON.stringify(doc);
+        puts.push({ put: { key: Buffer.from(DEVICES_PREFIX + d.id), value: Buffer.from(json) } });
+        states.push({ id: d.id, firstSeen: d.firstSeen, lastSeen: d.lastSeen, reports: d.reports, online: d.online ? 1 : 0, last: json });
+        if (d.pendingEvent) {
+          events.push({ ts: d.pendingEvent.ts, kind: d.pendingEvent.kind, subject: d.id, data: JSON.stringify({ reason: d.pendingEvent.reason }) });
+        }
+        d.dirty = false;
+        d.urgent = false;
+        d.mirroredAt = now;
+      }
+      const taken = chunk.map((d) => d.pendingEvent);
+      for (const d of chunk) d.pendingEvent = undefined;
+      const sql = [{ sql: UPSERT_STATE, rows: states }];
+      if (events.length) sql.push({ sql: INSERT_EVENT, rows: events });
+      try {
+        await this.store.write({ sql, txn: { success: puts } });
+      } catch (err) {
+        // keep them dirty so the next tick retries; events too
+        chunk.forEach((d, j) => {
+          d.dirty = true;
+          d.pendingEvent ??= taken[j];
+        });
+        if (!this.stopped) this.log.warn({ err, devices: chunk.length }, 'mirroring devices to /edgekeeper/devices/ failed; retrying on the next tick');
+        return;
+      }
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    this.tickTimer?.cancel();
+    this.sweepTimer?.cancel();
+    await this.flushAll();
+  }
+
+  counts(): { online: number; offline: number } {
+    let online = 0;
+    for (const d of this.devices.values()) if (d.online) online++;
+    return { online, offline: this.devices.size - online };
+  }
+}

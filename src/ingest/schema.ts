@@ -1,0 +1,54 @@
+import type { Migration } from '../store/types.js';
+
+/**
+ * Ingest's tables. `reports` is the shared shape every part relies on (the fleet sync uploads
+ * it by id); the rest is ours. Device ids are checked by `validDeviceId` before they get here.
+ */
+export const ingestMigrations: Migration[] = [
+  {
+    part: 'ingest',
+    version: 1,
+    sql: `
+CREATE TABLE IF NOT EXISTS reports(
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  device TEXT NOT NULL,
+  received_at INTEGER NOT NULL,
+  ts INTEGER,
+  seq INTEGER,
+  body BLOB NOT NULL
+);
+-- de-duplication of redelivered reports looks up (device, seq); reports without seq are not indexed
+CREATE INDEX IF NOT EXISTS reports_device_seq ON reports(device, seq) WHERE seq IS NOT NULL;
+
+-- credentials: scrypt hashes, never the secret itself
+CREATE TABLE IF NOT EXISTS ingest_devices(
+  id TEXT PRIMARY KEY,
+  secret_hash TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  updated_at INTEGER NOT NULL
+);
+
+-- the registry, so first seen and report counts survive restarts
+CREATE TABLE IF NOT EXISTS ingest_device_state(
+  id TEXT PRIMARY KEY,
+  first_seen INTEGER NOT NULL,
+  last_seen INTEGER NOT NULL,
+  reports INTEGER NOT NULL,
+  online INTEGER NOT NULL CHECK (online IN (0, 1)),
+  last TEXT
+);
+
+-- dead letters: the first bytes of what was refused, bounded by rejectsMax
+CREATE TABLE IF NOT EXISTS ingest_rejects(
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  ts INTEGER NOT NULL,
+  device TEXT,
+  topic TEXT,
+  reason TEXT NOT NULL,
+  detail TEXT,
+  size INTEGER NOT NULL,
+  head BLOB
+);
+`,
+  },
+];

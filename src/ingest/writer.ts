@@ -1,0 +1,142 @@
+/**
+ * Batches reports into `store.write` calls and resolves each report's promise only after the
+ * transaction holding its row has committed: the caller sends the PUBACK from there.
+ *
+ * Batching: reports that arrive in the same event-loop turn go into one write; at most
+ * `MAX_INFLIGHT` writes are outstanding, so under load the next batch grows while the store
+ * commits the previous one (the store also groups concurrent writes into one transaction).
+ *
+ * Admission: while `admit()` returns false (the fleet sync's disk budget is full and its policy
+ * is to stop acknowledging) nothing is written and nothing is acknowledged; the queue is
+ * re-checked every `ADMIT_RECHECK_MS`. Devices keep their unacknowledged QoS 1 reports and the
+ * brokers stop feeding us (aedes waits for each client's batch, MQTT brokers for their in-flight
+ * window), which is what keeps this queue bounded.
+ */
+import type { Clock } from '../clock.js';
+import type { Logger } from '../log.js';
+import type { Store } from '../store/types.js';
+import type { IngestMetrics } from './metrics.js';
+
+const MAX_INFLIGHT = 2;
+const ADMIT_RECHECK_MS = 500;
+
+// A redelivered report (same device, seq and ts within the window) inserts nothing. Reports
+// without seq are always inserted. Named parameters: the rows cross to the writer thread as objects.
+export const INSERT_REPORT = `INSERT INTO reports(device, received_at, ts, seq, body)
+SELECT @device, @receivedAt, @ts, @seq, @body
+WHERE @seq IS NULL OR NOT EXISTS (
+  SELECT 1 FROM reports WHERE device = @device AND seq = @seq AND ts IS @ts AND received_at >= @since)`;
+
+export interface ReportRow {
+  device: string;
+  receivedAt: number;
+  ts: number | null;
+  seq: number | null;
+  body: Buffer;
+}
+
+interface Pending {
+  row: Record<string, unknown> & ReportRow & { since: number };
+  qos: number;
+  t0: number;
+  resolve: () => void;
+  reject: (err: Error) => void;
+}
+
+export class ReportWriter {
+  private queue: Pending[] = [];
+  private scheduled = false;
+  private inflight = 0;
+  private heldTimer: { cancel(): void } | undefined;
+  private idle: (() => void)[] = [];
+  /** Committed reports, for the status rate. */
+  onCommitted?: (n: number) => void;
+
+  constructor(
+    private readonly store: Store,
+    private readonly clock: Clock,
+    private readonly metrics: IngestMetrics,
+    private readonly log: Logger,
+    private readonly opts: { batchMax: number; dedupeWindow: number; admit?: () => boolean },
+  ) {}
+
+  /** Resolves after the row (or its earlier copy) is committed. */
+  add(row: ReportRow, qos: number, t0: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.queue.push({ row: { ...row, since: row.receivedAt - this.opts.dedupeWindow }, qos, t0, resolve, reject });
+      this.schedule();
+    });
+  }
+
+  get queued(): number {
+    return this.queue.length;
+  }
+
+  private schedule(): void {
+    if (this.scheduled || this.heldTimer) return;
+    this.scheduled = true;
+    setImmediate(() => {
+      this.scheduled = false;
+      this.pump();
+    });
+  }
+
+  private pump(): void {
+    while (this.queue.length > 0 && this.inflight < MAX_INFLIGHT) {
+      if (this.opts.admit && !this.opts.admit()) {
+        this.metrics.held.set(this.queue.length);
+        this.heldTimer ??= this.clock.setTimeout(() => {
+          this.heldTimer = undefined;
+          this.pump();
+        }, ADMIT_RECHECK_MS);
+        return;
+      }
+      this.metrics.held.set(0);
+      const batch = this.queue.splice(0, this.opts.batchMax);
+      this.inflight++;
+      this.writeBatch(batch).finally(() => {
+        this.inflight--;
+        if (this.queue.length > 0) this.pump();
+        else if (this.inflight === 0) for (const f of this.idle.splice(0)) f();
+      });
+    }
+  }
+
+  private async writeBatch(batch: Pending[]): Promise<void> {
+    try {
+      const res = await this.store.write({ sql: [{ sql: INSERT_REPORT, rows: batch.map((p) => p.row) }] });
+      const inserted = res.sql[0]?.changes ?? 0;
+      const now = this.clock.monotonic();
+      this.metrics.batch.observe(batch.length);
+      if (inserted < batch.length) this.metrics.duplicates.inc(batch.length - inserted);
+      let q0 = 0;
+      for (const p of batch) {
+        if (p.qos === 0) q0++;
+        this.metrics.latency.observe((now - p.t0) / 1000);
+        p.resolve();
+      }
+      if (q0) this.metrics.reports.inc({ qos: '0' }, q0);
+      if (batch.length - q0) this.metrics.reports.inc({ qos: '1' }, batch.length - q0);
+      this.onCommitted?.(batch.length);
+    } catch (err) {
+      // Not committed, so not acknowledged: the device (or the broker's session) resends.
+      this.metrics.writeErrors.inc();
+      this.log.warn({ err, reports: batch.length }, 'storing a batch of reports failed; they stay unacknowledged and devices will resend them');
+      for (const p of batch) p.reject(err as Error);
+    }
+  }
+
+  /** Resolves when nothing is queued or in flight (held reports are released as errors by `failHeld`). */
+  drain(): Promise<void> {
+    if (this.queue.length === 0 && this.inflight === 0) return Promise.resolve();
+    return new Promise((r) => this.idle.push(r));
+  }
+
+  /** On shutdown: give up on reports still held by admission; they were never acknowledged. */
+  failHeld(err: Error): void {
+    this.heldTimer?.cancel();
+    this.heldTimer = undefined;
+    for (const p of this.queue.splice(0)) p.reject(err);
+    if (this.inflight === 0) for (const f of this.idle.splice(0)) f();
+  }
+}
