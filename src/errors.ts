@@ -197,6 +197,13 @@ export class LengthRequiredError extends EdgeError {
   }
 }
 
+/** Bytes on the HTTP port that are not a valid HTTP request (HTTP 400, connection closed). */
+export class MalformedRequestError extends EdgeError {
+  constructor(detail: string) {
+    super('EDGE_ERR_BAD_REQUEST', `malformed HTTP request: ${detail}`, 400);
+  }
+}
+
 /** An unexpected failure; details stay in the daemon log, never in the response. */
 export class InternalError extends EdgeError {
   constructor() {

@@ -72,6 +72,11 @@ export class Compactor {
     await this.running;
   }
 
+  /** Resolves when no scheduled pass is running (tests drive the clock, then wait here). */
+  async whenIdle(): Promise<void> {
+    await this.running;
+  }
+
   /** One compaction pass now; resolves with the revision compacted to, or undefined when nothing was due. */
   async runOnce(): Promise<number | undefined> {
     const target = this.target();

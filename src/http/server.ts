@@ -6,6 +6,7 @@ import {
   EdgeError,
   InternalError,
   LengthRequiredError,
+  MalformedRequestError,
   MethodNotAllowedError,
   RequestTooLargeError,
   RouteNotFoundError,
@@ -83,7 +84,7 @@ export class HttpServer implements HttpRoutes {
     this.server.maxHeadersCount = 64;
     this.server.maxConnections = 256;
     this.server.on('clientError', (err, socket) => {
-      this.errors.inc({ route: UNMATCHED, code: 'EDGE_ERR_BAD_HTTP' });
+      this.errors.inc({ route: UNMATCHED, code: new MalformedRequestError(err.message).code });
       this.log.debug({ err: err.message }, 'malformed HTTP request; connection closed');
       if (socket.writable)
         socket.end('HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n');

@@ -41,7 +41,9 @@ async function main(): Promise<number> {
       const mod = (await import(pathToFileURL(f).href)) as { default?: () => Promise<void> };
       if (typeof mod.default !== 'function') throw new Error('no default export function');
       await mod.default();
-      process.stderr.write(`=== ${rel}: done in ${((performance.now() - started) / 1000).toFixed(1)} s ===\n`);
+      process.stderr.write(
+        `=== ${rel}: done in ${((performance.now() - started) / 1000).toFixed(1)} s ===\n`,
+      );
     } catch (err) {
       failed++;
       process.stderr.write(`=== ${rel}: FAILED: ${(err as Error)?.stack ?? String(err)} ===\n`);
