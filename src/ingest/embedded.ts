@@ -60,7 +60,8 @@ export class EmbeddedBroker implements CommandDelivery {
   private readonly keepaliveExpired = new WeakSet<Client>();
   private readonly subscribed = new Set<string>();
   private readonly verified = new VerifiedCache();
-  private readonly waitingAcks = new Map<string, { payload: Buffer; resolve: () => void }[]>();
+  private readonly waitingAck = new Map<string, () => void>();
+  private readonly chains = new Map<string, Promise<void>>();
   onReachable?: (device: string) => void;
   private addresses: { host: string; port: number; tls: boolean }[] = [];
 
@@ -87,7 +88,7 @@ export class EmbeddedBroker implements CommandDelivery {
     b.on('clientDisconnect', (client) => this.disconnected(client));
     b.on('keepaliveTimeout', (client) => this.keepaliveExpired.add(client));
     b.on('clientError', (client, err) => this.log.debug({ client: sanitize(client.id ?? ''), err: err.message }, 'client error'));
-    b.on('ack', (packet, client) => this.acked(packet as PublishPacket, client));
+    b.on('ack', (packet, client) => this.acked(packet as PublishPacket | undefined, client));
     b.on('subscribe', (subs, client) => {
       const dev = this.deviceOf.get(client);
       if (dev && subs.some((s) => s.topic === commandTopic(dev) && (s.qos as number) !== 128)) {
@@ -294,41 +295,54 @@ export class EmbeddedBroker implements CommandDelivery {
     return this.subscribed.has(device) && (this.conns.get(device)?.size ?? 0) > 0;
   }
 
+  /**
+   * One command in flight per device: aedes reports a device's PUBACK through its 'ack' event
+   * without the original packet for clean sessions, and a device can only receive its own
+   * command topic, so the next 'ack' from that device is the answer to the command in flight.
+   */
   send(device: string, payload: Buffer, timeoutMs: number): Promise<'delivered'> {
-    return new Promise((resolve, reject) => {
-      let list = this.waitingAcks.get(device);
-      if (!list) this.waitingAcks.set(device, (list = []));
-      const entry = {
-        payload,
-        resolve: () => {
-          clearTimeout(timer);
-          resolve('delivered');
-        },
-      };
-      list.push(entry);
-      const timer = setTimeout(() => {
-        const l = this.waitingAcks.get(device);
-        if (l) l.splice(l.indexOf(entry) >>> 0, 1);
-        reject(new Error('not acknowledged in time'));
-      }, timeoutMs);
-      timer.unref();
-      this.broker.publish({ cmd: 'publish', topic: commandTopic(device), payload, qos: 1, retain: false, dup: false }, (err) => {
-        if (err) {
-          clearTimeout(timer);
-          reject(err);
-        }
-      });
+    const prev = this.chains.get(device) ?? Promise.resolve();
+    const run = prev.then(
+      () =>
+        new Promise<'delivered'>((resolve, reject) => {
+          const timer = setTimeout(() => {
+            if (this.waitingAck.get(device) === done) this.waitingAck.delete(device);
+            reject(new Error('not acknowledged in time'));
+          }, timeoutMs);
+          timer.unref();
+          const done = () => {
+            clearTimeout(timer);
+            resolve('delivered');
+          };
+          this.waitingAck.set(device, done);
+          this.broker.publish({ cmd: 'publish', topic: commandTopic(device), payload, qos: 1, retain: false, dup: false }, (err) => {
+            if (err) {
+              clearTimeout(timer);
+              this.waitingAck.delete(device);
+              reject(err);
+            }
+          });
+        }),
+    );
+    const tail = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.chains.set(device, tail);
+    void tail.then(() => {
+      if (this.chains.get(device) === tail) this.chains.delete(device);
     });
+    return run;
   }
 
-  private acked(packet: PublishPacket, client: Client): void {
+  private acked(packet: PublishPacket | undefined, client: Client): void {
     const dev = this.deviceOf.get(client);
-    if (!dev || packet?.topic !== commandTopic(dev)) return;
-    const list = this.waitingAcks.get(dev);
-    if (!list) return;
-    const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload ?? '');
-    const i = list.findIndex((e) => e.payload.equals(payload));
-    if (i >= 0) list.splice(i, 1)[0]!.resolve();
+    if (!dev || (packet && packet.topic !== commandTopic(dev))) return;
+    const done = this.waitingAck.get(dev);
+    if (done) {
+      this.waitingAck.delete(dev);
+      done();
+    }
   }
 
   async stop(): Promise<void> {
