@@ -1,0 +1,10 @@
+import { writeFileSync } from 'node:fs';
+import { createCanvas, loadImage } from '@napi-rs/canvas';
+const [src, dst, k] = process.argv.slice(2);
+const img = await loadImage(src!);
+const f = Number(k ?? 3);
+const c = createCanvas(img.width * f, img.height * f);
+const x = c.getContext('2d');
+x.imageSmoothingEnabled = false;
+x.drawImage(img, 0, 0, img.width * f, img.height * f);
+writeFileSync(dst!, c.encodeSync('png'));
