@@ -1,0 +1,831 @@
+/**
+ * The uplink: reads the append-only source tables by committed cursor, uploads batches, and moves
+ * the cursors only after the receiver acknowledged, in one store write with the batch sequence.
+ *
+ * Why nothing is lost or duplicated:
+ * - A batch's sequence number is the last acknowledged one + 1, committed with the cursors. After
+ *   a crash the node rebuilds batch N from the committed cursors; if the receiver had stored N
+ *   already, it answers "duplicate" with the ids N covered, and the cursors move to those. Rows
+ *   are never skipped (cursors move only to acknowledged ids) and never stored twice (the
+ *   receiver keys batches by (node, seq) and records by (node, id)).
+ * - The disk budget never deletes rows of the batch in flight (ids up to its end are protected),
+ *   and every deletion is one store write with the `sync.gap` event that reports it.
+ * - Reading streams `LIMIT batchMaxRecords` rows at a time: a backlog of millions costs one batch
+ *   of memory.
+ */
+import { readFileSync } from 'node:fs';
+import { Agent as HttpAgent, type IncomingMessage, request as httpRequest } from 'node:http';
+import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
+import { promisify } from 'node:util';
+import { brotliCompress, constants as zc, gzip } from 'node:zlib';
+import cron from 'node-cron';
+import { Counter, Gauge } from 'prom-client';
+import type { Timer } from '../clock.js';
+import { SyncUploadError } from '../errors.js';
+import type { PartContext } from '../part.js';
+import { prefixEnd } from '../store/index.js';
+import type { RequestOp } from '../store/types.js';
+import { type Batch, type EventRecord, encodeBatch, type ReportRecord, type SampleRecord } from './codec.js';
+import type { SyncOptions, SyncPart, SyncState, SyncStatus } from './types.js';
+
+const gzipAsync = promisify(gzip);
+const brotliAsync = promisify(brotliCompress);
+
+export const DESIRED_PREFIX = '/edgekeeper/desired/';
+/** Holds the applied desired version, next to the keys, written in the same revision. */
+export const DESIRED_VERSION_KEY = `${DESIRED_PREFIX}.version`;
+
+type Source = 'events' | 'reports' | 'probe_samples';
+const SOURCES: Source[] = ['events', 'reports', 'probe_samples']; // priority order
+const SHORT: Record<Source, 'events' | 'reports' | 'samples'> = {
+  events: 'events',
+  reports: 'reports',
+  probe_samples: 'samples',
+};
+/** The column holding each source's time, for "oldest unsent age". */
+const TIME_COL: Record<Source, string> = { events: 'ts', reports: 'received_at', probe_samples: 'ts' };
+const SELECT: Record<Source, string> = {
+  events: 'SELECT id, ts, kind, subject, data FROM events WHERE id > ? ORDER BY id LIMIT ?',
+  reports: 'SELECT id, device, received_at, ts, seq, body FROM reports WHERE id > ? ORDER BY id LIMIT ?',
+  probe_samples: 'SELECT id, ts, probe, metric, data FROM probe_samples WHERE id > ? ORDER BY id LIMIT ?',
+};
+/** Bytes a row takes as stored, for the batch size and the disk budget. */
+const ROW_BYTES: Record<Source, string> = {
+  events: 'length(kind) + coalesce(length(subject), 0) + coalesce(length(data), 0) + 24',
+  reports: 'length(device) + length(body) + 32',
+  probe_samples: 'length(probe) + length(metric) + length(data) + 24',
+};
+
+/** The sync part's own table (a Migration): batch sequence and desired-state bookkeeping. */
+export const SYNC_STATE_SQL =
+  'CREATE TABLE sync_state (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID';
+
+interface Pending {
+  batch: Batch;
+  body: Buffer;
+  records: number;
+  upTo: Partial<Record<Source, number>>;
+  attempts: number;
+}
+
+interface Ack {
+  seq: number;
+  duplicate: boolean;
+  upTo: { events: number | null; reports: number | null; samples: number | null };
+}
+
+export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
+  const log = ctx.logger.child({ part: 'sync' });
+  const { store, clock } = ctx;
+  const random = options.random ?? Math.random;
+  const o = {
+    batchMaxRecords: options.batchMaxRecords ?? 10_000,
+    batchMaxBytes: options.batchMaxBytes ?? 2 * 1024 * 1024,
+    compression: options.compression ?? 'brotli',
+    desiredPollInterval: options.desiredPollInterval ?? 60_000,
+    retryBase: options.retryBase ?? 1000,
+    retryMax: options.retryMax ?? 300_000,
+    requestTimeout: options.requestTimeout ?? 30_000,
+    bandwidth: options.bandwidth ?? 0,
+    diskBudget: options.diskBudget ?? 512 * 1024 * 1024,
+    reportsPolicy: options.reportsPolicy ?? 'stop-ack',
+    idleInterval: options.idleInterval ?? 1000,
+    heartbeatInterval: options.heartbeatInterval ?? 60_000,
+    frameInterval: options.frameInterval ?? 300_000,
+    budgetInterval: options.budgetInterval ?? 5000,
+  };
+  const enabled = !!options.url;
+  const node = ctx.nodeName;
+  const base = enabled ? new URL(options.url!) : undefined;
+  const tls = base?.protocol === 'https:';
+  let token: string | undefined = options.token;
+  const agent = tls
+    ? new HttpsAgent({
+        keepAlive: true,
+        maxSockets: 2,
+        cert: options.certFile ? readFileSync(options.certFile) : undefined,
+        key: options.keyFile ? readFileSync(options.keyFile) : undefined,
+        ca: options.caFile ? readFileSync(options.caFile) : undefined,
+      })
+    : new HttpAgent({ keepAlive: true, maxSockets: 2 });
+  const windows = (options.uploadWindows ?? []).map((expr) => cron.createTask(expr, () => {}));
+
+  // --- metrics -------------------------------------------------------------------------------
+  const reg = ctx.registry;
+  const mDepth = new Gauge({
+    name: 'edgekeeper_sync_queue_depth_records',
+    help: 'Records waiting to be uploaded, per source table',
+    labelNames: ['source'],
+    registers: [reg],
+  });
+  const mBacklogBytes = new Gauge({
+    name: 'edgekeeper_sync_backlog_bytes',
+    help: 'Estimated bytes (as stored) waiting to be uploaded; compared with sync.diskBudget',
+    registers: [reg],
+  });
+  const mOldest = new Gauge({
+    name: 'edgekeeper_sync_oldest_unsent_age_seconds',
+    help: 'Age of the oldest record waiting to be uploaded (0 when none)',
+    registers: [reg],
+  });
+  const mBytes = new Counter({
+    name: 'edgekeeper_sync_sent_bytes_total',
+    help: 'Batch bytes acknowledged, on the wire',
+    registers: [reg],
+  });
+  const mRecords = new Counter({
+    name: 'edgekeeper_sync_sent_records_total',
+    help: 'Records acknowledged by the receiver, per source table',
+    labelNames: ['source'],
+    registers: [reg],
+  });
+  const mBatches = new Counter({
+    name: 'edgekeeper_sync_batches_sent_total',
+    help: 'Batches acknowledged',
+    registers: [reg],
+  });
+  const mRetried = new Counter({
+    name: 'edgekeeper_sync_batches_retried_total',
+    help: 'Upload attempts that failed and will be retried',
+    registers: [reg],
+  });
+  const mDropped = new Counter({
+    name: 'edgekeeper_sync_dropped_records_total',
+    help: 'Unsent records deleted by the disk budget policy (each drop is also a sync.gap event)',
+    labelNames: ['source'],
+    registers: [reg],
+  });
+  const mLastSuccess = new Gauge({
+    name: 'edgekeeper_sync_last_success_timestamp_seconds',
+    help: 'Unix time of the last acknowledged upload',
+    registers: [reg],
+  });
+
+  // --- state -----------------------------------------------------------------------------------
+  let state: SyncState = enabled ? 'retrying' : 'disabled';
+  let running = false;
+  let loopDone: Promise<void> = Promise.resolve();
+  let wake: (() => void) | undefined;
+  let sleepTimer: Timer | undefined;
+  let seq = 0;
+  const cursors: Record<Source, number> = { events: 0, reports: 0, probe_samples: 0 };
+  let pending: Pending | undefined;
+  let failures = 0;
+  let netFailures = 0;
+  let lastSuccess: number | null = null;
+  let lastError: string | null = null;
+  let lastSentAt = 0;
+  let appliedVersion: string | null = null;
+  let reportedApplied: string | null = null;
+  let desiredEtag: string | null = null;
+  let admit = true;
+  let dropped = 0;
+  let nextSendAt = 0; // bandwidth cap
+  const backlog = { events: 0, reports: 0, samples: 0 };
+  let backlogBytes = 0;
+  let oldestAge: number | null = null;
+  const timers: Timer[] = [];
+  let budgetRunning: Promise<void> | undefined;
+  let desiredRunning: Promise<void> | undefined;
+  let frameRunning: Promise<void> | undefined;
+
+  function tableExists(t: string): boolean {
+    return !!store.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?").get(t);
+  }
+
+  function loadState(): void {
+    for (const r of store
+      .query<{ name: string; position: number }>('SELECT name, position FROM cursors')
+      .all()) {
+      if (r.name in cursors) cursors[r.name as Source] = r.position;
+    }
+    const kv = new Map(
+      store
+        .query<{ name: string; value: string }>('SELECT name, value FROM sync_state')
+        .all()
+        .map((r) => [r.name, r.value]),
+    );
+    seq = Number(kv.get('seq') ?? 0);
+    appliedVersion = kv.get('desired_version') ?? null;
+    reportedApplied = kv.get('reported_applied') ?? null;
+    desiredEtag = kv.get('desired_etag') ?? null;
+  }
+
+  // --- batches ---------------------------------------------------------------------------------
+
+  /** Read the next batch after the cursors (and after `after`, the batch in flight). */
+  function buildBatch(after: Record<Source, number>, maxRecords: number): Pending | undefined {
+    let room = maxRecords;
+    let bytes = 0;
+    const events: EventRecord[] = [];
+    const reports: ReportRecord[] = [];
+    const samples: SampleRecord[] = [];
+    const upTo: Partial<Record<Source, number>> = {};
+    for (const src of SOURCES) {
+      if (room <= 0 || bytes >= o.batchMaxBytes) break;
+      if (!tableExists(src)) continue;
+      // Synchronous iteration: nothing else runs on the read connection until it ends.
+      for (const row of store.query<Record<string, unknown>>(SELECT[src]).iterate(after[src], room)) {
+        if (src === 'events') {
+          const r = row as unknown as EventRecord;
+          events.push(r);
+          bytes += r.kind.length + (r.subject?.length ?? 0) + (r.data?.length ?? 0) + 24;
+        } else if (src === 'reports') {
+          const r = row as unknown as ReportRecord;
+          reports.push(r);
+          bytes += r.device.length + r.body.length + 32;
+        } else {
+          const r = row as unknown as SampleRecord;
+          samples.push(r);
+          bytes += r.probe.length + r.metric.length + r.data.length + 24;
+        }
+        upTo[src] = row.id as number;
+        room--;
+        if (bytes >= o.batchMaxBytes) break;
+      }
+    }
+    const records = maxRecords - room;
+    const heartbeatDue = clock.now() - lastSentAt >= o.heartbeatInterval;
+    if (records === 0 && appliedVersion === reportedApplied && !heartbeatDue) return undefined;
+    const batch: Batch = {
+      node,
+      seq: seq + 1,
+      sentAt: clock.now(),
+      applied: appliedVersion,
+      backlog: { ...backlog },
+      events,
+      reports,
+      samples,
+    };
+    return { batch, body: Buffer.alloc(0), records, upTo, attempts: 0 };
+  }
+
+  async function compress(p: Pending): Promise<void> {
+    const raw = encodeBatch(p.batch);
+    p.body =
+      o.compression === 'gzip'
+        ? await gzipAsync(raw, { level: 6 })
+        : await brotliAsync(raw, {
+            params: {
+              // Quality 4: most of brotli's gain at gzip-like CPU; the size hint saves reallocations.
+              [zc.BROTLI_PARAM_QUALITY]: 4,
+              [zc.BROTLI_PARAM_SIZE_HINT]: raw.length,
+            },
+          });
+    // Rows are not needed once encoded; release them before the upload.
+    p.batch = { ...p.batch, events: [], reports: [], samples: [] };
+  }
+
+  function request(
+    method: string,
+    path: string,
+    body: Buffer | undefined,
+    headers: Record<string, string>,
+  ): Promise<{ status: number; headers: IncomingMessage['headers']; body: Buffer }> {
+    return new Promise((resolve, reject) => {
+      const url = new URL(path, base);
+      const h: Record<string, string | number> = { ...headers };
+      if (token) h.Authorization = `Bearer ${token}`;
+      if (body) h['Content-Length'] = body.length;
+      const req = (tls ? httpsRequest : httpRequest)(url, { method, agent, headers: h });
+      const timer = clock.setTimeout(() => {
+        req.destroy(new SyncUploadError(`no answer from ${url.host} within ${o.requestTimeout} ms`));
+      }, o.requestTimeout);
+      req.on('error', (err) => {
+        timer.cancel();
+        reject(err);
+      });
+      req.on('response', (res) => {
+        const chunks: Buffer[] = [];
+        let size = 0;
+        res.on('data', (c: Buffer) => {
+          size += c.length;
+          // Answers are small JSON; a receiver sending megabytes is broken.
+          if (size > 1024 * 1024) req.destroy(new SyncUploadError('answer larger than 1 MiB'));
+          else chunks.push(c);
+        });
+        res.on('end', () => {
+          timer.cancel();
+          resolve({ status: res.statusCode ?? 0, headers: res.headers, body: Buffer.concat(chunks) });
+        });
+        res.on('error', (err) => {
+          timer.cancel();
+          reject(err);
+        });
+      });
+      req.end(body);
+    });
+  }
+
+  function retryAfterMs(h: string | string[] | undefined): number | undefined {
+    if (typeof h !== 'string') return undefined;
+    const secs = Number(h);
+    const ms = Number.isFinite(secs) ? secs * 1000 : Date.parse(h) - clock.now();
+    // An hour at most: a typo on the receiver must not park the node for days.
+    return Number.isFinite(ms) ? Math.min(Math.max(ms, 0), 3_600_000) : undefined;
+  }
+
+  async function send(p: Pending): Promise<Ack> {
+    const res = await request('POST', `/v1/nodes/${encodeURIComponent(node)}/batches`, p.body, {
+      'Content-Type': 'application/cbor',
+      'Content-Encoding': o.compression === 'gzip' ? 'gzip' : 'br',
+      'Idempotency-Key': `${node}:${p.batch.seq}`,
+    });
+    if (res.status !== 200) {
+      let detail = res.body.toString('utf8').slice(0, 300);
+      try {
+        const j = JSON.parse(detail) as { code?: string; message?: string };
+        detail = `${j.code ?? ''} ${j.message ?? ''}`.trim();
+      } catch {
+        // Not JSON (a proxy's error page): keep the text.
+      }
+      throw new SyncUploadError(
+        `receiver answered ${res.status}: ${detail}`,
+        res.status,
+        retryAfterMs(res.headers['retry-after']),
+      );
+    }
+    const ack = JSON.parse(res.body.toString('utf8')) as Ack;
+    if (ack.seq !== p.batch.seq || typeof ack.upTo !== 'object' || ack.upTo === null)
+      throw new SyncUploadError(
+        `receiver acknowledged batch ${String(ack.seq)} instead of ${p.batch.seq}`,
+        502,
+      );
+    return ack;
+  }
+
+  /** Commit the acknowledged batch: cursors and sequence in one store write. */
+  async function commit(p: Pending, ack: Ack): Promise<void> {
+    const next = { ...cursors };
+    for (const src of SOURCES) {
+      const v = ack.upTo[SHORT[src]];
+      if (typeof v === 'number' && v > next[src]) next[src] = v;
+    }
+    await store.write({
+      sql: [
+        {
+          sql: 'INSERT INTO cursors (name, position) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET position = max(position, excluded.position)',
+          rows: SOURCES.map((s) => [s, next[s]]),
+        },
+        {
+          sql: 'INSERT INTO sync_state (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value',
+          rows: [
+            ['seq', String(p.batch.seq)],
+            ['reported_applied', p.batch.applied ?? ''],
+          ],
+        },
+      ],
+    });
+    seq = p.batch.seq;
+    reportedApplied = p.batch.applied;
+    for (const src of SOURCES) cursors[src] = next[src];
+    const c = counts.get(p);
+    if (!ack.duplicate && c)
+      for (const src of SOURCES) if (c[src]) mRecords.inc({ source: SHORT[src] }, c[src]);
+    mBytes.inc(p.body.length);
+    mBatches.inc();
+    lastSuccess = clock.now();
+    lastSentAt = lastSuccess;
+    mLastSuccess.set(lastSuccess / 1000);
+  }
+
+  const counts = new WeakMap<Pending, Record<Source, number>>();
+
+  // --- sleeping, windows, bandwidth --------------------------------------------------------------
+
+  function sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        sleepTimer?.cancel();
+        sleepTimer = undefined;
+        wake = undefined;
+        resolve();
+      };
+      wake = done;
+      sleepTimer = clock.setTimeout(done, Math.max(0, ms));
+    });
+  }
+
+  function inWindow(): boolean {
+    if (windows.length === 0) return true;
+    const d = new Date(clock.now());
+    d.setSeconds(0, 0); // windows are whole minutes; node-cron's match also checks seconds
+    return windows.some((w) => w.match(d));
+  }
+
+  function backoff(attempt: number, retryAfter?: number): number {
+    if (retryAfter !== undefined) return retryAfter + random() * Math.min(1000, o.retryBase);
+    const ceiling = Math.min(o.retryMax, o.retryBase * 2 ** Math.min(attempt, 30));
+    // "Equal jitter": at least half the delay, so retries never hammer, never synchronised.
+    return ceiling / 2 + (random() * ceiling) / 2;
+  }
+
+  function setState(s: SyncState): void {
+    if (s === state) return;
+    const wasDown = state === 'retrying' || state === 'offline';
+    state = s;
+    if (s === 'ok' && wasDown) {
+      log.info({ seq }, 'fleet receiver reachable again; uploading the backlog');
+      // At once after reconnect: desired state may have changed while we were away.
+      triggerDesired();
+    }
+  }
+
+  // --- the upload loop -----------------------------------------------------------------------------
+
+  async function loop(): Promise<void> {
+    let maxRecords = o.batchMaxRecords;
+    while (running) {
+      try {
+        if (!inWindow()) {
+          // Re-check at the next whole minute.
+          await sleep(60_000 - (clock.now() % 60_000) + 10);
+          continue;
+        }
+        if (!pending) {
+          const p = buildBatch(cursors, maxRecords);
+          if (!p) {
+            await sleep(o.idleInterval);
+            continue;
+          }
+          const c: Record<Source, number> = {
+            events: p.batch.events.length,
+            reports: p.batch.reports.length,
+            probe_samples: p.batch.samples.length,
+          };
+          counts.set(p, c);
+          await compress(p);
+          pending = p;
+        }
+        const p = pending;
+        if (o.bandwidth > 0) {
+          const now = clock.now();
+          if (nextSendAt > now) {
+            await sleep(nextSendAt - now);
+            if (!running) break;
+          }
+          nextSendAt = Math.max(nextSendAt, clock.now()) + (p.body.length / o.bandwidth) * 1000;
+        }
+        p.attempts++;
+        let ack: Ack;
+        try {
+          ack = await send(p);
+        } catch (err) {
+          failures++;
+          mRetried.inc();
+          const e = err as SyncUploadError & { code?: string };
+          const httpStatus = e instanceof SyncUploadError ? e.httpStatus : undefined;
+          lastError = e.message;
+          if (httpStatus === undefined) netFailures++;
+          else netFailures = 0;
+          setState(netFailures >= 3 ? 'offline' : 'retrying');
+          if (httpStatus === 413 && p.records > 1) {
+            // The receiver's size limit is below ours: rebuild smaller with the same seq.
+            maxRecords = Math.max(1, Math.floor(p.records / 2));
+            log.warn({ maxRecords }, 'receiver refused the batch as too large; sending smaller batches');
+            pending = undefined;
+            continue;
+          }
+          const delay = backoff(failures - 1, e instanceof SyncUploadError ? e.retryAfterMs : undefined);
+          const level = failures === 1 || failures % 20 === 0 ? 'warn' : 'debug';
+          log[level](
+            { seq: p.batch.seq, attempt: p.attempts, delayMs: Math.round(delay), err: e.message },
+            httpStatus && httpStatus < 500 && httpStatus !== 429
+              ? 'fleet receiver refused the batch; check the node token and the receiver log, retrying'
+              : 'upload failed; data stays queued and will be retried',
+          );
+          await sleep(delay);
+          continue;
+        }
+        await commit(p, ack);
+        pending = undefined;
+        failures = 0;
+        netFailures = 0;
+        lastError = null;
+        setState('ok');
+        if (ack.duplicate)
+          log.info({ seq: p.batch.seq }, 'receiver already had this batch; cursors moved to what it stored');
+      } catch (err) {
+        // A store failure (disk full, closed): keep the data, try again later.
+        if (!running) break;
+        lastError = (err as Error).message;
+        log.error({ err }, 'sync loop failed; retrying');
+        pending = undefined;
+        await sleep(backoff(failures++));
+      }
+    }
+  }
+
+  // --- backlog and disk budget -------------------------------------------------------------------
+
+  function measure(): void {
+    let bytes = 0;
+    let oldest: number | null = null;
+    for (const src of SOURCES) {
+      if (!tableExists(src)) {
+        backlog[SHORT[src]] = 0;
+        mDepth.set({ source: SHORT[src] }, 0);
+        continue;
+      }
+      const r = store
+        .query<{ n: number; b: number | null }>(
+          `SELECT count(*) AS n, sum(${ROW_BYTES[src]}) AS b FROM ${src} WHERE id > ?`,
+        )
+        .get(cursors[src])!;
+      backlog[SHORT[src]] = r.n;
+      bytes += r.b ?? 0;
+      mDepth.set({ source: SHORT[src] }, r.n);
+      if (r.n > 0) {
+        const t = store
+          .query<{ t: number }>(`SELECT ${TIME_COL[src]} AS t FROM ${src} WHERE id > ? ORDER BY id LIMIT 1`)
+          .get(cursors[src]);
+        if (t && (oldest === null || t.t < oldest)) oldest = t.t;
+      }
+    }
+    backlogBytes = bytes;
+    oldestAge = oldest === null ? null : Math.max(0, (clock.now() - oldest) / 1000);
+    mBacklogBytes.set(bytes);
+    mOldest.set(oldestAge ?? 0);
+  }
+
+  /** Delete the oldest unsent rows of `src` worth about `excess` bytes; returns bytes freed. */
+  async function dropOldest(src: Source, excess: number): Promise<number> {
+    // Never touch the batch in flight: it may be stored already.
+    const floor = Math.max(cursors[src], pending?.upTo[src] ?? 0);
+    let freed = 0;
+    while (freed < excess && running) {
+      // Pick the range in chunks so one write stays short for the writer.
+      const rows = store
+        .query<{ id: number; b: number }>(
+          `SELECT id, ${ROW_BYTES[src]} AS b FROM ${src} WHERE id > ? ORDER BY id LIMIT 5000`,
+        )
+        .all(Math.max(floor, lastDropped[src]));
+      if (rows.length === 0) break;
+      let to = rows[0]!.id;
+      let chunk = 0;
+      let n = 0;
+      for (const r of rows) {
+        to = r.id;
+        chunk += r.b;
+        n++;
+        if (freed + chunk >= excess) break;
+      }
+      const from = rows[0]!.id;
+      // Ids only grow and nothing else deletes above the cursor, so [from, to] holds exactly n rows.
+      await store.write({
+        freesSpace: true,
+        sql: [
+          { sql: `DELETE FROM ${src} WHERE id >= ? AND id <= ?`, params: [from, to] },
+          {
+            sql: 'INSERT INTO events (ts, kind, subject, data) VALUES (?, ?, ?, ?)',
+            params: [
+              clock.now(),
+              'sync.gap',
+              src,
+              JSON.stringify({
+                table: src,
+                fromId: from,
+                toId: to,
+                count: n,
+                reason: 'disk budget',
+                policy: 'drop-oldest',
+              }),
+            ],
+          },
+        ],
+      });
+      lastDropped[src] = to;
+      freed += chunk;
+      dropped += n;
+      mDropped.inc({ source: SHORT[src] }, n);
+      log.warn(
+        { table: src, fromId: from, toId: to, count: n },
+        'disk budget reached: dropped the oldest unsent records (recorded as a sync.gap event)',
+      );
+    }
+    return freed;
+  }
+  const lastDropped: Record<Source, number> = { events: 0, reports: 0, probe_samples: 0 };
+
+  async function enforceBudget(): Promise<void> {
+    measure();
+    if (backlogBytes <= o.diskBudget) {
+      // Hysteresis: reports are admitted again once below 90% of the budget.
+      if (!admit && backlogBytes <= o.diskBudget * 0.9) {
+        admit = true;
+        log.info({ backlogBytes }, 'backlog back under the disk budget; accepting reports again');
+      }
+      return;
+    }
+    const target = o.diskBudget * 0.9;
+    let excess = backlogBytes - target;
+    if (tableExists('probe_samples')) excess -= await dropOldest('probe_samples', excess);
+    if (excess > 0 && tableExists('reports')) {
+      if (o.reportsPolicy === 'drop-oldest') excess -= await dropOldest('reports', excess);
+      else if (admit) {
+        admit = false;
+        log.warn(
+          { backlogBytes, diskBudget: o.diskBudget },
+          'disk budget reached: no longer acknowledging reports (devices keep them) until the backlog drains',
+        );
+      }
+    }
+    measure();
+  }
+
+  function runBudget(): void {
+    if (budgetRunning || !running) return;
+    budgetRunning = enforceBudget()
+      .catch((err: unknown) => log.error({ err }, 'disk budget check failed'))
+      .finally(() => {
+        budgetRunning = undefined;
+      });
+  }
+
+  // --- desired state -------------------------------------------------------------------------------
+
+  async function pollDesired(): Promise<void> {
+    if (!inWindow()) return;
+    const res = await request('GET', `/v1/nodes/${encodeURIComponent(node)}/desired`, undefined, {
+      ...(desiredEtag ? { 'If-None-Match': desiredEtag } : {}),
+    });
+    if (res.status === 304 || res.status === 204) return;
+    if (res.status !== 200)
+      throw new SyncUploadError(`desired state: receiver answered ${res.status}`, res.status);
+    const doc = JSON.parse(res.body.toString('utf8')) as { version?: unknown; keys?: unknown };
+    const version = String(doc.version ?? '');
+    const keys = doc.keys;
+    if (!version || keys === null || typeof keys !== 'object' || Array.isArray(keys))
+      throw new SyncUploadError('desired state is not {version, keys}', 502);
+    const etag = typeof res.headers.etag === 'string' ? res.headers.etag : `"${version}"`;
+    await applyDesired(version, keys as Record<string, unknown>, etag);
+  }
+
+  /** Replace the keys under the desired prefix and record the version, in one revision. */
+  async function applyDesired(version: string, keys: Record<string, unknown>, etag: string): Promise<void> {
+    const prefix = Buffer.from(DESIRED_PREFIX);
+    const current = store.range({ key: prefix, rangeEnd: prefixEnd(prefix), keysOnly: true });
+    const want = new Map<string, Buffer>();
+    for (const [k, v] of Object.entries(keys)) {
+      if (k === '' || k.startsWith('.'))
+        throw new SyncUploadError(`desired key ${JSON.stringify(k)} is reserved`, 502);
+      want.set(DESIRED_PREFIX + k, Buffer.from(typeof v === 'string' ? v : JSON.stringify(v)));
+    }
+    const ops: RequestOp[] = [];
+    for (const kv of current.kvs) {
+      const k = kv.key.toString();
+      if (!want.has(k) && k !== DESIRED_VERSION_KEY) ops.push({ deleteRange: { key: kv.key } });
+    }
+    for (const [k, v] of want) ops.push({ put: { key: Buffer.from(k), value: v } });
+    ops.push({ put: { key: Buffer.from(DESIRED_VERSION_KEY), value: Buffer.from(version) } });
+    await store.write({
+      sql: [
+        {
+          sql: 'INSERT INTO sync_state (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value',
+          rows: [
+            ['desired_version', version],
+            ['desired_etag', etag],
+          ],
+        },
+      ],
+      txn: { success: ops },
+    });
+    appliedVersion = version;
+    desiredEtag = etag;
+    log.info({ version, keys: want.size }, 'desired state applied');
+    kick();
+  }
+
+  function triggerDesired(): void {
+    if (desiredRunning || !running) return;
+    desiredRunning = pollDesired()
+      .catch((err: unknown) => {
+        lastError = `desired state: ${(err as Error).message}`;
+        log.warn({ err: (err as Error).message }, 'could not fetch desired state; will ask again');
+      })
+      .finally(() => {
+        desiredRunning = undefined;
+      });
+  }
+
+  function scheduleDesired(): void {
+    if (!running) return;
+    const delay = o.desiredPollInterval * (0.8 + random() * 0.4);
+    timers.push(
+      clock.setTimeout(() => {
+        triggerDesired();
+        scheduleDesired();
+      }, delay),
+    );
+  }
+
+  // --- status frame --------------------------------------------------------------------------------
+
+  async function uploadFrame(): Promise<void> {
+    if (!options.framePng || !inWindow() || state !== 'ok') return;
+    const png = await options.framePng();
+    if (!png) return;
+    const res = await request('PUT', `/v1/nodes/${encodeURIComponent(node)}/frame`, png, {
+      'Content-Type': 'image/png',
+    });
+    if (res.status >= 300)
+      throw new SyncUploadError(`frame upload: receiver answered ${res.status}`, res.status);
+  }
+
+  function scheduleFrame(first: number): void {
+    if (!running || !options.framePng || o.frameInterval <= 0) return;
+    timers.push(
+      clock.setTimeout(() => {
+        if (!frameRunning)
+          frameRunning = uploadFrame()
+            .catch((err: unknown) =>
+              log.debug({ err: (err as Error).message }, 'frame upload failed; next one later'),
+            )
+            .finally(() => {
+              frameRunning = undefined;
+            });
+        scheduleFrame(o.frameInterval);
+      }, first),
+    );
+  }
+
+  function scheduleBudget(): void {
+    if (!running) return;
+    timers.push(
+      clock.setTimeout(() => {
+        runBudget();
+        scheduleBudget();
+      }, o.budgetInterval),
+    );
+  }
+
+  function kick(): void {
+    wake?.();
+  }
+
+  return {
+    name: 'sync',
+    async start() {
+      if (running) return;
+      if (!enabled) {
+        log.info('sync.url is not set: the uplink is off, data stays on this node');
+        return;
+      }
+      if (!token && options.tokenFile) token = readFileSync(options.tokenFile, 'utf8').split('\n')[0]!.trim();
+      if (!token && !options.certFile)
+        log.warn('sync has neither a token nor a client certificate; the receiver will refuse uploads');
+      loadState();
+      running = true;
+      measure();
+      ctx.addReadinessCheck('sync', () =>
+        admit
+          ? undefined
+          : `sync backlog ${backlogBytes} bytes is over the disk budget ${o.diskBudget}; reports are refused`,
+      );
+      ctx.http.add('GET', '/v1/sync/status', (_req, res) => {
+        const body = JSON.stringify(status());
+        res.writeHead(200, { 'Content-Type': 'application/json' }).end(body);
+      });
+      loopDone = loop();
+      triggerDesired();
+      scheduleDesired();
+      scheduleBudget();
+      scheduleFrame(Math.min(o.frameInterval, 10_000));
+      log.info({ url: base!.origin, seq, cursors }, 'uplink started');
+    },
+    async stop() {
+      if (!running) {
+        agent.destroy();
+        for (const w of windows) await w.destroy();
+        return;
+      }
+      running = false;
+      for (const t of timers) t.cancel();
+      timers.length = 0;
+      kick();
+      agent.destroy();
+      await loopDone;
+      await Promise.allSettled([budgetRunning, desiredRunning, frameRunning]);
+      for (const w of windows) await w.destroy();
+      state = 'disabled';
+    },
+    status,
+    admitReports: () => admit,
+    kick,
+  };
+
+  function status(): SyncStatus {
+    return {
+      state,
+      backlog: { ...backlog },
+      backlogBytes,
+      oldestUnsentAgeSeconds: oldestAge,
+      lastSuccess: lastSuccess === null ? null : new Date(lastSuccess).toISOString(),
+      lastError,
+      seq,
+      desiredVersion: appliedVersion,
+      admittingReports: admit,
+      droppedRecords: dropped,
+    };
+  }
+}
