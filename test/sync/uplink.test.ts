@@ -15,7 +15,6 @@ import {
   createSyncPart,
   type FleetServer,
   type SyncOptions,
-  type SyncPart,
   startFleetServer,
 } from '../../src/sync/index.js';
 import {
