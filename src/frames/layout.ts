@@ -63,6 +63,8 @@ class Builder {
     f: string,
     tone: Tone,
     align: TextElement['align'] = 'left',
+    /** Shrink the slot to the text (left-aligned), so something can follow on the same line. */
+    tight = false,
   ): number {
     const fitted = fitText(full, f, Math.max(0, w), this.measure);
     if (fitted.text === '') return 0;
@@ -72,7 +74,7 @@ class Builder {
       full,
       x,
       y,
-      w,
+      w: tight ? Math.min(w, Math.ceil(fitted.width)) : w,
       h,
       width: fitted.width,
       align,
@@ -451,7 +453,7 @@ function colourLayout(b: Builder, s: FrameSnapshot, size: FrameSize, spec: Colou
   for (const r of rows) {
     if (r.title) {
       const tf = font(Math.min(spec.titlePx, rowPx), 'bold');
-      const tw = Math.ceil(b.text(r.title, rx, y, colW, rowH, tf, 'accent'));
+      const tw = Math.ceil(b.text(r.title, rx, y, colW, rowH, tf, 'accent', 'left', true));
       if (r.titleValue) {
         const vf = font(Math.min(spec.titlePx, rowPx) + 1, 'bold');
         const vw = Math.ceil(fitText(r.titleValue, vf, colW - tw - 8, b.measure).width);
@@ -554,7 +556,7 @@ function monoLayout(b: Builder, s: FrameSnapshot, size: FrameSize): void {
     b.rect(0, y, W, H - y, 'fg');
     const word = `${SEVERITY_WORD[a.severity]}${s.alertsTotal > 1 ? ` +${s.alertsTotal - 1}` : ''}`;
     const wf = font(px, 'bold');
-    const ww = Math.ceil(b.text(word, p, y, w, rowH, wf, 'invfg'));
+    const ww = Math.ceil(b.text(word, p, y, w, rowH, wf, 'invfg', 'left', true));
     b.text(a.text, p + ww + px, y, w - ww - px, rowH, wf, 'invfg');
   } else {
     b.text(s.alertsUnknown ? 'alerts: unknown' : 'no active alerts', p, y, w, rowH, font(px, 'bold'), 'fg');
