@@ -276,3 +276,31 @@ describe('config value parsers', () => {
     }
   });
 });
+
+describe('config documentation', () => {
+  const repo = join(import.meta.dirname, '..', '..');
+
+  test('README.md documents every key of every section, with its env variable', async () => {
+    const { readFileSync } = await import('node:fs');
+    const { allSections } = await import('../../src/daemon/index.js');
+    const readme = readFileSync(join(repo, 'README.md'), 'utf8');
+    const missing: string[] = [];
+    for (const s of allSections()) {
+      for (const [k, f] of Object.entries(s.fields)) {
+        if (f.type === 'renamed') {
+          if (!readme.includes(`\`${s.name}.${k}\` → \`${s.name}.${f.to}\``))
+            missing.push(`${s.name}.${k} (renamed)`);
+        } else if (!readme.includes(`\`${s.name}.${k}\``) || !readme.includes(`\`${envName(s.name, k)}\``)) {
+          missing.push(`${s.name}.${k}`);
+        }
+      }
+    }
+    assert.deepEqual(missing, [], `document these keys in README.md "Configuration": ${missing.join(', ')}`);
+  });
+
+  test('the shipped example configuration is valid', () => {
+    const c = loadConfig({ env: {}, file: join(repo, 'systemd', 'edgekeeper.json.example') });
+    assert.equal(c.http.listen, '127.0.0.1:9480');
+    assert.equal(c.store.backupSchedule, '0 3 * * *');
+  });
+});

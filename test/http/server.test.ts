@@ -20,7 +20,10 @@ function call(
   opts: { body?: Buffer; headers?: Record<string, string> } = {},
 ): Promise<Reply> {
   return new Promise((resolve, reject) => {
-    const headers = { ...(opts.body ? { 'content-length': String(opts.body.length) } : {}), ...opts.headers };
+    const headers: Record<string, string> = {
+      ...(opts.body ? { 'content-length': String(opts.body.length) } : {}),
+      ...opts.headers,
+    };
     if (headers['transfer-encoding']) delete headers['content-length'];
     const req = request({ host: '127.0.0.1', port, method, path, headers }, (res) => {
       const chunks: Buffer[] = [];
