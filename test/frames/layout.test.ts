@@ -52,7 +52,7 @@ function hostileSnapshot(name: string): FrameSnapshot {
       offline: 98_765,
       attention: NAMES.map((n, i) => ({
         name: n || name,
-        reason: (['offline', 'rejected', 'silent'] as const)[i % 3],
+        reason: (['offline', 'rejected', 'silent'] as const)[i % 3]!,
         sinceMs: T0 - i * 3_600_000,
       })),
       reportsPerMinute: [1, 2, 3, 1e9, 5, 6, 7, 8, 9, 10],

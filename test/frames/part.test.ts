@@ -15,12 +15,7 @@ import { after, before, test } from 'node:test';
 import { promisify } from 'node:util';
 import { Registry } from 'prom-client';
 import { ManualClock } from '../../src/clock.js';
-import {
-  createFramesPart,
-  type DevicesInput,
-  type FramesPart,
-  framesCliCommands,
-} from '../../src/frames/index.js';
+import { createFramesPart, type DevicesInput, type FramesPart } from '../../src/frames/index.js';
 import { silentLogger } from '../../src/log.js';
 import type { HttpRoutes, PartContext, RouteHandler } from '../../src/part.js';
 import { openStore } from '../../src/store/index.js';
