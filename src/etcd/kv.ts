@@ -1,0 +1,206 @@
+/**
+ * etcd's KV service (Range, Put, DeleteRange, Txn, Compact) over the store, and the conversions
+ * between wire messages and the store's types that Watch, Lease and the recipes reuse.
+ */
+import type { UntypedServiceImplementation } from '@grpc/grpc-js';
+import type {
+  Compare,
+  CompareResult,
+  CompareTarget,
+  DeleteRangeRequest,
+  DeleteRangeResponse,
+  KeyValue,
+  PutRequest,
+  PutResponse,
+  RangeRequest,
+  RangeResponse,
+  RequestOp,
+  ResponseOp,
+  SortOrder,
+  SortTarget,
+  TxnRequest,
+  TxnResponse,
+} from '../store/types.js';
+import { type EtcdContext, type Header, unary } from './context.js';
+import { Code, grpcError } from './errors.js';
+import { big, buf, type Decoded, long, num } from './proto.js';
+
+const SORT_ORDERS: SortOrder[] = ['NONE', 'ASCEND', 'DESCEND'];
+const SORT_TARGETS: SortTarget[] = ['KEY', 'VERSION', 'CREATE', 'MOD', 'VALUE'];
+const CMP_RESULTS: CompareResult[] = ['EQUAL', 'GREATER', 'LESS', 'NOT_EQUAL'];
+const CMP_TARGETS: CompareTarget[] = ['VERSION', 'CREATE', 'MOD', 'VALUE', 'LEASE'];
+
+// A decoded wire message: fields by their proto names (keepCase), absent ones read as defaults.
+// biome-ignore lint/suspicious/noExplicitAny: decoded wire messages are dynamically shaped
+type M = Decoded & Record<string, any>;
+
+/** etcd's ErrGRPCInvalidSortOption for enum values outside the declared ones. */
+function invalidSort(): Error {
+  return grpcError(Code.INVALID_ARGUMENT, 'etcdserver: invalid sort option');
+}
+
+export function rangeIn(m: M): RangeRequest {
+  const order = SORT_ORDERS[m.sort_order as number];
+  const target = SORT_TARGETS[m.sort_target as number];
+  if (order === undefined || target === undefined) throw invalidSort();
+  const rangeEnd = buf(m.range_end);
+  const req: RangeRequest = { key: buf(m.key), sortOrder: order, sortTarget: target };
+  if (rangeEnd.length) req.rangeEnd = rangeEnd;
+  const limit = num(m.limit);
+  if (limit) req.limit = limit;
+  const revision = num(m.revision);
+  if (revision) req.revision = revision;
+  if (m.keys_only) req.keysOnly = true;
+  if (m.count_only) req.countOnly = true;
+  const minMod = num(m.min_mod_revision);
+  if (minMod) req.minModRevision = minMod;
+  const maxMod = num(m.max_mod_revision);
+  if (maxMod) req.maxModRevision = maxMod;
+  const minCreate = num(m.min_create_revision);
+  if (minCreate) req.minCreateRevision = minCreate;
+  const maxCreate = num(m.max_create_revision);
+  if (maxCreate) req.maxCreateRevision = maxCreate;
+  return req;
+}
+
+export function putIn(m: M): PutRequest {
+  const value = buf(m.value);
+  const lease = big(m.lease);
+  // etcd's checkPutRequest: ignore_value/ignore_lease exclude a value/lease in the same request.
+  if (m.ignore_value && value.length) throw grpcError(Code.INVALID_ARGUMENT, 'etcdserver: value is provided');
+  if (m.ignore_lease && lease !== 0n) throw grpcError(Code.INVALID_ARGUMENT, 'etcdserver: lease is provided');
+  const req: PutRequest = { key: buf(m.key), value };
+  if (lease !== 0n) req.lease = lease;
+  if (m.prev_kv) req.prevKv = true;
+  if (m.ignore_value) req.ignoreValue = true;
+  if (m.ignore_lease) req.ignoreLease = true;
+  return req;
+}
+
+export function deleteIn(m: M): DeleteRangeRequest {
+  const rangeEnd = buf(m.range_end);
+  const req: DeleteRangeRequest = { key: buf(m.key) };
+  if (rangeEnd.length) req.rangeEnd = rangeEnd;
+  if (m.prev_kv) req.prevKv = true;
+  return req;
+}
+
+function compareIn(c: M): Compare {
+  const result = CMP_RESULTS[c.result as number];
+  const target = CMP_TARGETS[c.target as number];
+  if (result === undefined || target === undefined) {
+    throw grpcError(Code.INVALID_ARGUMENT, 'edgekeeper: unknown compare result or target');
+  }
+  const out: Compare = { key: buf(c.key), target, result };
+  const rangeEnd = buf(c.range_end);
+  if (rangeEnd.length) out.rangeEnd = rangeEnd;
+  switch (target) {
+    case 'VERSION':
+      out.version = num(c.version);
+      break;
+    case 'CREATE':
+      out.createRevision = num(c.create_revision);
+      break;
+    case 'MOD':
+      out.modRevision = num(c.mod_revision);
+      break;
+    case 'VALUE':
+      out.value = buf(c.value);
+      break;
+    case 'LEASE':
+      out.lease = big(c.lease);
+      break;
+  }
+  return out;
+}
+
+function opIn(op: M): RequestOp {
+  if (op.request_range) return { range: rangeIn(op.request_range) };
+  if (op.request_put) return { put: putIn(op.request_put) };
+  if (op.request_delete_range) return { deleteRange: deleteIn(op.request_delete_range) };
+  if (op.request_txn) return { txn: txnIn(op.request_txn) };
+  // etcd silently answers an empty op with an empty ResponseOp; we refuse it by name instead of
+  // inventing a response shape (a deliberate difference; no real client sends one).
+  throw grpcError(Code.INVALID_ARGUMENT, 'edgekeeper: txn request op has no request set');
+}
+
+export function txnIn(m: M): TxnRequest {
+  const compare = m.compare as M[];
+  const success = m.success as M[];
+  const failure = m.failure as M[];
+  return {
+    compare: compare.length ? compare.map(compareIn) : [],
+    success: success.length ? success.map(opIn) : [],
+    failure: failure.length ? failure.map(opIn) : [],
+  };
+}
+
+// --- responses --------------------------------------------------------------------------------
+
+export interface WireKv {
+  key: Buffer;
+  create_revision: number;
+  mod_revision: number;
+  version: number;
+  value: Buffer;
+  lease: unknown;
+}
+
+export function kvOut(kv: KeyValue): WireKv {
+  return {
+    key: kv.key,
+    create_revision: kv.createRevision,
+    mod_revision: kv.modRevision,
+    version: kv.version,
+    value: kv.value,
+    lease: kv.lease === 0n ? 0 : long(kv.lease),
+  };
+}
+
+function kvsOut(kvs: KeyValue[]): WireKv[] {
+  const out = new Array<WireKv>(kvs.length);
+  for (let i = 0; i < kvs.length; i++) out[i] = kvOut(kvs[i]!);
+  return out;
+}
+
+export function rangeOut(h: (r: number) => Header, r: RangeResponse): object {
+  return { header: h(r.header.revision), kvs: kvsOut(r.kvs), more: r.more, count: r.count };
+}
+
+export function putOut(h: (r: number) => Header, r: PutResponse): object {
+  return r.prevKv
+    ? { header: h(r.header.revision), prev_kv: kvOut(r.prevKv) }
+    : { header: h(r.header.revision) };
+}
+
+export function deleteOut(h: (r: number) => Header, r: DeleteRangeResponse): object {
+  return { header: h(r.header.revision), deleted: r.deleted, prev_kvs: kvsOut(r.prevKvs) };
+}
+
+function opOut(h: (r: number) => Header, op: ResponseOp): object {
+  if ('range' in op) return { response_range: rangeOut(h, op.range) };
+  if ('put' in op) return { response_put: putOut(h, op.put) };
+  if ('deleteRange' in op) return { response_delete_range: deleteOut(h, op.deleteRange) };
+  return { response_txn: txnOut(h, op.txn) };
+}
+
+export function txnOut(h: (r: number) => Header, r: TxnResponse): object {
+  const responses = new Array<object>(r.responses.length);
+  for (let i = 0; i < r.responses.length; i++) responses[i] = opOut(h, r.responses[i]!);
+  return { header: h(r.header.revision), succeeded: r.succeeded, responses };
+}
+
+export function kvService(ctx: EtcdContext): UntypedServiceImplementation {
+  const { store, hdr } = ctx;
+  return {
+    Range: unary(ctx, 'Range', (m: M) => rangeOut(hdr, store.range(rangeIn(m)))),
+    Put: unary(ctx, 'Put', (m: M) => store.put(putIn(m)).then((r) => putOut(hdr, r))),
+    DeleteRange: unary(ctx, 'DeleteRange', (m: M) =>
+      store.deleteRange(deleteIn(m)).then((r) => deleteOut(hdr, r)),
+    ),
+    Txn: unary(ctx, 'Txn', (m: M) => store.txn(txnIn(m)).then((r) => txnOut(hdr, r))),
+    Compact: unary(ctx, 'Compact', (m: M) =>
+      store.compact(num(m.revision), !!m.physical).then((r) => ({ header: hdr(r.header.revision) })),
+    ),
+  };
+}

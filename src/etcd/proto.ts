@@ -1,0 +1,129 @@
+/**
+ * Loads our .proto files once and builds grpc-js service definitions whose (de)serializers call
+ * protobufjs directly. We skip proto-loader's `toObject`/`fromObject` copies on purpose: a
+ * decoded request is used as it comes off the wire (int64 as Long, bytes as Buffer), and a
+ * response is a plain object encoded as is — the per-request cost that matters at 10k+ ops/s.
+ */
+import { createRequire } from 'node:module';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { MethodDefinition, ServiceDefinition } from '@grpc/grpc-js';
+import type * as Protobuf from 'protobufjs';
+
+// protobufjs is @grpc/proto-loader's own runtime dependency; resolve it from there so we use the
+// exact copy that ships with the gRPC stack we depend on.
+const requireFromLoader = createRequire(createRequire(import.meta.url).resolve('@grpc/proto-loader'));
+const protobuf = requireFromLoader('protobufjs') as typeof Protobuf;
+
+/** Directory of our .proto files; works from src/ (tsx) and dist/ (the package ships src/etcd/proto). */
+function protoDir(): string {
+  const here = dirname(fileURLToPath(import.meta.url));
+  const candidates = [join(here, 'proto'), join(here, '..', '..', 'src', 'etcd', 'proto')];
+  const fs = createRequire(import.meta.url)('node:fs') as typeof import('node:fs');
+  for (const c of candidates) if (fs.existsSync(join(c, 'rpc.proto'))) return c;
+  return candidates[0]!;
+}
+
+export const PROTO_DIR = protoDir();
+
+let rootCache: Protobuf.Root | undefined;
+
+export function protoRoot(): Protobuf.Root {
+  if (rootCache) return rootCache;
+  const root = new protobuf.Root();
+  root.resolvePath = (_origin, target) => join(PROTO_DIR, target.replace(/^.*\//, ''));
+  root.loadSync(['kv.proto', 'rpc.proto', 'v3lock.proto', 'v3election.proto', 'health.proto'], {
+    keepCase: true,
+  });
+  root.resolveAll();
+  rootCache = root;
+  return root;
+}
+
+export type Decoded = Record<string, unknown>;
+
+/** Byte size of the request a decoded message came from (etcd limits requests by encoded size). */
+export const WIRE_SIZE: unique symbol = Symbol('wireSize');
+
+/** Counts requests that could not be decoded; set by the server that owns the metrics. */
+export type DecodeFailureHook = (method: string, err: unknown) => void;
+
+/**
+ * A grpc-js service definition for `fullName` (e.g. "etcdserverpb.KV"). Requests decode to
+ * protobufjs message instances; responses are plain objects. A decode failure is reported to
+ * `onDecodeFailure` and rethrown, so grpc-js answers the call with INTERNAL (as grpc-go does
+ * with "grpc: error unmarshalling request").
+ */
+export function serviceDefinition(fullName: string, onDecodeFailure?: DecodeFailureHook): ServiceDefinition {
+  const svc = protoRoot().lookupService(fullName);
+  const def: Record<string, MethodDefinition<unknown, unknown>> = {};
+  for (const m of svc.methodsArray) {
+    m.resolve();
+    const reqType = m.resolvedRequestType!;
+    const resType = m.resolvedResponseType!;
+    const path = `/${fullName}/${m.name}`;
+    def[m.name] = {
+      path,
+      requestStream: !!m.requestStream,
+      responseStream: !!m.responseStream,
+      requestSerialize: (v: unknown) => reqType.encode(v as Protobuf.Message).finish() as Buffer,
+      requestDeserialize: (b: Buffer) => {
+        try {
+          const msg = reqType.decode(b) as unknown as Decoded;
+          (msg as Record<symbol, number>)[WIRE_SIZE] = b.length;
+          return msg;
+        } catch (err) {
+          onDecodeFailure?.(m.name, err);
+          throw err;
+        }
+      },
+      responseSerialize: (v: unknown) => resType.encode(v as Protobuf.Message).finish() as Buffer,
+      responseDeserialize: (b: Buffer) => resType.decode(b) as unknown,
+      originalName: m.name,
+    };
+  }
+  return def as ServiceDefinition;
+}
+
+// --- int64 helpers ----------------------------------------------------------------------------
+
+/** A decoded int64: a number, or a Long-like {low, high} when long.js is present. */
+type WireLong = number | { low: number; high: number; toNumber?: () => number } | null | undefined;
+
+/** int64 from the wire as a JS number (revisions, TTLs, limits stay far below 2^53). */
+export function num(v: unknown): number {
+  if (typeof v === 'number') return v;
+  if (v == null) return 0;
+  const l = v as { low: number; high: number };
+  return l.high * 4294967296 + (l.low >>> 0);
+}
+
+/** int64 from the wire as a bigint (lease IDs use all 64 bits). */
+export function big(v: unknown): bigint {
+  if (typeof v === 'number') return BigInt(v);
+  if (v == null) return 0n;
+  const l = v as { low: number; high: number };
+  if (l.high === 0 && l.low >= 0) return BigInt(l.low);
+  return (BigInt(l.high) << 32n) | BigInt(l.low >>> 0);
+}
+
+/** A bigint as a Long-like object protobufjs encodes without long.js parsing (int64 and uint64). */
+export function long(v: bigint): WireLong {
+  if (v === 0n) return 0;
+  if (v > 0n && v <= 0x1fffffffffffffn) return Number(v);
+  return { low: Number(BigInt.asIntN(32, v)), high: Number(BigInt.asIntN(32, v >> 32n)) };
+}
+
+/** Unsigned rendering of an int64 id (etcdctl prints lease and member IDs in hex of the uint64). */
+export function hexId(v: bigint): string {
+  return BigInt.asUintN(64, v).toString(16);
+}
+
+/** A bytes field from the wire as a Buffer (protobufjs yields Buffer slices on Node). */
+export function buf(v: unknown): Buffer {
+  if (v == null) return EMPTY;
+  if (Buffer.isBuffer(v)) return v;
+  return Buffer.from(v as Uint8Array);
+}
+
+export const EMPTY = Buffer.alloc(0);

@@ -1,0 +1,220 @@
+/**
+ * The etcd v3 gRPC server over a Store: every service registered on one grpc-js Server bound to
+ * a TCP address and (optionally) a unix socket. Non-loopback TCP needs TLS; that is checked
+ * before anything is bound, with an error that says what to set.
+ */
+import { readFileSync } from 'node:fs';
+import { rm } from 'node:fs/promises';
+import { isIP } from 'node:net';
+import { Server, ServerCredentials } from '@grpc/grpc-js';
+import type { Registry } from 'prom-client';
+import { ConfigError } from '../errors.js';
+import { type Logger, silentLogger } from '../log.js';
+import type { Store } from '../store/types.js';
+import { type EtcdContext, EtcdMetrics, makeHeaderFactory } from './context.js';
+import { kvService } from './kv.js';
+import { leaseService } from './lease.js';
+import { authService, clusterService, healthService, maintenanceService } from './maintenance.js';
+import { serviceDefinition } from './proto.js';
+import { electionService, lockService } from './recipes.js';
+import { watchService } from './watch.js';
+
+/** Reported by Maintenance.Status: clients enable progress requests from etcd 3.5.13 on. */
+export const ETCD_COMPAT_VERSION = '3.5.13';
+/** etcd's default --max-request-bytes. */
+export const DEFAULT_MAX_REQUEST_BYTES = 1.5 * 1024 * 1024;
+/** etcd allows this much gRPC framing on top of max-request-bytes (grpcOverheadBytes). */
+const GRPC_OVERHEAD_BYTES = 512 * 1024;
+/** etcd's default --experimental-watch-progress-notify-interval. */
+export const DEFAULT_PROGRESS_NOTIFY_MS = 10 * 60 * 1000;
+
+export interface EtcdTlsOptions {
+  /** PEM certificate chain (contents or a file path). */
+  cert: string | Buffer;
+  /** PEM private key (contents or a file path). */
+  key: string | Buffer;
+  /** PEM CA bundle to verify client certificates with. */
+  clientCa?: string | Buffer;
+  /** Require a client certificate signed by `clientCa` (etcd's --client-cert-auth). */
+  clientCertAuth?: boolean;
+}
+
+export interface EtcdServerOptions {
+  /** "host:port"; port 0 picks a free port. Default 127.0.0.1:2379. Empty string: no TCP listener. */
+  listen?: string;
+  /** Path of a unix socket to serve on as well (removed first if stale). */
+  socketPath?: string;
+  tls?: EtcdTlsOptions;
+  nodeName?: string;
+  logger?: Logger;
+  registry?: Registry;
+  progressNotifyMs?: number;
+  maxRequestBytes?: number;
+  /** Where Snapshot stages its temporary copy (default: the OS temp dir). */
+  stateDir?: string;
+}
+
+export interface EtcdServer {
+  /** The bound TCP port (0 when there is no TCP listener). */
+  port: number;
+  host: string;
+  socketPath?: string;
+  metrics: EtcdMetrics;
+  clientUrls(): string[];
+  close(): Promise<void>;
+}
+
+export function isLoopbackHost(host: string): boolean {
+  const h = host.replace(/^\[|\]$/g, '');
+  if (h === 'localhost') return true;
+  if (isIP(h) === 4) return h.startsWith('127.');
+  if (isIP(h) === 6) return h === '::1';
+  return false;
+}
+
+export function parseListen(listen: string): { host: string; port: number } {
+  const m = /^(\[[^\]]+\]|[^:]+):(\d+)$/.exec(listen.trim());
+  if (!m)
+    throw new ConfigError([
+      `Expected \`etcd.listen\` to be HOST:PORT (e.g. 127.0.0.1:2379), got ${JSON.stringify(listen)}`,
+    ]);
+  const port = Number(m[2]);
+  if (port > 65535)
+    throw new ConfigError([`Expected the port of \`etcd.listen\` to be 0..65535, got ${port}`]);
+  return { host: m[1]!.replace(/^\[|\]$/g, ''), port };
+}
+
+function pem(v: string | Buffer): Buffer {
+  if (Buffer.isBuffer(v)) return v;
+  return v.includes('-----BEGIN') ? Buffer.from(v) : readFileSync(v);
+}
+
+function credentials(tls: EtcdTlsOptions | undefined): ServerCredentials {
+  if (!tls) return ServerCredentials.createInsecure();
+  const ca = tls.clientCa ? pem(tls.clientCa) : null;
+  if (tls.clientCertAuth && !ca) {
+    throw new ConfigError([
+      '`etcd.clientCertAuth` needs `etcd.tlsClientCa` (the CA that signs client certificates)',
+    ]);
+  }
+  return ServerCredentials.createSsl(
+    ca,
+    [{ cert_chain: pem(tls.cert), private_key: pem(tls.key) }],
+    !!tls.clientCertAuth,
+  );
+}
+
+function bind(server: Server, address: string, creds: ServerCredentials): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.bindAsync(address, creds, (err, port) => (err ? reject(err) : resolve(port)));
+  });
+}
+
+/** Serve the etcd API for `store`. Resolves once every listener is bound. */
+export async function startEtcdServer(store: Store, opts: EtcdServerOptions = {}): Promise<EtcdServer> {
+  const listen = opts.listen ?? '127.0.0.1:2379';
+  const tcp = listen === '' ? undefined : parseListen(listen);
+  if (tcp && !isLoopbackHost(tcp.host) && !opts.tls) {
+    throw new ConfigError([
+      `\`etcd.listen\` is ${listen}, which is not a loopback address: the etcd API has no authentication, so ` +
+        'edgekeeper serves it beyond this machine only over TLS. Set `etcd.tlsCert` and `etcd.tlsKey` ' +
+        '(and `etcd.tlsClientCa` with `etcd.clientCertAuth: true` to require client certificates), or listen on 127.0.0.1.',
+    ]);
+  }
+  const creds = credentials(opts.tls);
+  const logger = (opts.logger ?? silentLogger()).child({ part: 'etcd' });
+  const metrics = new EtcdMetrics(opts.registry);
+  const maxRequestBytes = opts.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES;
+  const scheme = opts.tls ? 'https' : 'http';
+  let port = 0;
+  const { hdr, memberId, clusterId } = makeHeaderFactory(store);
+  const clientUrls = () => {
+    const urls: string[] = [];
+    if (tcp) urls.push(`${scheme}://${tcp.host.includes(':') ? `[${tcp.host}]` : tcp.host}:${port}`);
+    if (opts.socketPath) urls.push(`unix://${opts.socketPath}`);
+    return urls;
+  };
+  const ctx: EtcdContext = {
+    store,
+    logger,
+    metrics,
+    nodeName: opts.nodeName ?? 'edgekeeper',
+    clientUrls,
+    memberId,
+    clusterId,
+    hdr,
+    progressNotifyMs: opts.progressNotifyMs ?? DEFAULT_PROGRESS_NOTIFY_MS,
+    maxRequestBytes,
+    version: ETCD_COMPAT_VERSION,
+    stateDir: opts.stateDir ?? '',
+  };
+
+  const server = new Server({
+    'grpc.max_receive_message_length': maxRequestBytes + GRPC_OVERHEAD_BYTES,
+    'grpc.max_send_message_length': -1,
+    // etcd's defaults: ping an idle client every 2 h, drop it after 20 s without an answer.
+    'grpc.keepalive_time_ms': 2 * 60 * 60 * 1000,
+    'grpc.keepalive_timeout_ms': 20_000,
+  });
+  const onDecodeFailure = (method: string, err: unknown) => {
+    metrics.badInput.inc({ kind: 'undecodable' });
+    logger.debug({ method, err: String(err) }, 'rejected an etcd request that is not valid protobuf');
+  };
+  const streams = new Set<{ close(end: boolean): void }>();
+  server.addService(serviceDefinition('etcdserverpb.KV', onDecodeFailure), kvService(ctx));
+  server.addService(serviceDefinition('etcdserverpb.Watch', onDecodeFailure), watchService(ctx, streams));
+  server.addService(serviceDefinition('etcdserverpb.Lease', onDecodeFailure), leaseService(ctx));
+  server.addService(serviceDefinition('etcdserverpb.Maintenance', onDecodeFailure), maintenanceService(ctx));
+  server.addService(serviceDefinition('etcdserverpb.Cluster', onDecodeFailure), clusterService(ctx));
+  server.addService(serviceDefinition('etcdserverpb.Auth', onDecodeFailure), authService(ctx));
+  server.addService(serviceDefinition('v3lockpb.Lock', onDecodeFailure), lockService(ctx));
+  server.addService(serviceDefinition('v3electionpb.Election', onDecodeFailure), electionService(ctx));
+  server.addService(serviceDefinition('grpc.health.v1.Health', onDecodeFailure), healthService(ctx));
+
+  try {
+    if (tcp) {
+      const host = tcp.host.includes(':') ? `[${tcp.host}]` : tcp.host;
+      port = await bind(server, `${host}:${tcp.port}`, creds);
+    }
+    if (opts.socketPath) {
+      await rm(opts.socketPath, { force: true });
+      // The unix socket is reachable only through filesystem permissions: no TLS needed there.
+      await bind(server, `unix:${opts.socketPath}`, ServerCredentials.createInsecure());
+    }
+  } catch (err) {
+    server.forceShutdown();
+    throw err;
+  }
+  logger.info(
+    { listen: tcp ? `${tcp.host}:${port}` : undefined, socket: opts.socketPath, tls: !!opts.tls },
+    'etcd API listening',
+  );
+
+  let closing: Promise<void> | undefined;
+  return {
+    port,
+    host: tcp?.host ?? '',
+    socketPath: opts.socketPath,
+    metrics,
+    clientUrls,
+    close() {
+      closing ??= (async () => {
+        for (const s of streams) s.close(true);
+        streams.clear();
+        await new Promise<void>((resolve) => {
+          const t = setTimeout(() => {
+            server.forceShutdown();
+            resolve();
+          }, 2000);
+          t.unref();
+          server.tryShutdown(() => {
+            clearTimeout(t);
+            resolve();
+          });
+        });
+        if (opts.socketPath) await rm(opts.socketPath, { force: true });
+      })();
+      return closing;
+    },
+  };
+}
