@@ -63,6 +63,14 @@ export async function startDaemon(
   mkdirSync(stateDir, { recursive: true });
   const releasePid = acquirePidFile(stateDir);
   const notifier = createNotifier(env, log);
+  const watchdogMs = watchdogIntervalMs(env);
+  if (env === process.env) {
+    // As sd_notify(3)'s unset_environment: child processes (bpftrace, helpers) must not talk to
+    // systemd in our name or inherit our watchdog.
+    delete process.env.NOTIFY_SOCKET;
+    delete process.env.WATCHDOG_USEC;
+    delete process.env.WATCHDOG_PID;
+  }
   const cleanups: (() => Promise<void> | void)[] = [() => releasePid(), () => notifier.close()];
   const unwind = async () => {
     for (const fn of cleanups.reverse()) {
@@ -118,7 +126,6 @@ export async function startDaemon(
 
     const http = new HttpServer({ logger, registry, maxBodyBytes: config.http.maxBodyBytes });
     cleanups.push(() => http.close());
-    const watchdogMs = watchdogIntervalMs(env);
     const heartbeat = new Heartbeat({
       store,
       clock,
@@ -172,7 +179,12 @@ export async function startDaemon(
       log.info({ name: part.name }, 'part started');
     }
 
-    const address = await http.listen(config.http.listen);
+    const address = await http.listen(config.http.listen).catch((err: NodeJS.ErrnoException) => {
+      throw new Error(
+        `cannot listen on ${config.http.listen} (http.listen): ${err.code ?? err.message}; is another process using it?`,
+        { cause: err },
+      );
+    });
     log.info(
       {
         url: `http://${fmtHost(address.host)}:${address.port}`,

@@ -3,6 +3,7 @@
  * and the `run` loop with its signal handling. `src/main.ts` is its only user.
  */
 import type { Config } from '../config/index.js';
+import { createLogger } from '../log.js';
 import { type Daemon, type DaemonOptions, startDaemon } from './daemon.js';
 import type { PartEntry } from './parts.js';
 
@@ -38,8 +39,17 @@ export async function runDaemon(
     signalled = sig;
     wake?.();
   };
+  // A crash is logged as one JSON line before the process dies, so journald shows why systemd restarted us.
+  const onCrash = (err: unknown, origin: string) => {
+    (daemon?.logger ?? createLogger()).fatal(
+      { err, origin },
+      'unexpected error; exiting so systemd restarts the daemon',
+    );
+    process.exit(1);
+  };
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
+  process.on('uncaughtException', onCrash);
   try {
     daemon = await startDaemon(config, entries, opts);
     if (!signalled) await new Promise<void>((r) => (wake = r));
@@ -53,5 +63,6 @@ export async function runDaemon(
   } finally {
     process.off('SIGTERM', onSignal);
     process.off('SIGINT', onSignal);
+    process.off('uncaughtException', onCrash);
   }
 }

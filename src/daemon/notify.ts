@@ -83,21 +83,21 @@ class HelperNotifier implements Notifier {
   readonly enabled = true;
   private warned = false;
   constructor(
-    private readonly env: Record<string, string | undefined>,
+    private readonly socket: string,
     private readonly log: Logger,
   ) {}
   send(state: string): Promise<void> {
     if (!this.warned) {
       this.warned = true;
       this.log.warn(
-        { socket: this.env.NOTIFY_SOCKET },
+        { socket: this.socket },
         'NOTIFY_SOCKET is abstract; notifying through systemd-notify, which needs NotifyAccess=all in the unit',
       );
     }
     return new Promise((resolve) => {
       // --no-block: nothing answers the barrier when the receiver is not systemd.
       const child = spawn('systemd-notify', ['--no-block', `--pid=${process.pid}`, ...state.split('\n')], {
-        env: { ...process.env, ...this.env },
+        env: { ...process.env, NOTIFY_SOCKET: this.socket },
         stdio: 'ignore',
       });
       child.on('error', (err) => {
@@ -114,7 +114,7 @@ class HelperNotifier implements Notifier {
 export function createNotifier(env: Record<string, string | undefined>, log: Logger): Notifier {
   const socket = env.NOTIFY_SOCKET;
   if (!socket) return new NoNotifier();
-  if (socket.startsWith('@')) return new HelperNotifier(env, log);
+  if (socket.startsWith('@')) return new HelperNotifier(socket, log);
   return new PathNotifier(socket, log);
 }
 

@@ -8,7 +8,7 @@
  */
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -137,9 +137,14 @@ describe('edgekeeper run under a notify socket', () => {
 
   test('READY, WATCHDOG, one daemon per directory, backup while running, STOPPING and exit 0 on SIGTERM, restore', async () => {
     const env = { NOTIFY_SOCKET: join(tmp, 'notify.sock'), WATCHDOG_USEC: '400000' };
+    // Every second (node-cron's 6-field form), keeping 2: the cron job, its rotation and its metrics.
     const daemon = cli(
       ['run', '--data-dir', dataDir, '--http-listen', '127.0.0.1:0', '--log-level', 'info'],
-      env,
+      {
+        ...env,
+        EDGEKEEPER_STORE_BACKUP_SCHEDULE: '* * * * * *',
+        EDGEKEEPER_STORE_BACKUP_KEEP: '2',
+      },
     );
     const ready = await inbox.next((m) => m.split('\n').includes('READY=1'), 'READY=1');
     const http = httpFromStatus(ready);
@@ -168,6 +173,21 @@ describe('edgekeeper run under a notify socket', () => {
     assert.equal(await exited(refused), 1);
     assert.match(refused.out(), /is running on/);
 
+    // Scheduled backups ran (counted in /metrics) and were rotated.
+    const deadline = Date.now() + WAIT_MS;
+    for (let n = 0; n < 3; ) {
+      const text = await (await fetch(`http://${http}/metrics`)).text();
+      n = Number(/edgekeeper_daemon_jobs_total\{job="backup",result="ok"\} (\d+)/.exec(text)?.[1] ?? 0);
+      assert.ok(
+        Date.now() < deadline,
+        `scheduled backups did not run: ${text
+          .split('\n')
+          .filter((l) => l.includes('jobs_total'))
+          .join('; ')}`,
+      );
+      if (n < 3) await new Promise((r) => setTimeout(r, 200));
+    }
+
     // SIGTERM: STOPPING=1, exit 0, database closed.
     const stopFrom = inbox.messages.length;
     daemon.kill('SIGTERM');
@@ -176,6 +196,14 @@ describe('edgekeeper run under a notify socket', () => {
     assert.match(daemon.out(), /stopped; database closed/);
     assert.ok(!existsSync(join(dataDir, 'edgekeeper.pid')), 'pid file removed');
     verifyDatabaseFile(join(dataDir, 'edgekeeper.db'));
+    const kept = readdirSync(join(dataDir, 'backups')).filter((f) => /^edgekeeper-\d{8}T\d{9}Z\.db$/.test(f));
+    assert.equal(kept.length, 2, kept.join(','));
+    for (const f of kept) verifyDatabaseFile(join(dataDir, 'backups', f));
+    assert.deepEqual(
+      readdirSync(join(dataDir, 'backups')).sort(),
+      kept.sort(),
+      'no temporary files left behind',
+    );
 
     // Change the stopped node, then restore the backup over it.
     let store = await openStore({
