@@ -214,7 +214,11 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
   // --- batches ---------------------------------------------------------------------------------
 
   /** Read the next batch after the cursors (and after `after`, the batch in flight). */
-  function buildBatch(after: Record<Source, number>, maxRecords: number): Pending | undefined {
+  function buildBatch(
+    after: Record<Source, number>,
+    maxRecords: number,
+    batchSeq: number,
+  ): Pending | undefined {
     let room = maxRecords;
     let bytes = 0;
     const events: EventRecord[] = [];
@@ -249,7 +253,7 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
     if (records === 0 && appliedVersion === reportedApplied && !heartbeatDue) return undefined;
     const batch: Batch = {
       node,
-      seq: seq + 1,
+      seq: batchSeq,
       sentAt: clock.now(),
       applied: appliedVersion,
       backlog: { ...backlog },
@@ -380,6 +384,10 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
     reportedApplied = p.batch.applied;
     for (const src of SOURCES) cursors[src] = next[src];
     const c = counts.get(p);
+    for (const src of SOURCES) {
+      const same = (ack.upTo[SHORT[src]] ?? undefined) === p.upTo[src];
+      forget(src, !ack.duplicate || same ? (c?.[src] ?? 0) : undefined);
+    }
     if (!ack.duplicate && c)
       for (const src of SOURCES) if (c[src]) mRecords.inc({ source: SHORT[src] }, c[src]);
     mBytes.inc(p.body.length);
@@ -433,8 +441,29 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
 
   // --- the upload loop -----------------------------------------------------------------------------
 
+  /** Read, encode and compress the batch after `after`; undefined when there is nothing to send. */
+  async function prepare(
+    after: Record<Source, number>,
+    maxRecords: number,
+    batchSeq: number,
+  ): Promise<Pending | undefined> {
+    const p = buildBatch(after, maxRecords, batchSeq);
+    if (!p) return undefined;
+    counts.set(p, {
+      events: p.batch.events.length,
+      reports: p.batch.reports.length,
+      probe_samples: p.batch.samples.length,
+    });
+    await compress(p);
+    return p;
+  }
+
   async function loop(): Promise<void> {
     let maxRecords = o.batchMaxRecords;
+    // The next batch, read and compressed while the current one is on the wire (the receiver and
+    // PostgreSQL work meanwhile). Used only if the current one is acknowledged as sent, not as a
+    // duplicate covering other ids.
+    let next: { after: Record<Source, number>; p: Promise<Pending | undefined> } | undefined;
     while (running) {
       try {
         if (!inWindow()) {
@@ -443,18 +472,16 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
           continue;
         }
         if (!pending) {
-          const p = buildBatch(cursors, maxRecords);
+          const spec = next;
+          next = undefined;
+          const p =
+            spec && SOURCES.every((src) => spec.after[src] === cursors[src])
+              ? ((await spec.p) ?? (await prepare(cursors, maxRecords, seq + 1)))
+              : await prepare(cursors, maxRecords, seq + 1);
           if (!p) {
             await sleep(o.idleInterval);
             continue;
           }
-          const c: Record<Source, number> = {
-            events: p.batch.events.length,
-            reports: p.batch.reports.length,
-            probe_samples: p.batch.samples.length,
-          };
-          counts.set(p, c);
-          await compress(p);
           pending = p;
         }
         const p = pending;
@@ -468,9 +495,24 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
         }
         p.attempts++;
         let ack: Ack;
+        if (p.attempts === 1 && p.records > 0) {
+          const after = { ...cursors };
+          for (const src of SOURCES) after[src] = p.upTo[src] ?? cursors[src];
+          const specSeq = p.batch.seq + 1;
+          // Start after the current event-loop turn so the upload's request goes out first.
+          next = {
+            after,
+            p: new Promise((r) => setImmediate(r)).then(() =>
+              running ? prepare(after, maxRecords, specSeq) : undefined,
+            ),
+          };
+          next.p.catch(() => {});
+        }
         try {
           ack = await send(p);
         } catch (err) {
+          // The speculative batch may hold rows the disk budget drops while we back off.
+          next = undefined;
           failures++;
           mRetried.inc();
           const e = err as SyncUploadError & { code?: string };
@@ -498,6 +540,8 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
           continue;
         }
         await commit(p, ack);
+        if (ack.duplicate && next && SOURCES.some((src) => next!.after[src] !== cursors[src]))
+          next = undefined;
         pending = undefined;
         failures = 0;
         netFailures = 0;
@@ -518,6 +562,41 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
 
   // --- backlog and disk budget -------------------------------------------------------------------
 
+  /**
+   * Rows above the cursor, kept without scanning the backlog: one exact count at start (or after
+   * a surprise), then new ids (max(id) grows by one per row: AUTOINCREMENT ids are not skipped,
+   * and nothing but the budget deletes above the cursor) less rows acknowledged or dropped.
+   */
+  const known: Partial<Record<Source, { count: number; maxId: number }>> = {};
+  function backlogCount(src: Source): number {
+    const maxId = store.query<{ m: number | null }>(`SELECT max(id) AS m FROM ${src}`).get()?.m ?? 0;
+    let k = known[src];
+    if (!k) {
+      const n =
+        store.query<{ n: number }>(`SELECT count(*) AS n FROM ${src} WHERE id > ?`).get(cursors[src])?.n ?? 0;
+      k = { count: n, maxId };
+    } else k = { count: k.count + Math.max(0, maxId - k.maxId), maxId };
+    if (maxId <= cursors[src]) k.count = 0;
+    known[src] = k;
+    return Math.max(0, k.count);
+  }
+  function forget(src: Source, rows: number | undefined): void {
+    const k = known[src];
+    if (!k) return;
+    if (rows === undefined) delete known[src];
+    else k.count -= rows;
+  }
+
+  /** Average stored size of the newest rows (the backlog's rows look like them). */
+  function avgRowBytes(src: Source): number {
+    const r = store
+      .query<{ b: number | null }>(
+        `SELECT avg(b) AS b FROM (SELECT ${ROW_BYTES[src]} AS b FROM ${src} ORDER BY id DESC LIMIT 256)`,
+      )
+      .get();
+    return r?.b ?? 0;
+  }
+
   function measure(): void {
     let bytes = 0;
     let oldest: number | null = null;
@@ -527,13 +606,9 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
         mDepth.set({ source: SHORT[src] }, 0);
         continue;
       }
-      const r = store
-        .query<{ n: number; b: number | null }>(
-          `SELECT count(*) AS n, sum(${ROW_BYTES[src]}) AS b FROM ${src} WHERE id > ?`,
-        )
-        .get(cursors[src])!;
+      const r = { n: backlogCount(src) };
+      bytes += r.n * avgRowBytes(src);
       backlog[SHORT[src]] = r.n;
-      bytes += r.b ?? 0;
       mDepth.set({ source: SHORT[src] }, r.n);
       if (r.n > 0) {
         const t = store
@@ -595,6 +670,7 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
         ],
       });
       lastDropped[src] = to;
+      forget(src, n);
       freed += chunk;
       dropped += n;
       mDropped.inc({ source: SHORT[src] }, n);

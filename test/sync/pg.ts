@@ -13,6 +13,8 @@ const BIN = process.env.EDGEKEEPER_PG_BIN ?? '/usr/lib/postgresql/15/bin';
 export interface TestPostgres {
   url: string;
   port: number;
+  /** The cluster's data directory (postmaster.pid lives here). */
+  dataDir: string;
   /** Stop the server and remove its directory; idempotent. */
   stop(): void;
 }
@@ -68,5 +70,5 @@ export async function startPostgres(): Promise<TestPostgres> {
     stop();
     throw err;
   }
-  return { url: `postgres://test@127.0.0.1:${port}/postgres`, port, stop };
+  return { url: `postgres://test@127.0.0.1:${port}/postgres`, port, dataDir: data, stop };
 }

@@ -53,7 +53,9 @@ CREATE TABLE fleet_reports (
   received_at_ms bigint NOT NULL,
   ts_ms bigint,
   seq bigint,
-  metrics jsonb NOT NULL,
+  -- json, not jsonb: stored as validated text, which PostgreSQL ingests about twice as fast; the
+  -- ->> operators and expression indexes work the same ((metrics->>'temp')::float8).
+  metrics json NOT NULL,
   state jsonb,
   tags jsonb,
   other jsonb,
