@@ -9,7 +9,7 @@ import { rm, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import cron, { type ScheduledTask } from 'node-cron';
-import { collectDefaultMetrics, Gauge, Registry } from 'prom-client';
+import { Counter, collectDefaultMetrics, Gauge, Registry } from 'prom-client';
 import { type Clock, systemClock } from '../clock.js';
 import { type Config, parseDuration } from '../config/index.js';
 import { HttpServer, sendJson } from '../http/index.js';
@@ -104,7 +104,6 @@ export async function startDaemon(
       // registry: held back until the store's metrics can be created before open (/work/store-bugs.md).
     });
     cleanups.push(() => store.close());
-    log.info({ file: dbFile, durability: sc.durability, revision: store.revision() }, 'store open');
 
     const info = new Gauge({
       name: 'edgekeeper_daemon_info',
@@ -118,8 +117,8 @@ export async function startDaemon(
       help: 'When the daemon last saw the store commit a heartbeat write (unix seconds)',
       registers: [registry],
     });
-    const pings = new Gauge({
-      name: 'edgekeeper_daemon_watchdog_pings',
+    const pings = new Counter({
+      name: 'edgekeeper_daemon_watchdog_pings_total',
       help: 'WATCHDOG=1 notifications sent to systemd since start',
       registers: [registry],
     });
@@ -234,6 +233,7 @@ export async function startDaemon(
         node: config.node.name,
         version: VERSION,
         stateDir,
+        durability: sc.durability,
         http: `${fmtHost(address.host)}:${address.port}`,
         parts: started.map((p) => p.name),
         notify: notifier.enabled,
