@@ -1,0 +1,230 @@
+/**
+ * Shared by the etcd tests and benches: an edgekeeper etcd server on a fresh store in a temp dir,
+ * a real etcd 3.4 on free loopback ports, and small process helpers that always clean up.
+ */
+import { type ChildProcess, spawn } from 'node:child_process';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { createServer } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { startEtcdServer, type EtcdServer, type EtcdServerOptions } from '../../src/etcd/index.js';
+import { EtcdClient } from '../../src/etcd/cli.js';
+import { openStore } from '../../src/store/index.js';
+import type { Store, StoreOptions } from '../../src/store/types.js';
+
+export const ETCD_BIN = '/usr/bin/etcd';
+export const ETCDCTL_BIN = '/usr/bin/etcdctl';
+
+/** A missing peer is a loud failure, never a skip. */
+export function requirePeer(bin: string, pkg: string): void {
+  if (!existsSync(bin))
+    throw new Error(`${bin} is missing: install the Debian package ${pkg} (test/setup.sh does)`);
+}
+
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const s = createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const addr = s.address();
+      const port = typeof addr === 'object' && addr ? addr.port : 0;
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+export interface Edge {
+  dir: string;
+  store: Store;
+  server: EtcdServer;
+  endpoint: string;
+  close(): Promise<void>;
+}
+
+export async function startEdge(
+  opts: { store?: Partial<StoreOptions>; server?: EtcdServerOptions } = {},
+): Promise<Edge> {
+  const dir = mkdtempSync(join(tmpdir(), 'ek-etcd-'));
+  const store = await openStore({ file: join(dir, 'edgekeeper.db'), durability: 'relaxed', ...opts.store });
+  let server: EtcdServer;
+  try {
+    server = await startEtcdServer(store, { listen: '127.0.0.1:0', stateDir: dir, ...opts.server });
+  } catch (err) {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+    throw err;
+  }
+  return {
+    dir,
+    store,
+    server,
+    endpoint: `127.0.0.1:${server.port}`,
+    async close() {
+      await server.close();
+      await store.close();
+      rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+export interface RealEtcd {
+  dir: string;
+  endpoint: string;
+  port: number;
+  proc: ChildProcess;
+  close(): Promise<void>;
+}
+
+/** Real etcd 3.4 on loopback with a temp data dir (../shared/peers.md), ready when it answers. */
+export async function startRealEtcd(prefix: string[] = [], extraArgs: string[] = []): Promise<RealEtcd> {
+  requirePeer(ETCD_BIN, 'etcd-server');
+  const dir = mkdtempSync(join(tmpdir(), 'ek-realetcd-'));
+  const port = await freePort();
+  const peer = await freePort();
+  const args = [
+    '--name',
+    't',
+    '--data-dir',
+    join(dir, 'etcd'),
+    '--listen-client-urls',
+    `http://127.0.0.1:${port}`,
+    '--advertise-client-urls',
+    `http://127.0.0.1:${port}`,
+    '--listen-peer-urls',
+    `http://127.0.0.1:${peer}`,
+    '--initial-advertise-peer-urls',
+    `http://127.0.0.1:${peer}`,
+    '--initial-cluster',
+    `t=http://127.0.0.1:${peer}`,
+    '--log-level',
+    'error',
+    ...extraArgs,
+  ];
+  const cmd = prefix.length ? prefix[0]! : ETCD_BIN;
+  const cmdArgs = prefix.length ? [...prefix.slice(1), ETCD_BIN, ...args] : args;
+  const proc = spawn(cmd, cmdArgs, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  proc.stderr?.on('data', (d: Buffer) => {
+    stderr = (stderr + d.toString()).slice(-4000);
+  });
+  const endpoint = `127.0.0.1:${port}`;
+  const close = async () => {
+    if (proc.exitCode === null && proc.signalCode === null) {
+      proc.kill('SIGTERM');
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(() => {
+          proc.kill('SIGKILL');
+          resolve();
+        }, 5000);
+        proc.once('exit', () => {
+          clearTimeout(t);
+          resolve();
+        });
+      });
+    }
+    rmSync(dir, { recursive: true, force: true });
+  };
+  const c = new EtcdClient(endpoint);
+  try {
+    const deadline = Date.now() + 20_000;
+    for (;;) {
+      if (proc.exitCode !== null) throw new Error(`etcd exited with ${proc.exitCode}: ${stderr}`);
+      try {
+        await c.call('etcdserverpb.KV', 'Range', { key: Buffer.from('x') }, 1000);
+        break;
+      } catch (err) {
+        if (Date.now() > deadline) throw new Error(`etcd did not come up: ${String(err)} ${stderr}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    }
+  } catch (err) {
+    c.close();
+    await close();
+    throw err;
+  }
+  c.close();
+  return { dir, endpoint, port, proc, close };
+}
+
+/**
+ * Run etcdctl (API v3) against `endpoint`. Asynchronous on purpose: the server under test lives
+ * in this process, and a synchronous spawn would block the event loop that has to answer.
+ */
+export function etcdctl(
+  endpoint: string,
+  args: string[],
+  input?: string,
+): Promise<{ status: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const proc = spawn(
+      ETCDCTL_BIN,
+      [`--endpoints=${endpoint}`, '--dial-timeout=3s', '--command-timeout=10s', ...args],
+      {
+        env: { ...process.env, ETCDCTL_API: '3' },
+        stdio: ['pipe', 'pipe', 'pipe'],
+      },
+    );
+    let stdout = '';
+    let stderr = '';
+    proc.stdout.on('data', (d: Buffer) => {
+      stdout += d.toString();
+    });
+    proc.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+    });
+    const t = setTimeout(() => proc.kill('SIGKILL'), 20_000);
+    proc.on('close', (code) => {
+      clearTimeout(t);
+      resolve({ status: code ?? -1, stdout, stderr });
+    });
+    proc.stdin.end(input ?? '');
+  });
+}
+
+/** Start etcdctl in the background (watch, lock, elect); killed by `stop()`. */
+export function etcdctlBg(
+  endpoint: string,
+  args: string[],
+): { proc: ChildProcess; out(): string; err(): string; stop(): Promise<number | null> } {
+  const proc = spawn(ETCDCTL_BIN, [`--endpoints=${endpoint}`, '--dial-timeout=3s', ...args], {
+    env: { ...process.env, ETCDCTL_API: '3' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let out = '';
+  let err = '';
+  proc.stdout?.on('data', (d: Buffer) => {
+    out += d.toString();
+  });
+  proc.stderr?.on('data', (d: Buffer) => {
+    err += d.toString();
+  });
+  return {
+    proc,
+    out: () => out,
+    err: () => err,
+    stop: () =>
+      new Promise((resolve) => {
+        if (proc.exitCode !== null || proc.signalCode !== null) {
+          resolve(proc.exitCode);
+          return;
+        }
+        const t = setTimeout(() => proc.kill('SIGKILL'), 5000);
+        proc.once('exit', (code) => {
+          clearTimeout(t);
+          resolve(code);
+        });
+        proc.kill('SIGINT');
+      }),
+  };
+}
+
+/** Poll `check` until it returns truthy (tests wait on behaviour, never on fixed sleeps alone). */
+export async function waitFor<T>(check: () => T | Promise<T>, what: string, timeoutMs = 10_000): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const v = await check();
+    if (v) return v;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
