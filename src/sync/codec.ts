@@ -101,7 +101,7 @@ export interface DecodedBatch {
   applied: string | null;
   backlog: Backlog;
   events: EventRecord[];
-  reports: DecodedReport[];
+  reports: ReportColumns;
   samples: DecodedSample[];
 }
 
@@ -395,7 +395,33 @@ function encodeReports(rows: ReportRecord[]): Record<string, unknown> {
   };
 }
 
-function decodeReports(col: unknown): DecodedReport[] {
+/** Extra parts of one report that did not fit the columns. */
+export interface ReportExtra {
+  /** Non-numeric metrics (merged with the row's numeric ones). */
+  metrics?: Record<string, unknown>;
+  state?: unknown;
+  tags?: unknown;
+  other?: Record<string, unknown>;
+}
+
+/** Reports as decoded columns: the receiver writes them out without a per-row object. */
+export interface ReportColumns {
+  n: number;
+  ids: number[];
+  receivedAt: number[];
+  ts: (number | null)[];
+  seq: (number | null)[];
+  devices: string[];
+  deviceIndex: number[];
+  names: string[];
+  shapes: number[][];
+  shapeIndex: number[];
+  /** values[m][k]: the k-th value of metric m, in row order over the rows whose shape holds m. */
+  values: number[][];
+  extras: Map<number, ReportExtra>;
+}
+
+function decodeReportColumns(col: unknown): ReportColumns {
   const c = obj(col, 'r');
   const n = count(c.n, 'r.n');
   const ids = unpackDeltas(c.i, n, 'r.i');
@@ -427,9 +453,11 @@ function decodeReports(col: unknown): DecodedReport[] {
   if (!Array.isArray(c.sh)) throw bad('r.sh is not an array');
   const shapes = (c.sh as unknown[]).map((s, k) => {
     if (!Array.isArray(s)) throw bad(`r.sh[${k}] is not an array`);
+    const seen = new Set<number>();
     return s.map((m) => {
-      if (typeof m !== 'number' || !Number.isInteger(m) || m < 0 || m >= mn.length)
+      if (typeof m !== 'number' || !Number.isInteger(m) || m < 0 || m >= mn.length || seen.has(m))
         throw bad(`r.sh[${k}] names metric ${String(m)} of ${mn.length}`);
+      seen.add(m);
       return m;
     });
   });
@@ -439,32 +467,68 @@ function decodeReports(col: unknown): DecodedReport[] {
   for (let i = 0; i < n; i++) for (const m of shapes[si[i]!]!) counts[m]!++;
   if (!Array.isArray(c.mv) || c.mv.length !== mn.length) throw bad('r.mv does not match r.mn');
   const values = (c.mv as unknown[]).map((v, m) => unpackValues(v, counts[m]!, mn[m]!));
-  const pos = new Array<number>(mn.length).fill(0);
-  const out = new Array<DecodedReport>(n);
-  for (let i = 0; i < n; i++) {
-    const metrics: Record<string, unknown> = {};
-    for (const m of shapes[si[i]!]!) metrics[mn[m]!] = values[m]![pos[m]!++];
-    out[i] = { id: ids[i]!, device: dv[di[i]!]!, receivedAt: ra[i]!, ts: ts[i]!, seq: seqs[i]!, metrics };
-  }
   if (!Array.isArray(c.x)) throw bad('r.x is not an array');
+  const extras = new Map<number, ReportExtra>();
   for (const e of c.x as unknown[]) {
     if (!Array.isArray(e) || e.length !== 2) throw bad('r.x entry is not [row, extra]');
     const [row, extra] = e as [unknown, unknown];
-    if (typeof row !== 'number' || !Number.isInteger(row) || row < 0 || row >= n)
-      throw bad('r.x row out of range');
+    if (typeof row !== 'number' || !Number.isInteger(row) || row < 0 || row >= n || extras.has(row))
+      throw bad('r.x row out of range or repeated');
     const x = obj(extra, 'r.x extra');
-    const rep = out[row]!;
+    const rep: ReportExtra = {};
     for (const [k, v] of Object.entries(x)) {
-      if (k === 'm') {
-        Object.assign(rep.metrics, obj(v, 'r.x.m'));
-        rep.mixed = true;
-      } else if (k === 's') rep.state = v;
+      if (k === 'm') rep.metrics = obj(v, 'r.x.m');
+      else if (k === 's') rep.state = v;
       else if (k === 'g') rep.tags = v;
       else if (k === 'raw') rep.other = { ...rep.other, raw: v };
       else if (k === 'mx') rep.other = { ...rep.other, metrics: v };
       else if (k.startsWith('o:')) rep.other = { ...rep.other, [k.slice(2)]: v };
       else throw bad(`r.x has unknown key ${k}`);
     }
+    extras.set(row, rep);
+  }
+  return {
+    n,
+    ids,
+    receivedAt: ra,
+    ts,
+    seq: seqs,
+    devices: dv,
+    deviceIndex: di,
+    names: mn,
+    shapes,
+    shapeIndex: si,
+    values,
+    extras,
+  };
+}
+
+/** Reports one object per row (for tests and simple consumers). */
+export function reportRows(c: ReportColumns): DecodedReport[] {
+  const pos = new Array<number>(c.names.length).fill(0);
+  const out = new Array<DecodedReport>(c.n);
+  for (let i = 0; i < c.n; i++) {
+    const metrics: Record<string, unknown> = {};
+    for (const m of c.shapes[c.shapeIndex[i]!]!) metrics[c.names[m]!] = c.values[m]![pos[m]!++];
+    const rep: DecodedReport = {
+      id: c.ids[i]!,
+      device: c.devices[c.deviceIndex[i]!]!,
+      receivedAt: c.receivedAt[i]!,
+      ts: c.ts[i]!,
+      seq: c.seq[i]!,
+      metrics,
+    };
+    const x = c.extras.get(i);
+    if (x) {
+      if (x.metrics) {
+        Object.assign(metrics, x.metrics);
+        rep.mixed = true;
+      }
+      if (x.state !== undefined) rep.state = x.state;
+      if (x.tags !== undefined) rep.tags = x.tags;
+      if (x.other !== undefined) rep.other = x.other;
+    }
+    out[i] = rep;
   }
   return out;
 }
@@ -539,6 +603,23 @@ function decodeEvents(col: unknown): EventRecord[] {
   });
 }
 
+function EMPTY_REPORTS(): ReportColumns {
+  return {
+    n: 0,
+    ids: [],
+    receivedAt: [],
+    ts: [],
+    seq: [],
+    devices: [],
+    deviceIndex: [],
+    names: [],
+    shapes: [],
+    shapeIndex: [],
+    values: [],
+    extras: new Map(),
+  };
+}
+
 // --- batch ---------------------------------------------------------------------------------------
 
 /** CBOR bytes of a batch, before compression. */
@@ -579,15 +660,16 @@ export function decodeBatch(bytes: Uint8Array): DecodedBatch {
     throw bad('bl (backlog) is not three counts');
   try {
     const events = m.e === undefined ? [] : decodeEvents(m.e);
-    const reports = m.r === undefined ? [] : decodeReports(m.r);
+    const reports = m.r === undefined ? EMPTY_REPORTS() : decodeReportColumns(m.r);
     const samples = m.s === undefined ? [] : decodeSamples(m.s);
-    for (const [name, rows] of [
-      ['events', events],
-      ['reports', reports],
-      ['samples', samples],
+    for (const [name, ids] of [
+      ['events', events.map((e) => e.id)],
+      ['reports', reports.ids],
+      ['samples', samples.map((e) => e.id)],
     ] as const) {
-      for (let i = 1; i < rows.length; i++)
-        if (rows[i]!.id <= rows[i - 1]!.id) throw bad(`${name} ids are not increasing`);
+      for (let i = 0; i < ids.length; i++)
+        if (!Number.isSafeInteger(ids[i]) || ids[i]! < 1 || (i > 0 && ids[i]! <= ids[i - 1]!))
+          throw bad(`${name} ids are not increasing positive integers`);
     }
     return {
       node: m.n,

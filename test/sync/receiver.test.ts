@@ -262,6 +262,47 @@ describe('fleet receiver', () => {
     assert.equal(await count('fleet_reports'), before + 10);
   });
 
+  test('hostile strings and odd numbers are stored faithfully', async () => {
+    const body = (o: unknown) => encodeCbor(o);
+    const rows: ReportRecord[] = [
+      {
+        id: 5001,
+        device: 'tab\there\nnl\\back\0nul',
+        received_at: 1,
+        ts: null,
+        seq: null,
+        body: body({
+          metrics: { 'q"uote\\\t': 1.5, nan: Number.NaN, inf: Number.POSITIVE_INFINITY, neg: -0.001 },
+        }),
+      },
+      {
+        id: 5002,
+        device: 'd',
+        received_at: 2,
+        ts: 2 ** 60,
+        seq: -5,
+        body: body({ metrics: { s: 'text\0' }, state: { k: 'v\0\\' }, extra: [1, 2] }),
+      },
+      { id: 5003, device: 'd', received_at: 3, ts: 4, seq: 7, body: Buffer.from([0xff, 0xfe]) },
+    ];
+    const r = await post(srv, 'a', gzipSync(encodeBatch(batch('a', 4, { reports: rows }))));
+    assert.equal(r.status, 200, JSON.stringify(r.body));
+    const got = (
+      await srv.pool.query(
+        "SELECT r.* FROM fleet_reports r JOIN fleet_nodes n ON n.id = r.node_id WHERE n.name = 'a' AND r.id >= 5001 ORDER BY r.id",
+      )
+    ).rows;
+    assert.equal(got[0].device, 'tab\there\nnl\\back\uFFFDnul');
+    assert.deepEqual(got[0].metrics, { 'q"uote\\\t': 1.5, nan: null, inf: null, neg: -0.001 });
+    assert.equal(Number(got[1].ts_ms), 2 ** 60);
+    assert.equal(Number(got[1].seq), -5);
+    assert.deepEqual(got[1].metrics, { s: 'text\uFFFD' });
+    assert.deepEqual(got[1].state, { k: 'v\uFFFD\\' });
+    assert.deepEqual(got[1].other, { extra: [1, 2] });
+    assert.deepEqual(got[2].metrics, {});
+    assert.deepEqual(got[2].other, { raw: { base64: Buffer.from([0xff, 0xfe]).toString('base64') } });
+  });
+
   test('a batch overlapping stored records is refused whole', async () => {
     const r = await post(srv, 'a', gzipSync(encodeBatch(batch('a', 99, { reports: reports(2040, 20) }))));
     assert.equal(r.status, 409);

@@ -35,7 +35,7 @@ import {
   SyncUnknownNodeError,
 } from '../../errors.js';
 import { type Logger, silentLogger } from '../../log.js';
-import { type DecodedBatch, decodeBatch } from '../codec.js';
+import { type DecodedBatch, decodeBatch, type ReportColumns } from '../codec.js';
 import { copyIn, copyNumber, copyText } from './copy.js';
 import { migrate } from './schema.js';
 
@@ -171,14 +171,18 @@ export async function startFleetServer(opts: FleetServerOptions): Promise<FleetS
     if (ack.duplicate) counters.duplicates++;
     else {
       counters.batches++;
-      counters.records += batch.events.length + batch.reports.length + batch.samples.length;
+      counters.records += batch.events.length + batch.reports.n + batch.samples.length;
     }
     json(res, 200, ack);
   }
 
   async function storeBatch(node: NodeRow, b: DecodedBatch, wireBytes: number) {
     const last = <T extends { id: number }>(rows: T[]) => (rows.length ? rows[rows.length - 1]!.id : null);
-    const upTo = { events: last(b.events), reports: last(b.reports), samples: last(b.samples) };
+    const upTo = {
+      events: last(b.events),
+      reports: b.reports.n ? b.reports.ids[b.reports.n - 1]! : null,
+      samples: last(b.samples),
+    };
     const c = await pool.connect();
     try {
       await c.query('BEGIN');
@@ -190,7 +194,7 @@ export async function startFleetServer(opts: FleetServerOptions): Promise<FleetS
         [
           node.id,
           b.seq,
-          b.events.length + b.reports.length + b.samples.length,
+          b.events.length + b.reports.n + b.samples.length,
           wireBytes,
           upTo.events,
           upTo.reports,
@@ -223,20 +227,7 @@ export async function startFleetServer(opts: FleetServerOptions): Promise<FleetS
           [node.id, pgJson(b.events)],
         );
       }
-      if (b.reports.length) {
-        // COPY text rows, built as one string: the hot path of a draining node.
-        let text = '';
-        for (const r of b.reports) {
-          text += `${node.id}\t${r.id}\t${copyText(r.device)}\t${r.receivedAt}\t${copyNumber(r.ts)}\t${copyNumber(r.seq)}\t${copyText(
-            pgJson(r.mixed ? jsonSafe(r.metrics) : r.metrics),
-          )}\t${optJson(r.state)}\t${optJson(r.tags)}\t${optJson(r.other)}\n`;
-        }
-        await copyIn(
-          c,
-          'COPY fleet_reports (node_id, id, device, received_at_ms, ts_ms, seq, metrics, state, tags, other) FROM STDIN',
-          Buffer.from(text),
-        );
-      }
+      if (b.reports.n) await copyIn(c, REPORTS_COPY, reportsCopyText(node.id, b.reports));
       if (b.samples.length) {
         const rows = b.samples.map((s) => ({
           id: s.id,
@@ -546,6 +537,46 @@ function esc(s: string): string {
 function pgJson(v: unknown): string {
   const s = JSON.stringify(v);
   return s.includes('\\u0000') ? s.replace(/(?<!\\)((?:\\\\)*)\\u0000/g, '$1\\ufffd') : s;
+}
+
+const REPORTS_COPY =
+  'COPY fleet_reports (node_id, id, device, received_at_ms, ts_ms, seq, metrics, state, tags, other) FROM STDIN';
+
+/**
+ * COPY text for a batch's reports, straight from the columns: the metrics JSON of a row is the
+ * shape's pre-escaped keys with the numbers between them, no object per row (this is the hot
+ * path of a draining node).
+ */
+function reportsCopyText(nodeId: number, r: ReportColumns): Buffer {
+  const keys = r.names.map((n) => copyText(JSON.stringify(n)));
+  const devices = r.devices.map((d) => copyText(d));
+  const pos = new Array<number>(r.names.length).fill(0);
+  const parts: string[] = [];
+  for (let i = 0; i < r.n; i++) {
+    const shape = r.shapes[r.shapeIndex[i]!]!;
+    const x = r.extras.get(i);
+    let metrics: string;
+    if (x?.metrics) {
+      const o: Record<string, unknown> = {};
+      for (const m of shape) o[r.names[m]!] = r.values[m]![pos[m]!++];
+      metrics = copyText(pgJson(jsonSafe({ ...o, ...x.metrics })));
+    } else {
+      metrics = '{';
+      for (let k = 0; k < shape.length; k++) {
+        const m = shape[k]!;
+        const v = r.values[m]![pos[m]!++]!;
+        // JSON has no NaN or Infinity: they become null, as JSON.stringify does.
+        metrics += `${k ? ',' : ''}${keys[m]}:${Number.isFinite(v) ? v : 'null'}`;
+      }
+      metrics += '}';
+    }
+    parts.push(
+      `${nodeId}\t${r.ids[i]}\t${devices[r.deviceIndex[i]!]}\t${r.receivedAt[i]}\t${copyNumber(r.ts[i]!)}\t${copyNumber(r.seq[i]!)}\t${metrics}\t${
+        x ? `${optJson(x.state)}\t${optJson(x.tags)}\t${optJson(x.other)}` : '\\N\t\\N\t\\N'
+      }\n`,
+    );
+  }
+  return Buffer.from(parts.join(''));
 }
 
 function optJson(v: unknown): string {

@@ -132,12 +132,14 @@ export default async function run(): Promise<void> {
     const p0 = performance.now();
     await prepare(t.dir, n);
     const prepareMs = performance.now() - p0;
-    const recv = child('drain-receiver-child.ts', [pgs.url]);
+    // EDGEKEEPER_BENCH_SYNC_NODEFLAGS: extra node flags for both children (e.g. --cpu-prof).
+    const flags = (process.env.EDGEKEEPER_BENCH_SYNC_NODEFLAGS ?? '').split(' ').filter(Boolean);
+    const recv = child('drain-receiver-child.ts', [pgs.url], flags);
     procs.push(recv.proc);
     const { url } = (await recv.lines()) as { url: string };
     const pgDataDir = pgs.dataDir;
     const pgCpu0 = pgCpuMs(pgDataDir);
-    const up = child('drain-uplink-child.ts', [t.dir, url, compression, batch], ['--expose-gc']);
+    const up = child('drain-uplink-child.ts', [t.dir, url, compression, batch], ['--expose-gc', ...flags]);
     procs.push(up.proc);
     const r = (await up.lines()) as {
       idleRss: number;
