@@ -1,0 +1,57 @@
+/**
+ * bpftrace start time (spawn to "attached_probes") and RSS for the full probe set, shared in one
+ * process (what edgekeeper does) versus one process per probe (summed) — the measurement behind
+ * `probes.sharing = shared`. Needs root, bpftrace, setpriv.
+ */
+import { PROBE_NAMES } from '../../../src/probes/catalog.js';
+import { median, quantile, rssMb, startProbes } from './util.js';
+
+export default async function run(): Promise<void> {
+  const starts: number[] = [];
+  const rss: number[] = [];
+  for (let i = 0; i < 3; i++) {
+    const r = await startProbes([...PROBE_NAMES]);
+    starts.push(r.startMs);
+    rss.push(rssMb(r.child.pid!));
+    await r.stop();
+  }
+  console.log(
+    JSON.stringify({
+      bench: 'probes.start_full_set',
+      unit: 'ms',
+      p50: median(starts),
+      p99: quantile(starts, 0.99),
+      n: starts.length,
+      target: 1000,
+    }),
+  );
+  console.log(
+    JSON.stringify({
+      bench: 'probes.rss_full_set_shared',
+      unit: 'MB',
+      p50: median(rss),
+      p99: quantile(rss, 0.99),
+      n: rss.length,
+      processes: 1,
+      target: 110,
+    }),
+  );
+  // One process per probe, started one after another (as the supervisor would), all alive.
+  const each = [];
+  for (const p of PROBE_NAMES) each.push(await startProbes([p]));
+  const per = each.map((r) => rssMb(r.child.pid!));
+  for (const r of each) await r.stop();
+  const sum = per.reduce((a, b) => a + b, 0);
+  console.log(
+    JSON.stringify({
+      bench: 'probes.rss_full_set_per_probe',
+      unit: 'MB',
+      p50: sum,
+      p99: sum,
+      n: 1,
+      processes: per.length,
+      per_probe: per.map((x) => Math.round(x)),
+      ratio: sum / median(rss),
+    }),
+  );
+}
