@@ -12,7 +12,7 @@ import {
   isNum,
   UNKNOWN,
 } from './format.js';
-import { fitText } from './text.js';
+import { fitTextCached as fitText } from './text.js';
 import type {
   Element,
   FrameSize,

@@ -37,6 +37,9 @@ const MONO: Record<Tone, string> = {
  */
 const STRIP_BYTES = 120 * 1024;
 
+/** Combining marks (Unicode category M): a Zalgo name can stack them into other rows. */
+const STACKING = /\p{M}/u;
+
 /**
  * Draws layouts for one size on one canvas, reused frame after frame, and reads the pixels
  * back into one reused RGBA buffer. Not reentrant: one render at a time per Renderer.
@@ -91,15 +94,20 @@ export class Renderer {
         this.setFont(e.font);
         ctx.textAlign = e.align;
         const x = e.align === 'left' ? e.x : e.align === 'right' ? e.x + e.w : e.x + e.w / 2;
-        // Clip to the slot: a glyph that overhangs its advance (italics, some marks) stays inside.
-        ctx.save();
-        ctx.beginPath();
-        ctx.rect(e.x, e.y, e.w, e.h);
-        ctx.clip();
-        ctx.fillText(e.text, x, e.y + e.h / 2);
-        ctx.restore();
-        this.lastFill = '';
-        this.lastFont = '';
+        if (STACKING.test(e.text)) {
+          // Stacked combining marks can rise far above the line: keep them inside the slot.
+          // Only then, because save/clip/restore triples the cost of a text.
+          ctx.save();
+          ctx.beginPath();
+          ctx.rect(e.x, e.y, e.w, e.h);
+          ctx.clip();
+          ctx.fillText(e.text, x, e.y + e.h / 2);
+          ctx.restore();
+          this.lastFill = '';
+          this.lastFont = '';
+        } else {
+          ctx.fillText(e.text, x, e.y + e.h / 2);
+        }
       } else {
         this.drawSpark(e.x, e.y, e.w, e.h, e.values, e.max, pal[e.tone], pal.dim);
       }

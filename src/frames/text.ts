@@ -36,6 +36,35 @@ export function graphemes(text: string): string[] {
  * split) that fits `maxWidth` in `font`, with an ellipsis when shortened; "" when not even the
  * ellipsis fits. Binary search: about log2(n) measurements.
  */
+/**
+ * Fitted texts per measure function: most texts on a frame (labels, units, names) repeat from
+ * frame to frame, so the next layout is mostly lookups. Bounded: cleared when full.
+ */
+const FIT_CACHE_MAX = 2048;
+const fitCaches = new WeakMap<MeasureText, Map<string, { text: string; width: number }>>();
+
+/** fitText with a per-measure cache (same answers; for the layout's hot path). */
+export function fitTextCached(
+  text: string,
+  font: string,
+  maxWidth: number,
+  measure: MeasureText,
+): { text: string; width: number } {
+  let cache = fitCaches.get(measure);
+  if (!cache) {
+    cache = new Map();
+    fitCaches.set(measure, cache);
+  }
+  const key = `${font}\u0000${maxWidth}\u0000${text}`;
+  let hit = cache.get(key);
+  if (!hit) {
+    if (cache.size >= FIT_CACHE_MAX) cache.clear();
+    hit = fitText(text, font, maxWidth, measure);
+    cache.set(key, hit);
+  }
+  return hit;
+}
+
 export function fitText(
   text: string,
   font: string,
