@@ -153,6 +153,14 @@ describe('edgekeeper run under a notify socket', () => {
     assert.ok(inbox.messages.slice(0, readyAt).some((m) => m.startsWith('STATUS=opening the store')));
 
     assert.equal((await fetch(`http://${http}/readyz`)).status, 200);
+    // Start-up lines say what listens where, as JSON.
+    const lines = daemon
+      .out()
+      .split('\n')
+      .filter((l) => l.startsWith('{'))
+      .map((l) => JSON.parse(l) as { msg: string; url?: string; stateDir?: string });
+    assert.equal(lines.find((l) => l.msg === 'HTTP listening')?.url, `http://${http}`);
+    assert.equal(lines.find((l) => l.msg === 'edgekeeper ready')?.stateDir, dataDir);
     const st = await status(http);
     assert.equal(st.store.keys, 3);
     assert.equal(st.store.revision, seededRevision);
