@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { setImmediate as yieldLoop } from 'node:timers/promises';
 import { Counter, Histogram } from 'prom-client';
 import type { Timer } from '../clock.js';
-import { type EdgeError, FrameSizeError, FramebufferError } from '../errors.js';
+import { ConfigError, type EdgeError, FrameSizeError, FramebufferError } from '../errors.js';
 import type { Part, PartContext } from '../part.js';
 import { bitStride, EinkSink, toOneBit } from './eink.js';
 import { FramebufferSink } from './fb.js';
@@ -42,11 +42,16 @@ export interface FramesPart extends Part {
 
 function validSizes(list: readonly string[] | undefined): FrameSize[] {
   const out: FrameSize[] = [];
-  for (const s of list ?? ['800x480']) {
+  const problems: string[] = [];
+  for (const [i, s] of (list ?? ['800x480']).entries()) {
     const size = parseSize(s);
-    if (!size) throw new FrameSizeError(String(s), ALL_SIZES);
-    if (!out.includes(size)) out.push(size);
+    if (!size)
+      problems.push(
+        `Expected \`frames.sizes[${i}]\` to be one of ${ALL_SIZES.join(', ')}, got ${JSON.stringify(String(s).slice(0, 32))}`,
+      );
+    else if (!out.includes(size)) out.push(size);
   }
+  if (problems.length > 0) throw new ConfigError(problems);
   return out;
 }
 
@@ -86,7 +91,9 @@ export function createFramesPart(
   });
   const rotation: Rotation = options.framebufferRotation ?? 0;
   if (![0, 90, 180, 270].includes(rotation)) {
-    throw new FramebufferError(`frames.framebufferRotation must be 0, 90, 180 or 270, got ${rotation}`);
+    throw new ConfigError([
+      `Expected \`frames.framebufferRotation\` to be 0, 90, 180 or 270, got ${rotation}`,
+    ]);
   }
 
   const registers = [ctx.registry];
@@ -160,7 +167,11 @@ export function createFramesPart(
   let fbSize: FrameSize | undefined;
   let eink: EinkSink | undefined;
   const einkSize = options.einkSize ? parseSize(options.einkSize) : undefined;
-  if (options.einkSize && !einkSize) throw new FrameSizeError(options.einkSize, ['250x122', '296x128']);
+  if (options.einkSize && !einkSize?.mono) {
+    throw new ConfigError([
+      `Expected \`frames.einkSize\` to be 250x122 or 296x128, got ${JSON.stringify(options.einkSize)}`,
+    ]);
+  }
 
   function openFramebuffer(): void {
     if (!options.framebuffer) return;
@@ -263,7 +274,7 @@ export function createFramesPart(
           st.scratch,
         );
         png = st.encoder.encodeBitsSync(st.bits!, size.width, size.height);
-        if (eink && einkSize === size) eink.offer(st.bits!);
+        if (eink && einkSize === size && !eink.offer(st.bits!)) einkDeferred.inc();
       }
       if (fb && fbSize === size) {
         try {
@@ -371,12 +382,6 @@ export function createFramesPart(
           onError: (err) => sinkFailed('eink', err),
           onWrite: () => sinkOk('eink'),
         });
-        const offer = eink.offer.bind(eink);
-        eink.offer = (bits) => {
-          const now = offer(bits);
-          if (!now) einkDeferred.inc();
-          return now;
-        };
       }
       primary = configured[0] ?? fbSize ?? SIZES['800x480'];
       schedule(0);

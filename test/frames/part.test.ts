@@ -269,3 +269,55 @@ test('status() reports sizes and sinks; stop is idempotent', async () => {
   await part.stop();
   await part.stop();
 });
+
+test('bad options are refused at creation with the config path', () => {
+  const ctx = {
+    store,
+    logger: silentLogger(),
+    registry: new Registry(),
+    clock,
+    http,
+    stateDir,
+    nodeName: 'x',
+    addReadinessCheck: () => {},
+  };
+  assert.throws(
+    () => createFramesPart(ctx, { sizes: ['800x480', '1024x768' as '800x480'], sources: {} }),
+    /`frames.sizes\[1\]`.*1024x768/,
+  );
+  assert.throws(
+    () => createFramesPart(ctx, { framebufferRotation: 45 as 90, sources: {} }),
+    /`frames.framebufferRotation`/,
+  );
+  assert.throws(
+    () => createFramesPart(ctx, { einkSize: '800x480' as '250x122', sources: {} }),
+    /`frames.einkSize`/,
+  );
+});
+
+test('a framebuffer that cannot be used is reported; frames still go to the other sinks', async () => {
+  const dir = mkdtempSync(join(tmpdir(), 'ek-frames-nofb-'));
+  try {
+    const reg = new Registry();
+    const ctx = {
+      store,
+      logger: silentLogger(),
+      registry: reg,
+      clock,
+      http: { add: () => {} },
+      stateDir: dir,
+      nodeName: 'x',
+      addReadinessCheck: () => {},
+    };
+    const p = createFramesPart(ctx, { framebuffer: '/dev/fb9', sysRoot: join(dir, 'nosys'), sources: {} });
+    await p.start();
+    await p.renderNow();
+    assert.ok(existsSync(join(dir, 'frame-800x480.png')));
+    assert.equal(p.status!().framebuffer, 'unavailable');
+    const m = (await reg.getMetricsAsJSON()).find((x) => x.name === 'edgekeeper_frames_sink_errors_total');
+    assert.ok(m?.values.some((v) => v.labels.sink === 'framebuffer' && Number(v.value) >= 1));
+    await p.stop();
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
