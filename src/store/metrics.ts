@@ -49,11 +49,11 @@ export class StoreMetrics {
           this.set(read());
         },
       });
-    let cached = store.stats();
+    let cached: ReturnType<Store['stats']> | undefined;
     let at = 0;
     // One stats() per scrape, shared by the gauges below.
     const stats = () => {
-      if (Date.now() - at > 500) {
+      if (!cached || Date.now() - at > 500) {
         cached = store.stats();
         at = Date.now();
       }
