@@ -54,17 +54,19 @@ export async function startEdge(
     rmSync(dir, { recursive: true, force: true });
     throw err;
   }
-  return {
+  const edge: Edge = {
     dir,
     store,
     server,
     endpoint: `127.0.0.1:${server.port}`,
     async close() {
-      await server.close();
+      // The current server: a test may have restarted it.
+      await edge.server.close();
       await store.close();
       rmSync(dir, { recursive: true, force: true });
     },
   };
+  return edge;
 }
 
 export interface RealEtcd {
