@@ -289,31 +289,44 @@ function unpackValues(col: unknown, n: number, what: string): number[] {
 
 // --- tables --------------------------------------------------------------------------------------
 
-function encodeReports(rows: ReportRecord[]): Record<string, unknown> {
-  const n = rows.length;
-  const devices = new Map<string, number>();
-  const devIdx = new Array<number>(n);
-  const metricNames = new Map<string, number>();
-  const shapes = new Map<string, number>();
-  const shapeList: number[][] = [];
-  const shapeIdx = new Array<number>(n);
-  const columns: number[][] = [];
-  const extras: [number, Record<string, unknown>][] = [];
-  const lastSeq: (number | null)[] = [];
-  const seqBase = new Array<number>(n);
+/**
+ * Builds the report columns one row at a time, so a batch being read from SQLite never holds
+ * its rows (or their decoded bodies) at once: only compact number columns survive.
+ */
+export class ReportsEncoder {
+  n = 0;
+  private readonly ids: number[] = [];
+  private readonly received: number[] = [];
+  private readonly ts: (number | null)[] = [];
+  private readonly seq: (number | null)[] = [];
+  private readonly seqBase: number[] = [];
+  private readonly devices = new Map<string, number>();
+  private readonly devIdx: number[] = [];
+  private readonly lastSeq: (number | null)[] = [];
+  private readonly metricNames = new Map<string, number>();
+  private readonly shapes = new Map<string, number>();
+  private readonly shapeList: number[][] = [];
+  private readonly shapeIdx: number[] = [];
+  private readonly columns: number[][] = [];
+  private readonly extras: [number, Record<string, unknown>][] = [];
+  private readonly indexes: number[] = [];
 
-  for (let i = 0; i < n; i++) {
-    const r = rows[i]!;
-    let d = devices.get(r.device);
+  add(r: ReportRecord): void {
+    const i = this.n++;
+    this.ids.push(r.id);
+    this.received.push(r.received_at);
+    this.ts.push(r.ts);
+    this.seq.push(r.seq);
+    let d = this.devices.get(r.device);
     if (d === undefined) {
-      d = devices.size;
-      devices.set(r.device, d);
-      lastSeq.push(null);
+      d = this.devices.size;
+      this.devices.set(r.device, d);
+      this.lastSeq.push(null);
     }
-    devIdx[i] = d;
+    this.devIdx.push(d);
     // Device sequence numbers usually advance by one: send the step from the device's last one.
-    seqBase[i] = lastSeq[d] ?? 0;
-    if (r.seq !== null) lastSeq[d] = r.seq;
+    this.seqBase.push(this.lastSeq[d] ?? 0);
+    if (r.seq !== null) this.lastSeq[d] = r.seq;
 
     let body: unknown;
     try {
@@ -321,13 +334,14 @@ function encodeReports(rows: ReportRecord[]): Record<string, unknown> {
     } catch {
       body = undefined;
     }
-    const indexes: number[] = [];
+    const indexes = this.indexes;
+    indexes.length = 0;
     if (body === null || typeof body !== 'object' || Array.isArray(body) || body instanceof Uint8Array) {
-      extras.push([i, { raw: Buffer.from(r.body) }]);
+      this.extras.push([i, { raw: Buffer.from(r.body) }]);
     } else {
-      const extra: Record<string, unknown> = {};
-      let hasExtra = false;
-      for (const [k, v] of Object.entries(body as Record<string, unknown>)) {
+      let extra: Record<string, unknown> | undefined;
+      for (const k in body as Record<string, unknown>) {
+        const v = (body as Record<string, unknown>)[k];
         if (
           k === 'metrics' &&
           v !== null &&
@@ -336,63 +350,87 @@ function encodeReports(rows: ReportRecord[]): Record<string, unknown> {
           !(v instanceof Uint8Array)
         ) {
           let other: Record<string, unknown> | undefined;
-          for (const [name, value] of Object.entries(v as Record<string, unknown>)) {
+          for (const name in v as Record<string, unknown>) {
+            const value = (v as Record<string, unknown>)[name];
             if (typeof value === 'number') {
-              let m = metricNames.get(name);
+              let m = this.metricNames.get(name);
               if (m === undefined) {
-                m = metricNames.size;
-                metricNames.set(name, m);
-                columns.push([]);
+                m = this.metricNames.size;
+                this.metricNames.set(name, m);
+                this.columns.push([]);
               }
               if (indexes.includes(m)) continue;
               indexes.push(m);
-              columns[m]!.push(value);
+              this.columns[m]!.push(value);
             } else {
               other ??= {};
               other[name] = value;
             }
           }
           if (other) {
+            extra ??= {};
             extra.m = other;
-            hasExtra = true;
           }
         } else {
+          extra ??= {};
           extra[k === 'metrics' ? 'mx' : k === 'state' ? 's' : k === 'tags' ? 'g' : `o:${k}`] = v;
-          hasExtra = true;
         }
       }
-      if (hasExtra) extras.push([i, extra]);
+      if (extra) this.extras.push([i, extra]);
     }
     const key = indexes.join(',');
-    let s = shapes.get(key);
-    if (s === undefined) {
-      s = shapeList.length;
-      shapes.set(key, s);
-      shapeList.push(indexes);
+    let sh = this.shapes.get(key);
+    if (sh === undefined) {
+      sh = this.shapeList.length;
+      this.shapes.set(key, sh);
+      this.shapeList.push(indexes.slice());
     }
-    shapeIdx[i] = s;
+    this.shapeIdx.push(sh);
   }
 
-  return {
-    n,
-    i: packDeltas(rows.map((r) => r.id)),
-    ra: packDeltas(rows.map((r) => r.received_at)),
-    ts: packRelative(
-      rows.map((r) => r.ts),
-      (i) => rows[i]!.received_at,
-    ),
-    sq: packRelative(
-      rows.map((r) => r.seq),
-      (i) => seqBase[i]!,
-    ),
-    dv: [...devices.keys()],
-    di: packIndexes(devIdx),
-    mn: [...metricNames.keys()],
-    sh: shapeList,
-    si: packIndexes(shapeIdx),
-    mv: columns.map(packValues),
-    x: extras,
-  };
+  finish(): Record<string, unknown> {
+    const received = this.received;
+    const seqBase = this.seqBase;
+    return {
+      n: this.n,
+      i: packDeltas(this.ids),
+      ra: packDeltas(received),
+      ts: packRelative(this.ts, (i) => received[i]!),
+      sq: packRelative(this.seq, (i) => seqBase[i]!),
+      dv: [...this.devices.keys()],
+      di: packIndexes(this.devIdx),
+      mn: [...this.metricNames.keys()],
+      sh: this.shapeList,
+      si: packIndexes(this.shapeIdx),
+      mv: this.columns.map(packValues),
+      x: this.extras,
+    };
+  }
+}
+
+/** A batch being filled row by row (events and samples are few and kept as rows). */
+export class BatchEncoder {
+  readonly events: EventRecord[] = [];
+  readonly samples: SampleRecord[] = [];
+  readonly reports = new ReportsEncoder();
+  get records(): number {
+    return this.events.length + this.reports.n + this.samples.length;
+  }
+  /** The CBOR bytes, before compression. */
+  finish(h: Omit<Batch, 'events' | 'reports' | 'samples'>): Buffer {
+    const m: Record<string, unknown> = {
+      v: WIRE_VERSION,
+      n: h.node,
+      q: h.seq,
+      t: h.sentAt,
+      a: h.applied,
+      bl: [h.backlog.events, h.backlog.reports, h.backlog.samples],
+    };
+    if (this.events.length) m.e = this.events.map((e) => [e.id, e.ts, e.kind, e.subject, e.data]);
+    if (this.reports.n) m.r = this.reports.finish();
+    if (this.samples.length) m.s = encodeSamples(this.samples);
+    return encoder.encode(m);
+  }
 }
 
 /** Extra parts of one report that did not fit the columns. */
@@ -624,18 +662,11 @@ function EMPTY_REPORTS(): ReportColumns {
 
 /** CBOR bytes of a batch, before compression. */
 export function encodeBatch(b: Batch): Buffer {
-  const m: Record<string, unknown> = {
-    v: WIRE_VERSION,
-    n: b.node,
-    q: b.seq,
-    t: b.sentAt,
-    a: b.applied,
-    bl: [b.backlog.events, b.backlog.reports, b.backlog.samples],
-  };
-  if (b.events.length) m.e = b.events.map((e) => [e.id, e.ts, e.kind, e.subject, e.data]);
-  if (b.reports.length) m.r = encodeReports(b.reports);
-  if (b.samples.length) m.s = encodeSamples(b.samples);
-  return encoder.encode(m);
+  const e = new BatchEncoder();
+  e.events.push(...b.events);
+  for (const r of b.reports) e.reports.add(r);
+  e.samples.push(...b.samples);
+  return e.finish(b);
 }
 
 /** Parse and check a batch; every defect is a SyncBadBatchError naming what is wrong. */

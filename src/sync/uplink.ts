@@ -16,8 +16,7 @@
 import { readFileSync } from 'node:fs';
 import { Agent as HttpAgent, type IncomingMessage, request as httpRequest } from 'node:http';
 import { Agent as HttpsAgent, request as httpsRequest } from 'node:https';
-import { promisify } from 'node:util';
-import { brotliCompress, constants as zc, gzip } from 'node:zlib';
+import { brotliCompressSync, constants as zc, gzipSync } from 'node:zlib';
 import cron from 'node-cron';
 import { Counter, Gauge } from 'prom-client';
 import type { Timer } from '../clock.js';
@@ -25,11 +24,8 @@ import { SyncUploadError } from '../errors.js';
 import type { PartContext } from '../part.js';
 import { prefixEnd } from '../store/index.js';
 import type { RequestOp } from '../store/types.js';
-import { type Batch, type EventRecord, encodeBatch, type ReportRecord, type SampleRecord } from './codec.js';
+import { type Batch, BatchEncoder, type EventRecord, type ReportRecord, type SampleRecord } from './codec.js';
 import type { SyncOptions, SyncPart, SyncState, SyncStatus } from './types.js';
-
-const gzipAsync = promisify(gzip);
-const brotliAsync = promisify(brotliCompress);
 
 export const DESIRED_PREFIX = '/edgekeeper/desired/';
 /** Holds the applied desired version, next to the keys, written in the same revision. */
@@ -61,7 +57,11 @@ export const SYNC_STATE_SQL =
   'CREATE TABLE sync_state (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID';
 
 interface Pending {
-  batch: Batch;
+  batch: { seq: number; applied: string | null };
+  /** Rows being encoded; dropped once compressed. */
+  enc?: BatchEncoder;
+  header?: Omit<Batch, 'events' | 'reports' | 'samples'>;
+  counts: Record<Source, number>;
   body: Buffer;
   records: number;
   upTo: Partial<Record<Source, number>>;
@@ -221,29 +221,30 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
   ): Pending | undefined {
     let room = maxRecords;
     let bytes = 0;
-    const events: EventRecord[] = [];
-    const reports: ReportRecord[] = [];
-    const samples: SampleRecord[] = [];
+    const enc = new BatchEncoder();
+    const counts: Record<Source, number> = { events: 0, reports: 0, probe_samples: 0 };
     const upTo: Partial<Record<Source, number>> = {};
     for (const src of SOURCES) {
       if (room <= 0 || bytes >= o.batchMaxBytes) break;
       if (!tableExists(src)) continue;
-      // Synchronous iteration: nothing else runs on the read connection until it ends.
+      // Synchronous iteration: nothing else runs on the read connection until it ends. Each row
+      // goes into the encoder's columns at once, so rows never pile up in memory.
       for (const row of store.query<Record<string, unknown>>(SELECT[src]).iterate(after[src], room)) {
         if (src === 'events') {
           const r = row as unknown as EventRecord;
-          events.push(r);
+          enc.events.push(r);
           bytes += r.kind.length + (r.subject?.length ?? 0) + (r.data?.length ?? 0) + 24;
         } else if (src === 'reports') {
           const r = row as unknown as ReportRecord;
-          reports.push(r);
+          enc.reports.add(r);
           bytes += r.device.length + r.body.length + 32;
         } else {
           const r = row as unknown as SampleRecord;
-          samples.push(r);
+          enc.samples.push(r);
           bytes += r.probe.length + r.metric.length + r.data.length + 24;
         }
         upTo[src] = row.id as number;
+        counts[src]++;
         room--;
         if (bytes >= o.batchMaxBytes) break;
       }
@@ -251,33 +252,44 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
     const records = maxRecords - room;
     const heartbeatDue = clock.now() - lastSentAt >= o.heartbeatInterval;
     if (records === 0 && appliedVersion === reportedApplied && !heartbeatDue) return undefined;
-    const batch: Batch = {
+    const header = {
       node,
       seq: batchSeq,
       sentAt: clock.now(),
       applied: appliedVersion,
       backlog: { ...backlog },
-      events,
-      reports,
-      samples,
     };
-    return { batch, body: Buffer.alloc(0), records, upTo, attempts: 0 };
+    return {
+      batch: { seq: batchSeq, applied: appliedVersion },
+      enc,
+      header,
+      counts,
+      body: Buffer.alloc(0),
+      records,
+      upTo,
+      attempts: 0,
+    };
   }
 
   async function compress(p: Pending): Promise<void> {
-    const raw = encodeBatch(p.batch);
+    const raw = p.enc!.finish(p.header!);
+    // Rows are not needed once encoded; release them before the upload.
+    p.enc = undefined;
+    p.header = undefined;
+    // Synchronous on purpose: a batch compresses in a few ms, and the thread pool's async zlib
+    // leaves per-thread malloc arenas behind that grow RSS by 10+ MB on a long drain.
     p.body =
       o.compression === 'gzip'
-        ? await gzipAsync(raw, { level: 6 })
-        : await brotliAsync(raw, {
+        ? gzipSync(raw, { level: 6 })
+        : brotliCompressSync(raw, {
             params: {
               // Quality 4: most of brotli's gain at gzip-like CPU; the size hint saves reallocations.
               [zc.BROTLI_PARAM_QUALITY]: 4,
+              // A 256 KiB window holds a whole batch's columns; the default 4 MiB only costs memory.
+              [zc.BROTLI_PARAM_LGWIN]: 18,
               [zc.BROTLI_PARAM_SIZE_HINT]: raw.length,
             },
           });
-    // Rows are not needed once encoded; release them before the upload.
-    p.batch = { ...p.batch, events: [], reports: [], samples: [] };
   }
 
   function request(
@@ -383,7 +395,7 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
     seq = p.batch.seq;
     reportedApplied = p.batch.applied;
     for (const src of SOURCES) cursors[src] = next[src];
-    const c = counts.get(p);
+    const c = p.counts;
     for (const src of SOURCES) {
       const same = (ack.upTo[SHORT[src]] ?? undefined) === p.upTo[src];
       forget(src, !ack.duplicate || same ? (c?.[src] ?? 0) : undefined);
@@ -396,8 +408,6 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
     lastSentAt = lastSuccess;
     mLastSuccess.set(lastSuccess / 1000);
   }
-
-  const counts = new WeakMap<Pending, Record<Source, number>>();
 
   // --- sleeping, windows, bandwidth --------------------------------------------------------------
 
@@ -449,11 +459,6 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
   ): Promise<Pending | undefined> {
     const p = buildBatch(after, maxRecords, batchSeq);
     if (!p) return undefined;
-    counts.set(p, {
-      events: p.batch.events.length,
-      reports: p.batch.reports.length,
-      probe_samples: p.batch.samples.length,
-    });
     await compress(p);
     return p;
   }
