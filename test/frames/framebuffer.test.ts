@@ -82,6 +82,12 @@ for (const bpp of [16, 32] as const) {
             expectPixel(buf, fmt, fx, fy, COLOURS[y * W + x]!);
           }
         }
+        // The byte-by-byte path (source not 4-byte aligned) gives the same bytes as the word path.
+        const unaligned = new Uint8Array(rgba.length + 1).subarray(1);
+        unaligned.set(rgba);
+        const buf2 = Buffer.alloc(fmt.stride * fh, 0xaa);
+        toFramebuffer(unaligned, W, H, fmt, buf2);
+        assert.deepEqual(buf2, buf);
         // The padding at the end of each row is untouched.
         for (let y = 0; y < fh; y++)
           assert.deepEqual(
