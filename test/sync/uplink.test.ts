@@ -30,7 +30,18 @@ import {
 } from './helpers.js';
 import { freePort, startPostgres, type TestPostgres } from './pg.js';
 
-const NODES = ['e2e', 'nosamples', 'down', 'faults', 'budget', 'stopack', 'retryafter', 'window'];
+const NODES = [
+  'e2e',
+  'nosamples',
+  'bandwidth',
+  'frames',
+  'down',
+  'faults',
+  'budget',
+  'stopack',
+  'retryafter',
+  'window',
+];
 const FAST: SyncOptions = {
   batchMaxRecords: 300,
   idleInterval: 20,
@@ -378,5 +389,50 @@ describe('uplink', () => {
     assert.equal(requests, 0);
     clock.advance(60_000); // 03:00:30
     await assertExactlyOnce('window', store, ['reports']);
+  });
+
+  test('bandwidth cap: the next batch waits for its share of time on the injected clock', async () => {
+    const clock = new ManualClock(Date.now());
+    const { store, part } = await node(
+      'bandwidth',
+      { url: srv.url, batchMaxRecords: 50, bandwidth: 100 },
+      { clock },
+    );
+    await insertReports(store, 200);
+    await part.start();
+    await waitFor('first batch', async () => (await pgIds('bandwidth', 'fleet_reports')).length === 50);
+    await new Promise((r) => setTimeout(r, 300));
+    // A batch is a few hundred bytes: at 100 B/s the next one may not leave before seconds pass.
+    assert.equal((await pgIds('bandwidth', 'fleet_reports')).length, 50);
+    for (let i = 0; i < 10 && (await pgIds('bandwidth', 'fleet_reports')).length < 200; i++) {
+      clock.advance(60_000);
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    await assertExactlyOnce('bandwidth', store, ['reports']);
+  });
+
+  test('the status frame is uploaded and listed by the receiver', async () => {
+    const png = Buffer.concat([
+      Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
+      Buffer.from('frame-bytes'),
+    ]);
+    let calls = 0;
+    const { store, part } = await node('frames', {
+      url: srv.url,
+      frameInterval: 50,
+      framePng: async () => {
+        calls++;
+        return png;
+      },
+    });
+    await insertReports(store, 5);
+    await part.start();
+    await waitFor('frame stored', async () => {
+      const r = await fetch(`${srv.url}/v1/nodes/frames/frame`, {
+        headers: { Authorization: 'Bearer admin' },
+      });
+      return r.status === 200 && Buffer.from(await r.arrayBuffer()).equals(png);
+    });
+    assert.ok(calls >= 1);
   });
 });
