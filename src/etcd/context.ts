@@ -12,7 +12,7 @@ import { long } from './proto.js';
 export interface Header {
   cluster_id: unknown;
   member_id: unknown;
-  revision: number;
+  revision: number | undefined;
   raft_term: number;
 }
 
@@ -105,7 +105,12 @@ export function makeHeaderFactory(store: Store): {
   return {
     clusterId,
     memberId,
-    hdr: (revision: number) => ({ cluster_id: cid, member_id: mid, revision, raft_term: 1 }),
+    hdr: (revision: number) => ({
+      cluster_id: cid,
+      member_id: mid,
+      revision: revision || undefined,
+      raft_term: 1,
+    }),
   };
 }
 

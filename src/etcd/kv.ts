@@ -139,21 +139,25 @@ export function txnIn(m: M): TxnRequest {
 
 export interface WireKv {
   key: Buffer;
-  create_revision: number;
-  mod_revision: number;
-  version: number;
-  value: Buffer;
+  create_revision: number | undefined;
+  mod_revision: number | undefined;
+  version: number | undefined;
+  value: Buffer | undefined;
   lease: unknown;
 }
 
+/**
+ * proto3 as etcd (Go) writes it: zero values are left out (undefined is skipped by the encoder),
+ * so clients that distinguish "absent" from "zero" (JSON output, toObject) see what etcd sends.
+ */
 export function kvOut(kv: KeyValue): WireKv {
   return {
     key: kv.key,
-    create_revision: kv.createRevision,
-    mod_revision: kv.modRevision,
-    version: kv.version,
-    value: kv.value,
-    lease: kv.lease === 0n ? 0 : long(kv.lease),
+    create_revision: kv.createRevision || undefined,
+    mod_revision: kv.modRevision || undefined,
+    version: kv.version || undefined,
+    value: kv.value.length ? kv.value : undefined,
+    lease: kv.lease === 0n ? undefined : long(kv.lease),
   };
 }
 
@@ -164,7 +168,12 @@ function kvsOut(kvs: KeyValue[]): WireKv[] {
 }
 
 export function rangeOut(h: (r: number) => Header, r: RangeResponse): object {
-  return { header: h(r.header.revision), kvs: kvsOut(r.kvs), more: r.more, count: r.count };
+  return {
+    header: h(r.header.revision),
+    kvs: kvsOut(r.kvs),
+    more: r.more || undefined,
+    count: r.count || undefined,
+  };
 }
 
 export function putOut(h: (r: number) => Header, r: PutResponse): object {
@@ -174,7 +183,7 @@ export function putOut(h: (r: number) => Header, r: PutResponse): object {
 }
 
 export function deleteOut(h: (r: number) => Header, r: DeleteRangeResponse): object {
-  return { header: h(r.header.revision), deleted: r.deleted, prev_kvs: kvsOut(r.prevKvs) };
+  return { header: h(r.header.revision), deleted: r.deleted || undefined, prev_kvs: kvsOut(r.prevKvs) };
 }
 
 function opOut(h: (r: number) => Header, op: ResponseOp): object {
@@ -187,7 +196,7 @@ function opOut(h: (r: number) => Header, op: ResponseOp): object {
 export function txnOut(h: (r: number) => Header, r: TxnResponse): object {
   const responses = new Array<object>(r.responses.length);
   for (let i = 0; i < r.responses.length; i++) responses[i] = opOut(h, r.responses[i]!);
-  return { header: h(r.header.revision), succeeded: r.succeeded, responses };
+  return { header: h(r.header.revision), succeeded: r.succeeded || undefined, responses };
 }
 
 export function kvService(ctx: EtcdContext): UntypedServiceImplementation {

@@ -76,7 +76,7 @@ export function leaseService(ctx: EtcdContext): UntypedServiceImplementation {
             return;
           }
           metrics.count('LeaseKeepAlive', 5);
-          out = { header: hdr(store.revision()), ID: long(id), TTL: 0 };
+          out = { header: hdr(store.revision()), ID: long(id) };
         }
         if (!call.write(out)) call.pause();
       });

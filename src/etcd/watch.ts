@@ -28,7 +28,7 @@ export const MAX_WATCHERS_PER_STREAM = 100_000;
 const EVENT_OVERHEAD = 48;
 
 interface WireEvent {
-  type: number;
+  type: number | undefined;
   kv: WireKv;
   prev_kv?: WireKv;
 }
@@ -44,7 +44,7 @@ interface Entry {
 }
 
 function eventOut(ev: WatchEvent): WireEvent {
-  const out: WireEvent = { type: ev.type === 'PUT' ? 0 : 1, kv: kvOut(ev.kv) };
+  const out: WireEvent = { type: ev.type === 'PUT' ? undefined : 1, kv: kvOut(ev.kv) };
   if (ev.prevKv) out.prev_kv = kvOut(ev.prevKv);
   return out;
 }
