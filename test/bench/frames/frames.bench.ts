@@ -216,6 +216,29 @@ async function eventLoop(frames: number): Promise<void> {
   for (let k = 0; k < frames; k++) await part.renderNow();
   const per = (performance.now() - t) / frames;
   h.disable();
+  // The part's own histogram: the synchronous part of each frame (layout, draw, read-back,
+  // sink conversion), as bucket upper bounds.
+  const hist = (await ctx.registry.getMetricsAsJSON()).find(
+    (m) => m.name === 'edgekeeper_frames_render_seconds',
+  );
+  const buckets = (hist?.values ?? [])
+    .filter(
+      (v) => v.labels.le !== undefined && (v as { metricName?: string }).metricName?.endsWith('_bucket'),
+    )
+    .map((v) => ({
+      le: v.labels.le === '+Inf' ? Number.POSITIVE_INFINITY : Number(v.labels.le),
+      count: Number(v.value),
+    }));
+  const total = buckets.find((b) => b.le === Number.POSITIVE_INFINITY)?.count ?? 0;
+  const q = (p: number) => (buckets.find((b) => b.count >= total * p)?.le ?? Number.NaN) * 1000;
+  emit({
+    bench: 'frames.part_sync_section.800x480',
+    unit: 'ms',
+    p50_le: q(0.5),
+    p99_le: q(0.99),
+    n: total,
+    note: 'bucket upper bounds of edgekeeper_frames_render_seconds',
+  });
   await part.stop();
   rmSync(dir, { recursive: true, force: true });
   emit({
@@ -230,11 +253,11 @@ async function eventLoop(frames: number): Promise<void> {
 }
 
 export default async function run(): Promise<void> {
-  const n = Number(process.env.FRAMES_BENCH_N ?? 300);
+  const n = Number(process.env.FRAMES_BENCH_N ?? 150);
   for (const size of Object.values(SIZES)) await perSize(size, n);
   await memory(Number(process.env.FRAMES_BENCH_MEM_N ?? 10_000), false);
-  await memory(Number(process.env.FRAMES_BENCH_MEM_PNG_N ?? 2_000), true);
-  await eventLoop(300);
+  await memory(Number(process.env.FRAMES_BENCH_MEM_PNG_N ?? 1_000), true);
+  await eventLoop(200);
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) await run();
