@@ -3,7 +3,7 @@
  *
  * A batch is one CBOR map, compressed as a whole (gzip or brotli, named by Content-Encoding):
  *
- *   { v: 1, n: node, q: seq, t: sentAt ms, a: applied desired version | null,
+ *   { v: 1, n: node, st: database stream id (hex), q: seq, t: sentAt ms, a: applied desired version | null,
  *     b: [backlog events, backlog reports, backlog samples],
  *     e?: [[id, ts, kind, subject, data], ...],           // events, row-wise: they are few
  *     r?: ReportColumns, s?: SampleColumns }                // columnar: they are many
@@ -60,6 +60,12 @@ export interface Backlog {
 
 export interface Batch {
   node: string;
+  /**
+   * Identity of the node's database (random, made with it). Batch sequence numbers and record
+   * ids count within one stream: a node whose database was re-created starts a new stream
+   * instead of colliding with what its old database sent.
+   */
+  stream: string;
   seq: number;
   sentAt: number;
   /** The desired-state version the node has applied, or null before the first one. */
@@ -96,6 +102,12 @@ export interface DecodedSample {
 
 export interface DecodedBatch {
   node: string;
+  /**
+   * Identity of the node's database (random, made with it). Batch sequence numbers and record
+   * ids count within one stream: a node whose database was re-created starts a new stream
+   * instead of colliding with what its old database sent.
+   */
+  stream: string;
   seq: number;
   sentAt: number;
   applied: string | null;
@@ -421,6 +433,7 @@ export class BatchEncoder {
     const m: Record<string, unknown> = {
       v: WIRE_VERSION,
       n: h.node,
+      st: h.stream,
       q: h.seq,
       t: h.sentAt,
       a: h.applied,
@@ -681,6 +694,8 @@ export function decodeBatch(bytes: Uint8Array): DecodedBatch {
   if (m.v !== WIRE_VERSION)
     throw bad(`wire version ${String(m.v)} is not supported (expected ${WIRE_VERSION})`);
   if (typeof m.n !== 'string' || m.n === '') throw bad('n (node) is not a string');
+  if (typeof m.st !== 'string' || !/^[0-9a-f]{1,32}$/.test(m.st))
+    throw bad('st (stream) is not a hex string');
   if (typeof m.q !== 'number' || !Number.isSafeInteger(m.q) || m.q < 1)
     throw bad('q (sequence) is not a positive integer');
   if (typeof m.t !== 'number' || !Number.isFinite(m.t)) throw bad('t (sent at) is not a number');
@@ -704,6 +719,7 @@ export function decodeBatch(bytes: Uint8Array): DecodedBatch {
     }
     return {
       node: m.n,
+      stream: m.st,
       seq: m.q,
       sentAt: m.t,
       applied: (m.a as string | null | undefined) ?? null,

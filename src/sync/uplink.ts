@@ -168,6 +168,7 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
   let wake: (() => void) | undefined;
   let sleepTimer: Timer | undefined;
   let seq = 0;
+  let stream = '0';
   const cursors: Record<Source, number> = { events: 0, reports: 0, probe_samples: 0 };
   let pending: Pending | undefined;
   let failures = 0;
@@ -254,6 +255,7 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
     if (records === 0 && appliedVersion === reportedApplied && !heartbeatDue) return undefined;
     const header = {
       node,
+      stream,
       seq: batchSeq,
       sentAt: clock.now(),
       applied: appliedVersion,
@@ -856,6 +858,8 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
       if (!token && !options.certFile)
         log.warn('sync has neither a token nor a client certificate; the receiver will refuse uploads');
       loadState();
+      // The database's random identity names this node's stream of batches at the receiver.
+      stream = store.identity().clusterId.toString(16);
       running = true;
       measure();
       ctx.addReadinessCheck('sync', () =>

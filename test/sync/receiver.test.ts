@@ -33,6 +33,7 @@ function reports(from: number, n: number): ReportRecord[] {
 function batch(node: string, seq: number, over: Partial<Batch> = {}): Batch {
   return {
     node,
+    stream: 'a1',
     seq,
     sentAt: Date.now(),
     applied: null,
@@ -311,6 +312,21 @@ describe('fleet receiver', () => {
       (await srv.pool.query('SELECT count(*)::int AS n FROM fleet_batches WHERE seq = 99')).rows[0].n,
       0,
     );
+  });
+
+  test("a node's re-created database starts a new stream instead of colliding with its past", async () => {
+    const before = await count('fleet_reports');
+    const b = { ...batch('a', 1, { reports: reports(1, 10) }), stream: 'b2' };
+    const r = await post(srv, 'a', gzipSync(encodeBatch(b)));
+    assert.equal(r.status, 200);
+    assert.deepEqual(r.body, {
+      seq: 1,
+      duplicate: false,
+      upTo: { events: null, reports: 10, samples: null },
+    });
+    assert.equal(await count('fleet_reports'), before + 10);
+    const bad = await post(srv, 'a', gzipSync(encodeBatch({ ...b, stream: 'not hex!' })));
+    assert.equal(bad.status, 400);
   });
 
   test('desired state: versions, ETag and If-None-Match, admin only', async () => {

@@ -23,10 +23,20 @@ CREATE TABLE fleet_nodes (
   backlog jsonb,
   applied_version text
 );
+-- A node's database: sequence numbers and record ids count within one stream, so a node whose
+-- database was re-created (new SD card) starts afresh instead of colliding with its past.
+CREATE TABLE fleet_streams (
+  id serial PRIMARY KEY,
+  node_id integer NOT NULL REFERENCES fleet_nodes(id),
+  stream text NOT NULL,
+  created_at timestamptz NOT NULL DEFAULT now(),
+  UNIQUE (node_id, stream)
+);
 -- One row per stored batch: the idempotency key (node, seq) is enforced here, and the ids each
 -- batch covered let a retried batch be answered with what was stored the first time.
 CREATE TABLE fleet_batches (
   node_id integer NOT NULL REFERENCES fleet_nodes(id),
+  stream_id integer NOT NULL REFERENCES fleet_streams(id),
   seq bigint NOT NULL,
   received_at timestamptz NOT NULL DEFAULT now(),
   records integer NOT NULL,
@@ -34,20 +44,23 @@ CREATE TABLE fleet_batches (
   events_to bigint,
   reports_to bigint,
   samples_to bigint,
-  PRIMARY KEY (node_id, seq)
+  PRIMARY KEY (stream_id, seq)
 );
--- Records keep the node's own ids; the primary key refuses a record stored twice.
+-- Records keep the node's own ids; the primary key refuses a record stored twice. (No foreign
+-- key on stream_id: it would cost a lookup per row on the hot path; fleet_batches has one.)
 CREATE TABLE fleet_events (
   node_id integer NOT NULL REFERENCES fleet_nodes(id),
+  stream_id integer NOT NULL,
   id bigint NOT NULL,
   ts_ms bigint NOT NULL,
   kind text NOT NULL,
   subject text,
   data text,
-  PRIMARY KEY (node_id, id)
+  PRIMARY KEY (stream_id, id)
 );
 CREATE TABLE fleet_reports (
   node_id integer NOT NULL REFERENCES fleet_nodes(id),
+  stream_id integer NOT NULL,
   id bigint NOT NULL,
   device text NOT NULL,
   received_at_ms bigint NOT NULL,
@@ -59,16 +72,17 @@ CREATE TABLE fleet_reports (
   state jsonb,
   tags jsonb,
   other jsonb,
-  PRIMARY KEY (node_id, id)
+  PRIMARY KEY (stream_id, id)
 );
 CREATE TABLE fleet_samples (
   node_id integer NOT NULL REFERENCES fleet_nodes(id),
+  stream_id integer NOT NULL,
   id bigint NOT NULL,
   ts_ms bigint NOT NULL,
   probe text NOT NULL,
   metric text NOT NULL,
   data jsonb,
-  PRIMARY KEY (node_id, id)
+  PRIMARY KEY (stream_id, id)
 );
 CREATE TABLE fleet_desired (
   node_id integer PRIMARY KEY REFERENCES fleet_nodes(id),

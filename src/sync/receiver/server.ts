@@ -186,13 +186,21 @@ export async function startFleetServer(opts: FleetServerOptions): Promise<FleetS
     const c = await pool.connect();
     try {
       await c.query('BEGIN');
-      // The idempotency key: a concurrent insert of the same (node, seq) on another receiver
+      // The stream (the node's database) this batch belongs to; created on its first batch.
+      const st = await c.query<{ id: number }>(
+        `INSERT INTO fleet_streams(node_id, stream) VALUES ($1, $2)
+         ON CONFLICT (node_id, stream) DO UPDATE SET stream = EXCLUDED.stream RETURNING id`,
+        [node.id, b.stream],
+      );
+      const streamId = st.rows[0]!.id;
+      // The idempotency key: a concurrent insert of the same (stream, seq) on another receiver
       // waits here for the first transaction and then does nothing.
       const ins = await c.query(
-        `INSERT INTO fleet_batches(node_id, seq, records, wire_bytes, events_to, reports_to, samples_to)
-         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (node_id, seq) DO NOTHING RETURNING seq`,
+        `INSERT INTO fleet_batches(node_id, stream_id, seq, records, wire_bytes, events_to, reports_to, samples_to)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (stream_id, seq) DO NOTHING RETURNING seq`,
         [
           node.id,
+          streamId,
           b.seq,
           b.events.length + b.reports.n + b.samples.length,
           wireBytes,
@@ -221,13 +229,13 @@ export async function startFleetServer(opts: FleetServerOptions): Promise<FleetS
       }
       if (b.events.length) {
         await c.query(
-          `INSERT INTO fleet_events(node_id, id, ts_ms, kind, subject, data)
-           SELECT $1, r.id, r.ts, r.kind, r.subject, r.data
-           FROM json_to_recordset($2::json) AS r(id bigint, ts bigint, kind text, subject text, data text)`,
-          [node.id, pgJson(b.events)],
+          `INSERT INTO fleet_events(node_id, stream_id, id, ts_ms, kind, subject, data)
+           SELECT $1, $2, r.id, r.ts, r.kind, r.subject, r.data
+           FROM json_to_recordset($3::json) AS r(id bigint, ts bigint, kind text, subject text, data text)`,
+          [node.id, streamId, pgJson(b.events)],
         );
       }
-      if (b.reports.n) await copyIn(c, REPORTS_COPY, reportsCopyText(node.id, b.reports));
+      if (b.reports.n) await copyIn(c, REPORTS_COPY, reportsCopyText(`${node.id}\t${streamId}`, b.reports));
       if (b.samples.length) {
         const rows = b.samples.map((s) => ({
           id: s.id,
@@ -237,10 +245,10 @@ export async function startFleetServer(opts: FleetServerOptions): Promise<FleetS
           d: jsonSafe(s.data),
         }));
         await c.query(
-          `INSERT INTO fleet_samples(node_id, id, ts_ms, probe, metric, data)
-           SELECT $1, r.id, r.ts, r.p, r.m, r.d
-           FROM json_to_recordset($2::json) AS r(id bigint, ts bigint, p text, m text, d jsonb)`,
-          [node.id, pgJson(rows)],
+          `INSERT INTO fleet_samples(node_id, stream_id, id, ts_ms, probe, metric, data)
+           SELECT $1, $2, r.id, r.ts, r.p, r.m, r.d
+           FROM json_to_recordset($3::json) AS r(id bigint, ts bigint, p text, m text, d jsonb)`,
+          [node.id, streamId, pgJson(rows)],
         );
       }
       await c.query(
@@ -540,14 +548,14 @@ function pgJson(v: unknown): string {
 }
 
 const REPORTS_COPY =
-  'COPY fleet_reports (node_id, id, device, received_at_ms, ts_ms, seq, metrics, state, tags, other) FROM STDIN';
+  'COPY fleet_reports (node_id, stream_id, id, device, received_at_ms, ts_ms, seq, metrics, state, tags, other) FROM STDIN';
 
 /**
  * COPY text for a batch's reports, straight from the columns: the metrics JSON of a row is the
  * shape's pre-escaped keys with the numbers between them, no object per row (this is the hot
  * path of a draining node).
  */
-function reportsCopyText(nodeId: number, r: ReportColumns): Buffer {
+function reportsCopyText(lead: string, r: ReportColumns): Buffer {
   const keys = r.names.map((n) => copyText(JSON.stringify(n)));
   const devices = r.devices.map((d) => copyText(d));
   const pos = new Array<number>(r.names.length).fill(0);
@@ -571,7 +579,7 @@ function reportsCopyText(nodeId: number, r: ReportColumns): Buffer {
       metrics += '}';
     }
     parts.push(
-      `${nodeId}\t${r.ids[i]}\t${devices[r.deviceIndex[i]!]}\t${r.receivedAt[i]}\t${copyNumber(r.ts[i]!)}\t${copyNumber(r.seq[i]!)}\t${metrics}\t${
+      `${lead}\t${r.ids[i]}\t${devices[r.deviceIndex[i]!]}\t${r.receivedAt[i]}\t${copyNumber(r.ts[i]!)}\t${copyNumber(r.seq[i]!)}\t${metrics}\t${
         x ? `${optJson(x.state)}\t${optJson(x.tags)}\t${optJson(x.other)}` : '\\N\t\\N\t\\N'
       }\n`,
     );
