@@ -124,7 +124,6 @@ export async function startDaemon(
     });
 
     const http = new HttpServer({ logger, registry, maxBodyBytes: config.http.maxBodyBytes });
-    cleanups.push(() => http.close());
     const heartbeat = new Heartbeat({
       store,
       clock,
@@ -169,12 +168,15 @@ export async function startDaemon(
         }
       }
     });
+    // Runs before the parts stop: no new HTTP requests, readiness fails, in-flight ones finish.
+    cleanups.push(() => http.close());
     addDaemonRoutes(http, store, stateDir, config, started, clock);
     for (const entry of entries) {
       await notifier.send(`STATUS=starting ${entry.name}`);
       const part = entry.create(ctx, config);
-      await part.start();
+      // Listed before start() so a part that fails half-way is still stopped (stop is idempotent).
       started.push(part);
+      await part.start();
       log.info({ name: part.name }, 'part started');
     }
 

@@ -32,13 +32,19 @@ export function runningPid(dir: string): number | undefined {
   return alive(pid) ? pid : undefined;
 }
 
+/** Directories claimed by daemons in this process (the pid file cannot tell them apart). */
+const claimed = new Set<string>();
+
 /** Claims `dir` for this process; throws AlreadyRunningError when another live daemon has it. Returns the release function. */
 export function acquirePidFile(dir: string): () => void {
   const file = join(dir, PID_FILE);
+  if (claimed.has(file)) throw new AlreadyRunningError(dir, process.pid);
   const other = runningPid(dir);
   if (other !== undefined) throw new AlreadyRunningError(dir, other);
   writeFileSync(file, `${process.pid}\n`, { mode: 0o644 });
+  claimed.add(file);
   return () => {
+    claimed.delete(file);
     try {
       if (readFileSync(file, 'utf8').trim() === String(process.pid)) unlinkSync(file);
     } catch {
