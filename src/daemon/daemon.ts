@@ -101,7 +101,7 @@ export async function startDaemon(
       inlineWriter: opts.inlineWriter ?? false,
       clock,
       logger, // the store makes its own child logger
-      // registry: held back until the store's metrics can be created before open (/work/store-bugs.md).
+      registry,
     });
     cleanups.push(() => store.close());
 

@@ -96,6 +96,9 @@ describe('daemon lifecycle', () => {
       assert.deepEqual(status.parts, { alpha: { healthy: false }, beta: { healthy: true } });
       const metrics = await (await fetch(`${base}/metrics`)).text();
       assert.match(metrics, /edgekeeper_daemon_ready 0/);
+      // The store's own metrics are on the same registry.
+      assert.match(metrics, /^edgekeeper_store_revision \d+$/m);
+      assert.match(metrics, /^edgekeeper_store_commit_seconds_count \d+$/m);
       assert.match(metrics, /edgekeeper_daemon_info\{version="[^"]+",node="n1"\} 1/);
       // One daemon per state directory, in-process too.
       await assert.rejects(
