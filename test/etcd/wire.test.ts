@@ -59,16 +59,25 @@ describe('bad input on the etcd port', () => {
         setTimeout(() => s.destroy(), 3000).unref();
       });
     }
-    const r = await c.call('etcdserverpb.KV', 'Put', { key: Buffer.from('/after-garbage'), value: Buffer.from('ok') });
+    const r = await c.call('etcdserverpb.KV', 'Put', {
+      key: Buffer.from('/after-garbage'),
+      value: Buffer.from('ok'),
+    });
     assert.ok(Number(r.header.revision) > 1);
   });
 
   it('wrong protobuf types: INTERNAL, counted, nothing stored', async () => {
     const before = await metric('edgekeeper_etcd_bad_input_total', { kind: 'undecodable' });
     // Field 1 (key, bytes) sent as a varint, then a truncated length-delimited field.
-    const err = (await rawCall('/etcdserverpb.KV/Put', Buffer.from([0x08, 0x96, 0x01, 0x12, 0x7f, 0x01]))) as ServiceError;
+    const err = (await rawCall(
+      '/etcdserverpb.KV/Put',
+      Buffer.from([0x08, 0x96, 0x01, 0x12, 0x7f, 0x01]),
+    )) as ServiceError;
     assert.equal(err.code, 13);
-    const err2 = (await rawCall('/etcdserverpb.KV/Range', Buffer.from([0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]))) as ServiceError;
+    const err2 = (await rawCall(
+      '/etcdserverpb.KV/Range',
+      Buffer.from([0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]),
+    )) as ServiceError;
     assert.equal(err2.code, 13);
     assert.equal(await metric('edgekeeper_etcd_bad_input_total', { kind: 'undecodable' }), before + 2);
     // A message of another type whose fields happen to fit (a WatchProgressRequest-like field 7
@@ -139,7 +148,8 @@ describe('bad input on the etcd port', () => {
     }
     await waitFor(() => fastEvents === PUTS, 'the reading watcher got every event', 30_000);
     await waitFor(
-      async () => (await metric('edgekeeper_etcd_watch_cancels_total', { reason: 'slow_consumer' })) > cancelsBefore,
+      async () =>
+        (await metric('edgekeeper_etcd_watch_cancels_total', { reason: 'slow_consumer' })) > cancelsBefore,
       'slow watcher cancelled',
       30_000,
     );
