@@ -861,7 +861,6 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
       // The database's random identity names this node's stream of batches at the receiver.
       stream = store.identity().clusterId.toString(16);
       running = true;
-      measure();
       ctx.addReadinessCheck('sync', () =>
         admit
           ? undefined
@@ -872,6 +871,11 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
         res.writeHead(200, { 'Content-Type': 'application/json' }).end(body);
       });
       loopDone = loop();
+      // Measured once the first batch is on the wire: counting a large backlog takes a moment and
+      // must not delay the first upload.
+      setImmediate(() => {
+        if (running) runBudget();
+      });
       triggerDesired();
       scheduleDesired();
       scheduleBudget();
