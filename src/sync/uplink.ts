@@ -168,6 +168,8 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
   let wake: (() => void) | undefined;
   let sleepTimer: Timer | undefined;
   let seq = 0;
+  let dropEpoch = 0;
+  const preparing = new Set<Pending>();
   let stream = '0';
   const cursors: Record<Source, number> = { events: 0, reports: 0, probe_samples: 0 };
   let pending: Pending | undefined;
@@ -461,7 +463,13 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
   ): Promise<Pending | undefined> {
     const p = buildBatch(after, maxRecords, batchSeq);
     if (!p) return undefined;
-    await compress(p);
+    // Protected from the budget from now on, like the batch in flight.
+    preparing.add(p);
+    try {
+      await compress(p);
+    } finally {
+      preparing.delete(p);
+    }
     return p;
   }
 
@@ -470,7 +478,7 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
     // The next batch, read and compressed while the current one is on the wire (the receiver and
     // PostgreSQL work meanwhile). Used only if the current one is acknowledged as sent, not as a
     // duplicate covering other ids.
-    let next: { after: Record<Source, number>; p: Promise<Pending | undefined> } | undefined;
+    let next: { after: Record<Source, number>; epoch: number; p: Promise<Pending | undefined> } | undefined;
     while (running) {
       try {
         if (!inWindow()) {
@@ -479,10 +487,13 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
           continue;
         }
         if (!pending) {
+          // Never read a batch while the budget is deleting rows: it could pick up rows that are
+          // about to be reported as dropped.
+          if (budgetRunning) await budgetRunning;
           const spec = next;
           next = undefined;
           const p =
-            spec && SOURCES.every((src) => spec.after[src] === cursors[src])
+            spec && spec.epoch === dropEpoch && SOURCES.every((src) => spec.after[src] === cursors[src])
               ? ((await spec.p) ?? (await prepare(cursors, maxRecords, seq + 1)))
               : await prepare(cursors, maxRecords, seq + 1);
           if (!p) {
@@ -509,6 +520,8 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
           // Start after the current event-loop turn so the upload's request goes out first.
           next = {
             after,
+            // A budget drop after this point may delete rows the speculative batch read.
+            epoch: dropEpoch,
             p: new Promise((r) => setImmediate(r)).then(() =>
               running ? prepare(after, maxRecords, specSeq) : undefined,
             ),
@@ -632,10 +645,11 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
 
   /** Delete the oldest unsent rows of `src` worth about `excess` bytes; returns bytes freed. */
   async function dropOldest(src: Source, excess: number): Promise<number> {
-    // Never touch the batch in flight: it may be stored already.
-    const floor = Math.max(cursors[src], pending?.upTo[src] ?? 0);
     let freed = 0;
     while (freed < excess && running) {
+      // Never touch the batch in flight: it may be stored already.
+      let floor = Math.max(cursors[src], pending?.upTo[src] ?? 0);
+      for (const q of preparing) floor = Math.max(floor, q.upTo[src] ?? 0);
       // Pick the range in chunks so one write stays short for the writer.
       const rows = store
         .query<{ id: number; b: number }>(
@@ -678,6 +692,7 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
       });
       lastDropped[src] = to;
       forget(src, n);
+      dropEpoch++;
       freed += chunk;
       dropped += n;
       mDropped.inc({ source: SHORT[src] }, n);
