@@ -2,6 +2,8 @@ import { rename, writeFile } from 'node:fs/promises';
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { join } from 'node:path';
 import { setImmediate as yieldLoop } from 'node:timers/promises';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import { Counter, Histogram } from 'prom-client';
 import type { Timer } from '../clock.js';
 import { ConfigError, type EdgeError, FrameSizeError, FramebufferError } from '../errors.js';
@@ -16,6 +18,29 @@ import { SystemReader } from './system.js';
 import type { FrameSize, FrameSnapshot, FrameSources, FramesOptions, Rotation, SizeName } from './types.js';
 
 const ALL_SIZES = Object.keys(SIZES) as SizeName[];
+
+type GcFn = (opts: { type: 'minor'; execution: 'sync' }) => void;
+let minorGcFn: GcFn | null | undefined;
+
+/**
+ * A young-generation collection after each tick. The canvas hands pixel read-backs to JS as
+ * native buffers V8 barely counts, so freed frames wait for a GC that JS allocations trigger
+ * much later (measured through this part, 1,000 frames at 800x480: RSS 175 MB without, 137 MB
+ * with; in a bare read-back loop +95 MB vs +10 MB). A scavenge of a small young generation
+ * costs well under a millisecond. Where the flag cannot be set, nothing happens.
+ */
+function minorGc(): void {
+  if (minorGcFn === undefined) {
+    try {
+      setFlagsFromString('--expose-gc');
+      const fn = runInNewContext('gc') as unknown;
+      minorGcFn = typeof fn === 'function' ? (fn as GcFn) : null;
+    } catch {
+      minorGcFn = null;
+    }
+  }
+  minorGcFn?.({ type: 'minor', execution: 'sync' });
+}
 
 /** Per size: one renderer, one encoder, the 1-bit buffers, the latest frame. Reused forever. */
 interface SizeState {
@@ -318,6 +343,7 @@ export function createFramesPart(
       // Give ingest and the etcd API a turn between sizes.
       await yieldLoop();
     }
+    minorGc();
   }
 
   let timer: Timer | undefined;

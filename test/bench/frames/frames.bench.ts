@@ -228,9 +228,23 @@ async function eventLoop(frames: number): Promise<void> {
   for (let k = 0; k < 20; k++) await part.renderNow();
   const h = monitorEventLoopDelay({ resolution: 1 });
   h.enable();
+  const rss0 = process.memoryUsage().rss;
+  let peak = rss0;
   const t = performance.now();
-  for (let k = 0; k < frames; k++) await part.renderNow();
+  for (let k = 0; k < frames; k++) {
+    await part.renderNow();
+    if (k % 20 === 0) peak = Math.max(peak, process.memoryUsage().rss);
+  }
   const per = (performance.now() - t) / frames;
+  emit({
+    bench: 'frames.part_memory.800x480',
+    unit: 'MB',
+    n: frames,
+    rss_before: Number((rss0 / 1e6).toFixed(1)),
+    rss_peak: Number((peak / 1e6).toFixed(1)),
+    rss_after: Number((process.memoryUsage().rss / 1e6).toFixed(1)),
+    heap_after: Number((process.memoryUsage().heapUsed / 1e6).toFixed(2)),
+  });
   h.disable();
   // The part's own histogram: the synchronous part of each frame (layout, draw, read-back,
   // sink conversion), as bucket upper bounds.
@@ -273,9 +287,11 @@ export default async function run(): Promise<void> {
   const only = process.env.FRAMES_BENCH_SIZES?.split(',');
   for (const size of Object.values(SIZES)) if (!only || only.includes(size.name)) await perSize(size, n);
   if (process.env.FRAMES_BENCH_SIZES) return;
-  await memory(Number(process.env.FRAMES_BENCH_MEM_N ?? 10_000), false);
-  await memory(Number(process.env.FRAMES_BENCH_MEM_PNG_N ?? 1_000), true);
-  await eventLoop(200);
+  if (process.env.FRAMES_BENCH_ONLY !== 'part') {
+    await memory(Number(process.env.FRAMES_BENCH_MEM_N ?? 10_000), false);
+    await memory(Number(process.env.FRAMES_BENCH_MEM_PNG_N ?? 1_000), true);
+  }
+  await eventLoop(Number(process.env.FRAMES_BENCH_PART_N ?? 1_000));
 }
 
 if (import.meta.url === `file://${process.argv[1]}`) await run();
