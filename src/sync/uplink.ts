@@ -20,7 +20,7 @@ import { brotliCompressSync, constants as zc, gzipSync } from 'node:zlib';
 import cron from 'node-cron';
 import { Counter, Gauge } from 'prom-client';
 import type { Timer } from '../clock.js';
-import { SyncUploadError } from '../errors.js';
+import { ConfigError, SyncUploadError } from '../errors.js';
 import type { PartContext } from '../part.js';
 import { prefixEnd } from '../store/index.js';
 import type { RequestOp } from '../store/types.js';
@@ -108,6 +108,14 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
         ca: options.caFile ? readFileSync(options.caFile) : undefined,
       })
     : new HttpAgent({ keepAlive: true, maxSockets: 2 });
+  const badWindows = (options.uploadWindows ?? [])
+    .map((expr, i) =>
+      cron.validate(expr)
+        ? undefined
+        : `Expected \`sync.uploadWindows[${i}]\` to be a cron expression, got ${JSON.stringify(expr)}`,
+    )
+    .filter((x): x is string => x !== undefined);
+  if (badWindows.length) throw new ConfigError(badWindows);
   const windows = (options.uploadWindows ?? []).map((expr) => cron.createTask(expr, () => {}));
 
   // --- metrics -------------------------------------------------------------------------------
