@@ -183,7 +183,7 @@ async function startEtcd(): Promise<Target> {
   return { name: 'etcd', endpoint: e.endpoint, pid: () => leafPid(e.proc.pid!, 'etcd'), close: e.close };
 }
 
-type Measures = Record<string, Result & Record<string, number>>;
+type Measures = Record<string, Result & { rssMb?: number; peakRssMb?: number }>;
 
 async function measure(t: Target): Promise<Measures> {
   const c = new EtcdClient(t.endpoint);
