@@ -256,6 +256,13 @@ export class SyncUnknownNodeError extends EdgeError {
   }
 }
 
+/** A batch holds records the receiver already stored under another batch; refused whole. */
+export class SyncConflictError extends EdgeError {
+  constructor(seq: number) {
+    super('EDGE_ERR_SYNC_CONFLICT', `batch ${seq} holds records already stored by another batch`, 409);
+  }
+}
+
 /** An upload the receiver refused or that did not complete; the uplink retries it. */
 export class SyncUploadError extends EdgeError {
   constructor(

@@ -31,6 +31,7 @@ import {
   EdgeError,
   RequestTooLargeError,
   SyncBadBatchError,
+  SyncConflictError,
   SyncUnauthorizedError,
   SyncUnknownNodeError,
 } from '../../errors.js';
@@ -262,12 +263,7 @@ export async function startFleetServer(opts: FleetServerOptions): Promise<FleetS
       await c.query('ROLLBACK').catch(() => {});
       // A record already stored under another batch: the uplink and receiver disagree, which
       // must never pass silently; the batch is refused whole.
-      if ((err as { code?: string }).code === '23505')
-        throw new HttpError(
-          'EDGE_ERR_SYNC_CONFLICT',
-          `batch ${b.seq} holds records already stored by another batch`,
-          409,
-        );
+      if ((err as { code?: string }).code === '23505') throw new SyncConflictError(b.seq);
       throw err;
     } finally {
       c.release();
