@@ -7,6 +7,10 @@
  * Needs: PostgreSQL 15 binaries (see pg.ts).
  */
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createServer } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { ManualClock } from '../../src/clock.js';
 import { prefixEnd } from '../../src/store/index.js';
@@ -30,6 +34,7 @@ import {
 } from './helpers.js';
 import { freePort, startPostgres, type TestPostgres } from './pg.js';
 
+const CLI = join(import.meta.dirname, 'fixtures', 'cli.ts');
 const NODES = [
   'e2e',
   'nosamples',
@@ -172,6 +177,35 @@ describe('uplink', () => {
     assert.match(metrics, /edgekeeper_sync_queue_depth_records\{source="reports"\} 0/);
     assert.match(metrics, /edgekeeper_sync_batches_sent_total [1-9]/);
     assert.equal(part.admitReports(), true);
+
+    // `edgekeeper sync status` against the route the part registered.
+    const handler = ctx.routes.get('GET /v1/sync/status')!;
+    const http = createServer((req, res) => void handler(req, res, new URL(req.url ?? '/', 'http://x')));
+    await new Promise<void>((r) => http.listen(0, '127.0.0.1', () => r()));
+    try {
+      const port = (http.address() as AddressInfo).port;
+      const out = await new Promise<{ code: number | null; text: string }>((resolve) => {
+        const child = spawn(process.execPath, [
+          '--import',
+          'tsx',
+          CLI,
+          'sync',
+          'status',
+          '--http',
+          `127.0.0.1:${port}`,
+        ]);
+        let text = '';
+        child.stdout.setEncoding('utf8').on('data', (d: string) => {
+          text += d;
+        });
+        child.on('exit', (code) => resolve({ code, text }));
+      });
+      assert.equal(out.code, 0);
+      assert.match(out.text, /state: +ok/);
+      assert.match(out.text, /backlog: +events 0, reports 0, samples 0/);
+    } finally {
+      http.close();
+    }
   });
 
   test('a missing source table (its part disabled) is skipped', async () => {
