@@ -81,7 +81,7 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
   const o = {
     batchMaxRecords: options.batchMaxRecords ?? 10_000,
     batchMaxBytes: options.batchMaxBytes ?? 2 * 1024 * 1024,
-    compression: options.compression ?? 'brotli',
+    compression: options.compression ?? 'gzip',
     desiredPollInterval: options.desiredPollInterval ?? 60_000,
     retryBase: options.retryBase ?? 1000,
     retryMax: options.retryMax ?? 300_000,

@@ -123,7 +123,7 @@ function pgCpuMs(dataDir: string): number {
 }
 export default async function run(): Promise<void> {
   const n = Number(process.env.EDGEKEEPER_BENCH_SYNC_N ?? 1_000_000);
-  const compression = (process.env.EDGEKEEPER_BENCH_SYNC_COMPRESSION ?? 'brotli') as 'gzip' | 'brotli';
+  const compression = (process.env.EDGEKEEPER_BENCH_SYNC_COMPRESSION ?? 'gzip') as 'gzip' | 'brotli';
   const batch = process.env.EDGEKEEPER_BENCH_SYNC_BATCH ?? '10000';
   const pgs = await startPostgres();
   const t = tempDir('ek-sync-bench-');
