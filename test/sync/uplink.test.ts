@@ -209,7 +209,11 @@ describe('uplink', () => {
   });
 
   test('a missing source table (its part disabled) is skipped', async () => {
-    const { store, part } = await node('nosamples', { url: srv.url }, { samples: false });
+    const { store, part } = await node(
+      'nosamples',
+      { url: srv.url, compression: 'brotli' },
+      { samples: false },
+    );
     await insertReports(store, 100);
     await insertEvents(store, 3);
     await part.start();
