@@ -170,8 +170,13 @@ async function startEdgekeeper(): Promise<Target> {
     endpoint: `127.0.0.1:${port}`,
     pid: () => leafPid(proc.pid!, 'node'),
     async close() {
-      proc.kill('SIGTERM');
-      await new Promise((r) => proc.once('exit', r));
+      // Signal the server itself: strace, when it wraps the server, exits with its tracee but
+      // can take minutes to detach on its own SIGTERM.
+      const leaf = leafPid(proc.pid!, 'node');
+      const exited = new Promise((r) => proc.once('exit', r));
+      if (leaf) process.kill(leaf, 'SIGTERM');
+      else proc.kill('SIGTERM');
+      await exited;
       rmSync(dir, { recursive: true, force: true });
       build.cleanup();
     },
@@ -180,45 +185,70 @@ async function startEdgekeeper(): Promise<Target> {
 
 async function startEtcd(): Promise<Target> {
   const e = await startRealEtcd(SLOW ? STRACE : []);
-  return { name: 'etcd', endpoint: e.endpoint, pid: () => leafPid(e.proc.pid!, 'etcd'), close: e.close };
+  const pid = () => leafPid(e.proc.pid!, 'etcd');
+  return {
+    name: 'etcd',
+    endpoint: e.endpoint,
+    pid,
+    async close() {
+      const leaf = pid();
+      if (leaf && leaf !== e.proc.pid) process.kill(leaf, 'SIGTERM');
+      await e.close();
+    },
+  };
 }
 
 type Measures = Record<string, Result & { rssMb?: number; peakRssMb?: number }>;
 
-async function measure(t: Target): Promise<Measures> {
-  const c = new EtcdClient(t.endpoint);
-  const out: Measures = {};
-  const put = (i: number) =>
-    c.call('etcdserverpb.KV', 'Put', { key: Buffer.from(`/bench/k${i % 10_000}`), value: VALUE });
-  await load(4, put, 300); // warm up connections and JIT on both sides
-  out['put.sequential'] = await load(1, put);
-  out['put.inflight32'] = await load(32, put);
-  out['put.inflight256'] = await load(256, put);
+type Phase = (c: EtcdClient) => Promise<Measures>;
 
-  // Ranges: 1,000 keys under one prefix.
-  for (let i = 0; i < 1000; i += 100) {
-    await Promise.all(
-      Array.from({ length: 100 }, (_, j) =>
-        c.call('etcdserverpb.KV', 'Put', {
-          key: Buffer.from(`/r/${String(i + j).padStart(4, '0')}`),
-          value: VALUE,
-        }),
+const putOp = (c: EtcdClient) => (i: number) =>
+  c.call('etcdserverpb.KV', 'Put', { key: Buffer.from(`/bench/k${i % 10_000}`), value: VALUE });
+
+/**
+ * The workload, phase by phase. run() alternates the servers per phase (etcd, then edgekeeper,
+ * then the next phase), so both see the same background load on this shared machine.
+ */
+const PHASES: Phase[] = [
+  async (c) => {
+    await load(4, putOp(c), 300); // warm up connections and JIT on both sides
+    return { 'put.sequential': await load(1, putOp(c)) };
+  },
+  async (c) => ({ 'put.inflight32': await load(32, putOp(c)) }),
+  async (c) => ({ 'put.inflight256': await load(256, putOp(c)) }),
+  async (c) => {
+    // Ranges: 1,000 keys under one prefix.
+    for (let i = 0; i < 1000; i += 100) {
+      await Promise.all(
+        Array.from({ length: 100 }, (_, j) =>
+          c.call('etcdserverpb.KV', 'Put', {
+            key: Buffer.from(`/r/${String(i + j).padStart(4, '0')}`),
+            value: VALUE,
+          }),
+        ),
+      );
+    }
+    return {
+      'range.1key': await load(
+        1,
+        () => c.call('etcdserverpb.KV', 'Range', { key: Buffer.from('/r/0500') }),
+        2000,
       ),
-    );
-  }
-  out['range.1key'] = await load(
-    1,
-    () => c.call('etcdserverpb.KV', 'Range', { key: Buffer.from('/r/0500') }),
-    2000,
-  );
-  out['range.1000keys'] = await load(
-    1,
-    () => c.call('etcdserverpb.KV', 'Range', { key: Buffer.from('/r/'), range_end: Buffer.from('/r0') }),
-    2000,
-  );
+    };
+  },
+  async (c) => ({
+    'range.1000keys': await load(
+      1,
+      () => c.call('etcdserverpb.KV', 'Range', { key: Buffer.from('/r/'), range_end: Buffer.from('/r0') }),
+      2000,
+    ),
+  }),
+  watchLatency,
+  leaseChurn,
+];
 
-  // Watch latency: 1,000 watchers on one stream; time from sending a put to the last of its
-  // 1,000 events arriving.
+/** 1,000 watchers on one stream; time from sending a put to the last of its 1,000 events. */
+async function watchLatency(c: EtcdClient): Promise<Measures> {
   const w = c.duplex('etcdserverpb.Watch', 'Watch');
   let created = 0;
   let events = 0;
@@ -245,9 +275,11 @@ async function measure(t: Target): Promise<Measures> {
   }
   waiter = undefined;
   w.cancel();
-  out['watch.latency1000'] = summarize(wl, performance.now() - wStart);
+  return { 'watch.latency1000': summarize(wl, performance.now() - wStart) };
+}
 
-  // Lease churn: grant, one keep-alive over a shared stream, revoke.
+/** Lease churn: grant, one keep-alive over a shared stream, revoke; 8 in flight. */
+async function leaseChurn(c: EtcdClient): Promise<Measures> {
   const ka = c.duplex('etcdserverpb.Lease', 'LeaseKeepAlive');
   const pending = new Map<string, () => void>();
   ka.on('data', (m: { ID?: unknown }) => {
@@ -256,30 +288,43 @@ async function measure(t: Target): Promise<Measures> {
     pending.delete(k);
   });
   ka.on('error', () => {});
-  out['lease.grant_keepalive_revoke'] = await load(8, async () => {
+  const r = await load(8, async () => {
     const g = await c.call('etcdserverpb.Lease', 'LeaseGrant', { TTL: 60, ID: 0 });
-    await new Promise<void>((r) => {
-      pending.set(String(g.ID), r);
+    await new Promise<void>((res) => {
+      pending.set(String(g.ID), res);
       ka.write({ ID: g.ID });
     });
     await c.call('etcdserverpb.Lease', 'LeaseRevoke', { ID: g.ID });
   });
   ka.cancel();
-  const mem = rssMb(t.pid());
-  out['server.rss'] = { p50: mem.rss, p99: mem.hwm, n: 1, opsPerSec: 0, rssMb: mem.rss, peakRssMb: mem.hwm };
-  c.close();
-  return out;
+  return { 'lease.grant_keepalive_revoke': r };
 }
 
 export default async function run(): Promise<void> {
-  const results: Record<string, Measures> = {};
-  for (const start of [startEtcd, startEdgekeeper]) {
-    const t = await start();
-    try {
-      results[t.name] = await measure(t);
-    } finally {
-      await t.close();
+  const results: Record<string, Measures> = { etcd: {}, edgekeeper: {} };
+  const targets: Target[] = [];
+  try {
+    targets.push(await startEtcd());
+    targets.push(await startEdgekeeper());
+    const clients = targets.map((t) => new EtcdClient(t.endpoint));
+    for (const phase of PHASES) {
+      for (let i = 0; i < targets.length; i++)
+        Object.assign(results[targets[i]!.name]!, await phase(clients[i]!));
     }
+    for (const t of targets) {
+      const mem = rssMb(t.pid());
+      results[t.name]!['server.rss'] = {
+        p50: mem.rss,
+        p99: mem.hwm,
+        n: 1,
+        opsPerSec: 0,
+        rssMb: mem.rss,
+        peakRssMb: mem.hwm,
+      };
+    }
+    for (const c of clients) c.close();
+  } finally {
+    for (const t of targets) await t.close();
   }
   const disk = SLOW ? 'slowdisk' : 'disk';
   const e = results.etcd!;
