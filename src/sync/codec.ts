@@ -301,14 +301,6 @@ function unpackValues(col: unknown, n: number, what: string): number[] {
 
 // --- tables --------------------------------------------------------------------------------------
 
-const METRICS_KEY = Buffer.from('metrics');
-
-function sameBytes(a: Uint8Array, b: Uint8Array, p: number, len: number): boolean {
-  if (a.length !== len) return false;
-  for (let i = 0; i < len; i++) if (a[i] !== b[p + i]) return false;
-  return true;
-}
-
 /**
  * Builds the report columns one row at a time, so a batch being read from SQLite never holds
  * its rows (or their decoded bodies) at once: only compact number columns survive.
@@ -348,20 +340,13 @@ export class ReportsEncoder {
     this.seqBase.push(this.lastSeq[d] ?? 0);
     if (r.seq !== null) this.lastSeq[d] = r.seq;
 
-    const indexes = this.indexes;
-    if (this.scan(r.body)) {
-      // The common body {metrics: {name: number, ...}} read without decoding it into objects.
-      const vals = this.scanValues;
-      for (let k = 0; k < indexes.length; k++) this.columns[indexes[k]!]!.push(vals[k]!);
-      this.pushShape(indexes);
-      return;
-    }
     let body: unknown;
     try {
       body = decoder.decode(r.body);
     } catch {
       body = undefined;
     }
+    const indexes = this.indexes;
     indexes.length = 0;
     if (body === null || typeof body !== 'object' || Array.isArray(body) || body instanceof Uint8Array) {
       this.extras.push([i, { raw: Buffer.from(r.body) }]);
@@ -380,7 +365,12 @@ export class ReportsEncoder {
           for (const name in v as Record<string, unknown>) {
             const value = (v as Record<string, unknown>)[name];
             if (typeof value === 'number') {
-              const m = this.metricId(name);
+              let m = this.metricNames.get(name);
+              if (m === undefined) {
+                m = this.metricNames.size;
+                this.metricNames.set(name, m);
+                this.columns.push([]);
+              }
               if (indexes.includes(m)) continue;
               indexes.push(m);
               this.columns[m]!.push(value);
@@ -400,10 +390,6 @@ export class ReportsEncoder {
       }
       if (extra) this.extras.push([i, extra]);
     }
-    this.pushShape(indexes);
-  }
-
-  private pushShape(indexes: number[]): void {
     const key = indexes.join(',');
     let sh = this.shapes.get(key);
     if (sh === undefined) {
@@ -412,105 +398,6 @@ export class ReportsEncoder {
       this.shapeList.push(indexes.slice());
     }
     this.shapeIdx.push(sh);
-  }
-
-  // --- the fast path: a small CBOR reader for exactly {"metrics": {text: int | float32/64}} ----
-  private readonly nameBytes: Uint8Array[] = [];
-  private readonly scanValues: number[] = [];
-  private readonly f64 = new Float64Array(1);
-  private readonly f64b = new Uint8Array(this.f64.buffer);
-  private readonly f32 = new Float32Array(1);
-  private readonly f32b = new Uint8Array(this.f32.buffer);
-
-  /**
-   * Fill `indexes`/`scanValues` from a body of the common shape and return true; anything else
-   * (other keys, nested values, strings, tags, 64-bit or half-float numbers, trailing bytes)
-   * returns false and the caller decodes the body in full. RFC 8949 section 3: the initial
-   * byte's top 3 bits are the major type, the low 5 the argument (24..27: 1, 2, 4, 8 bytes follow).
-   */
-  private scan(b: Uint8Array): boolean {
-    const indexes = this.indexes;
-    const vals = this.scanValues;
-    indexes.length = 0;
-    vals.length = 0;
-    let p = 0;
-    const end = b.length;
-    // Returns the argument of the head at p (advancing p), or -1 for what the fast path skips.
-    const head = (major: number): number => {
-      if (p >= end) return -1;
-      const ib = b[p++]!;
-      if (ib >> 5 !== major) return -1;
-      const ai = ib & 31;
-      if (ai < 24) return ai;
-      if (ai === 24 && p + 1 <= end) return b[p++]!;
-      if (ai === 25 && p + 2 <= end) {
-        p += 2;
-        return (b[p - 2]! << 8) | b[p - 1]!;
-      }
-      if (ai === 26 && p + 4 <= end) {
-        p += 4;
-        return b[p - 4]! * 2 ** 24 + ((b[p - 3]! << 16) | (b[p - 2]! << 8) | b[p - 1]!);
-      }
-      return -1;
-    };
-    if (head(5) !== 1) return false;
-    const kl = head(3);
-    // "metrics" in UTF-8.
-    if (kl !== 7 || p + 7 > end) return false;
-    for (let k = 0; k < 7; k++) if (b[p + k] !== METRICS_KEY[k]) return false;
-    p += 7;
-    const n = head(5);
-    if (n < 0) return false;
-    for (let k = 0; k < n; k++) {
-      const len = head(3);
-      if (len < 0 || p + len > end) return false;
-      const m = this.metricIndex(b, p, len, k);
-      p += len;
-      if (indexes.includes(m)) return false; // a repeated key: let the full decoder decide
-      if (p >= end) return false;
-      const ib = b[p]!;
-      const major = ib >> 5;
-      let v: number;
-      if (major === 0 || major === 1) {
-        const a = head(major);
-        if (a < 0) return false;
-        v = major === 0 ? a : -1 - a;
-      } else if (ib === 0xfb && p + 9 <= end) {
-        // float64, big-endian on the wire
-        for (let j = 0; j < 8; j++) this.f64b[7 - j] = b[p + 1 + j]!;
-        v = this.f64[0]!;
-        p += 9;
-      } else if (ib === 0xfa && p + 5 <= end) {
-        for (let j = 0; j < 4; j++) this.f32b[3 - j] = b[p + 1 + j]!;
-        v = this.f32[0]!;
-        p += 5;
-      } else return false;
-      indexes.push(m);
-      vals.push(v);
-    }
-    return p === end;
-  }
-
-  /** The metric index of the UTF-8 name at b[p, p+len), registering a new name. */
-  private metricIndex(b: Uint8Array, p: number, len: number, position: number): number {
-    // Rows of one device usually list the same names in the same order: try that guess first.
-    const last = this.shapeList[this.shapeIdx[this.shapeIdx.length - 1] ?? -1];
-    const guess = last?.[position];
-    if (guess !== undefined && sameBytes(this.nameBytes[guess]!, b, p, len)) return guess;
-    for (let m = 0; m < this.nameBytes.length; m++) if (sameBytes(this.nameBytes[m]!, b, p, len)) return m;
-    const name = Buffer.from(b.buffer, b.byteOffset + p, len).toString('utf8');
-    return this.metricId(name);
-  }
-
-  private metricId(name: string): number {
-    let m = this.metricNames.get(name);
-    if (m === undefined) {
-      m = this.metricNames.size;
-      this.metricNames.set(name, m);
-      this.columns.push([]);
-      this.nameBytes.push(Buffer.from(name, 'utf8'));
-    }
-    return m;
   }
 
   finish(): Record<string, unknown> {
