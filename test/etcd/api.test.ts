@@ -12,7 +12,9 @@ import { after, before, describe, it } from 'node:test';
 import { credentials, type ServiceError } from '@grpc/grpc-js';
 import { Registry } from 'prom-client';
 import { EtcdClient } from '../../src/etcd/cli.js';
-import { etcdConfigSection, startEtcdServer } from '../../src/etcd/index.js';
+import { createEtcdPart, etcdConfigSection, startEtcdServer } from '../../src/etcd/index.js';
+import { systemClock } from '../../src/clock.js';
+import { silentLogger } from '../../src/log.js';
 import { ConfigError } from '../../src/errors.js';
 import { type Edge, startEdge, waitFor } from './helpers.js';
 
@@ -284,6 +286,47 @@ describe('listeners', () => {
         await srv.close();
       }
     } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+describe('the part', () => {
+  it('createEtcdPart serves TCP and <stateDir>/etcd.sock, reports readiness and status', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ek-part-'));
+    const checks = new Map<string, () => string | undefined>();
+    const part = createEtcdPart(
+      {
+        store: edge.store,
+        logger: silentLogger(),
+        registry: new Registry(),
+        clock: systemClock,
+        http: { add() {} },
+        stateDir: dir,
+        nodeName: 'node-7',
+        addReadinessCheck: (name, check) => checks.set(name, check),
+      },
+      { listen: '127.0.0.1:0' },
+    );
+    try {
+      assert.match(checks.get('etcd')!() ?? '', /not listening/);
+      await part.start();
+      assert.equal(checks.get('etcd')!(), undefined);
+      const st = part.status!() as { clientUrls: string[] };
+      assert.equal(st.clientUrls[1], `unix://${join(dir, 'etcd.sock')}`);
+      const uc = new EtcdClient(st.clientUrls[1]!);
+      const tc = new EtcdClient(st.clientUrls[0]!);
+      try {
+        const m = await uc.call('etcdserverpb.Cluster', 'MemberList', {});
+        assert.equal(m.members[0].name, 'node-7');
+        await tc.call('etcdserverpb.KV', 'Range', { key: B('/x') });
+      } finally {
+        uc.close();
+        tc.close();
+      }
+    } finally {
+      await part.stop();
+      await part.stop(); // idempotent
       rmSync(dir, { recursive: true, force: true });
     }
   });
