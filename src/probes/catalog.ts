@@ -83,6 +83,9 @@ export function defaultBpfDir(): string {
   return join(dirname(fileURLToPath(import.meta.url)), '..', '..', 'bpf');
 }
 
+/** The printf the composed program's BEGIN prints once every probe is attached. */
+export const READY_LINE = 'edgekeeper: probes attached';
+
 const END_BLOCK = /^END\s*\{([\s\S]*?)^\}[ \t]*$/gm;
 const INTERVAL = /^interval:(?:s|ms):\d+[ \t]*$/gm;
 
@@ -107,6 +110,9 @@ export function composeProgram(
     text = text.replace(INTERVAL, `interval:ms:${intervalMs}`);
     bodies.push(`// ---- ${p}.bt ----\n${text.trim()}\n`);
   }
+  // bpftrace prints "attached_probes" before it attaches (its text form says "Attaching N
+  // probes..."); BEGIN runs once every probe is attached, so this line means "counting now".
+  bodies.push(`BEGIN\n{\n  printf("${READY_LINE}\\n");\n}\n`);
   if (ends.length) bodies.push(`END\n{${ends.join('')}}\n`);
   return bodies.join('\n');
 }

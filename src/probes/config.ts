@@ -62,6 +62,11 @@ export const probesConfigSection: ConfigSection = {
       min: 1000,
       doc: 'Hard cap on stored probe samples; beyond it the oldest are deleted even if not uploaded (logged and counted).',
     },
+    bpfStats: {
+      type: 'boolean',
+      default: false,
+      doc: 'Turn on kernel.bpf_stats_enabled so the CPU budget counts in-kernel BPF time too (two clock reads per program run; needs CAP_SYS_ADMIN).',
+    },
     mountTracefs: {
       type: 'boolean',
       default: true,

@@ -1,13 +1,14 @@
 /**
- * The probes part: checks the machine, runs the supervisor, turns bpftrace's interval prints into
- * histograms (Prometheus) and `probe_samples` rows (CBOR, for the fleet sync), applies retention.
+ * The probes part: checks the machine, runs the supervisor, turns bpftrace's interval prints
+ * (cumulative maps) into interval deltas, cumulative Prometheus histograms and `probe_samples`
+ * rows (CBOR, one per map and key per interval, for the fleet sync), and applies retention.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { encode } from 'cbor-x';
 import type { Migration } from '../store/types.js';
 import type { Part, PartContext } from '../part.js';
 import type { Logger } from '../log.js';
-import { PROBE_NAMES, type ProbeName } from './catalog.js';
+import { PROBE_NAMES, type ProbeName, probeOfMap } from './catalog.js';
 import { checkEnvironment, type EnvironmentReport } from './environment.js';
 import { Log2Histogram } from './histogram.js';
 import { createProbeMetrics, type ProbeMetrics, registerBucketHistogram, type Series } from './metrics.js';
@@ -33,11 +34,14 @@ export const probesMigrations: Migration[] = [
   },
 ];
 
+const BPF_STATS = '/proc/sys/kernel/bpf_stats_enabled';
 const INSERT = 'INSERT INTO probe_samples (ts, probe, metric, data) VALUES (?, ?, ?, ?)';
 /** Cursor names the fleet sync may use for this table (the briefs name both forms). */
 const CURSOR_NAMES = "('probe_samples', 'samples')";
 /** Label values we keep per keyed map: a map keyed by something unbounded cannot grow /metrics. */
 const MAX_KEYS = 64;
+/** Previous prints kept for deltas: the fixed maps times MAX_KEYS, with room to spare. */
+const MAX_PREV = 1024;
 const TCP_STATES = [
   '',
   'ESTABLISHED',
@@ -144,6 +148,8 @@ export class ProbesPart implements Part {
   /** Cumulative histograms for /metrics, by map name and key ("" for unkeyed). */
   private readonly cumulative = new Map<string, Map<string, Log2Histogram>>();
   private readonly latest = new Map<string, LatestPercentiles>();
+  /** The last cumulative print per map and key, for deltas. */
+  private readonly prev = new Map<string, Log2Histogram | number>();
   private readonly devices = new Map<string, string>();
   private retentionTimer: { cancel(): void } | undefined;
   private stopped = false;
@@ -151,6 +157,7 @@ export class ProbesPart implements Part {
   private writes = new Set<Promise<unknown>>();
   private lastOom: Record<string, string | number> | undefined;
   samplesWritten = 0;
+  private bpfStatsPrev: string | undefined;
 
   constructor(
     private readonly ctx: PartContext,
@@ -213,6 +220,7 @@ export class ProbesPart implements Part {
       );
     }
     const runnable = this.enabled.filter((p) => this.env!.unavailable[p] === undefined);
+    if (this.opts.bpfStats && runnable.length) this.enableBpfStats();
     if (this.stopped) return;
     if (runnable.length && this.env.bpftrace) {
       this.sup = new ProbeSupervisor({
@@ -233,13 +241,30 @@ export class ProbesPart implements Part {
         logger: this.log,
         monotonicNs: this.opts.monotonicNs,
         readProcStat: this.opts.readProcStat,
+        readBpfRunNs: this.opts.readBpfRunNs,
         env: this.opts.env,
         onLine: (line, probe) => this.onLine(line, probe),
+        onAttached: (probes) => this.onAttached(probes),
         onRestart: () => this.metrics.restarts.inc(),
       });
       this.sup.start();
     }
     this.scheduleRetention(0);
+  }
+
+  private enableBpfStats(): void {
+    try {
+      const prev = readFileSync(BPF_STATS, 'utf8').trim();
+      if (prev !== '1') {
+        writeFileSync(BPF_STATS, '1');
+        this.bpfStatsPrev = prev;
+      }
+    } catch (err) {
+      this.log.warn(
+        { err },
+        `probes.bpfStats: cannot turn on ${BPF_STATS} (needs CAP_SYS_ADMIN and a writable /proc/sys); the CPU budget counts bpftrace's own CPU only`,
+      );
+    }
   }
 
   /** Stop bpftrace (its final partial interval is still stored), wait for pending writes. */
@@ -248,6 +273,13 @@ export class ProbesPart implements Part {
     this.stopped = true;
     this.retentionTimer?.cancel();
     await this.sup?.stop();
+    if (this.bpfStatsPrev !== undefined) {
+      try {
+        writeFileSync(BPF_STATS, this.bpfStatsPrev);
+      } catch {
+        // Read-only /proc/sys now: nothing more to do.
+      }
+    }
     await Promise.allSettled([...this.writes]);
   }
 
@@ -302,8 +334,8 @@ export class ProbesPart implements Part {
       const entries: [string, RawBucket[]][] = 'buckets' in line ? [['', line.buckets]] : [...line.keyed];
       for (const [rawKey, buckets] of entries) {
         const key = line.name === 'bio_us' && rawKey ? deviceName(rawKey, this.devices) : rawKey;
-        const delta = Log2Histogram.fromRaw(buckets);
-        if (delta.total === 0) continue;
+        const delta = this.histDelta(`${line.name}\u0000${rawKey}`, Log2Histogram.fromRaw(buckets));
+        if (!delta || delta.total === 0) continue;
         const byKey = this.cumulative.get(line.name) ?? new Map<string, Log2Histogram>();
         this.cumulative.set(line.name, byKey);
         let cum = byKey.get(key);
@@ -341,7 +373,8 @@ export class ProbesPart implements Part {
       if ('values' in line) {
         let total = 0;
         const byKey: Record<string, number> = {};
-        for (const [k, n] of line.values) {
+        for (const [k, cur] of line.values) {
+          const n = this.countDelta(`${line.name}\u0000${k}`, cur);
           if (n <= 0) continue;
           total += n;
           const name = line.name === 'tcpretrans' ? (TCP_STATES[Number(k)] ?? `state ${k}`) : k;
@@ -350,10 +383,13 @@ export class ProbesPart implements Part {
         }
         if (total > 0)
           rows.push([now, probe, line.name, encode({ intervalMs: this.o.interval, count: total, byKey })]);
-      } else if (line.value > 0) {
-        if (line.name === 'tcpretrans_synack') this.metrics.tcpSynackRetransmits.inc(line.value);
-        if (line.name === 'oomkill') this.metrics.oomKills.inc(line.value);
-        rows.push([now, probe, line.name, encode({ intervalMs: this.o.interval, count: line.value })]);
+      } else {
+        const n = this.countDelta(`${line.name}\u0000`, line.value);
+        if (n > 0) {
+          if (line.name === 'tcpretrans_synack') this.metrics.tcpSynackRetransmits.inc(n);
+          if (line.name === 'oomkill') this.metrics.oomKills.inc(n);
+          rows.push([now, probe, line.name, encode({ intervalMs: this.o.interval, count: n })]);
+        }
       }
     } else if (line.kind === 'printf' && probe === 'oomkill') {
       const ev = parseOomLine(line.text);
@@ -366,6 +402,41 @@ export class ProbesPart implements Part {
       rows.push([now, probe, 'oomkill_event', encode(ev)]);
     }
     if (rows.length) this.write(rows);
+  }
+
+  /**
+   * bpftrace prints cumulative maps (see bpf/fsync.bt on why they are not cleared); the previous
+   * print of the same map and key gives the interval's delta. A count going down means a new
+   * bpftrace process whose attach we missed: the whole print is the delta then.
+   */
+  private histDelta(id: string, cur: Log2Histogram): Log2Histogram | undefined {
+    const prev = this.prev.get(id);
+    if (prev === undefined && this.prev.size >= MAX_PREV) return undefined;
+    this.prev.set(id, cur);
+    if (!(prev instanceof Log2Histogram)) return cur;
+    const d = new Log2Histogram();
+    for (let i = 0; i < cur.counts.length; i++) {
+      const x = (cur.counts[i] ?? 0) - (prev.counts[i] ?? 0);
+      if (x < 0) return cur;
+      d.counts[i] = x;
+      d.total += x;
+    }
+    return d;
+  }
+
+  private countDelta(id: string, cur: number): number {
+    const prev = this.prev.get(id);
+    if (prev === undefined && this.prev.size >= MAX_PREV) return 0;
+    this.prev.set(id, cur);
+    return typeof prev === 'number' && cur >= prev ? cur - prev : cur;
+  }
+
+  /** A new bpftrace process starts its maps at zero. */
+  private onAttached(probes: readonly ProbeName[]): void {
+    for (const id of [...this.prev.keys()]) {
+      const owner = probeOfMap(id.slice(0, id.indexOf('\u0000')));
+      if (owner && probes.includes(owner)) this.prev.delete(id);
+    }
   }
 
   private write(rows: [number, string, string, Buffer][]): void {

@@ -25,12 +25,19 @@ export interface ProbesOptions {
   /** Mount tracefs when it is missing and CAP_SYS_ADMIN allows. Default true. */
   mountTracefs?: boolean;
   tracefsDir?: string;
+  /**
+   * Turn on kernel.bpf_stats_enabled so the CPU budget also counts the programs' in-kernel run
+   * time (charged to the traced tasks, invisible in bpftrace's /proc/<pid>/stat). Costs two clock
+   * reads per BPF program run, system-wide. Needs CAP_SYS_ADMIN. Default false.
+   */
+  bpfStats?: boolean;
   /** True when the fleet uplink runs: retention keeps rows its cursor has not passed. */
   uplinkEnabled?: boolean;
 
   // --- injection points for tests ---
   host?: HostAccess;
   readProcStat?: (pid: number) => string | undefined;
+  readBpfRunNs?: (pid: number) => number;
   monotonicNs?: () => bigint;
   /** The pid whose fsyncs feed the "own" histogram. Default process.pid. */
   ownPid?: number;

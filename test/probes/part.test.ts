@@ -5,7 +5,7 @@
  * Real SQLite store; the budget and duty-cycle cases run the real bpftrace (root).
  */
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -70,8 +70,11 @@ describe('degradation: each probe says why, /metrics shows probe_up 0 with the r
         tracefsDir: dir,
         host: host({
           procStatus: () => BPF_ONLY,
-          run: (f, a, t) =>
-            f === 'mount' ? (mounts++, realHost.run('false', [], t)) : realHost.run(f, a, t),
+          run: (f, a, t) => {
+            if (f !== 'mount') return realHost.run(f, a, t);
+            mounts++;
+            return realHost.run('false', [], t);
+          },
         }),
       });
       await h.part.start();
@@ -114,7 +117,7 @@ describe('bad and dying bpftrace (fake binary)', () => {
   it('counts garbage lines, stores the good ones, and restarts with backoff', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'edgekeeper-fake-'));
     const out = join(dir, 'out.jsonl');
-    const real = (await import('node:fs')).readFileSync(join(FIX, 'all.jsonl'), 'utf8');
+    const real = readFileSync(join(FIX, 'all.jsonl'), 'utf8');
     writeFileSync(
       out,
       `garbage\n{"type": "hist", "data": {"@fsync_us": [{"min": 4, "max": 1, "count": 1}]}}\n${real}{"type":"map","data":{"@tcpretrans":{"1":3,"2":1}}}\n`,
@@ -212,6 +215,29 @@ describe('with the real bpftrace', () => {
       () => h.part.probeStates().fsync === 'running' && h.part.pids()[0] !== firstPid,
     );
     assert.equal(h.part.pids().length, 1);
+  });
+});
+
+describe('CPU budget counts in-kernel BPF time', () => {
+  it('stops a probe whose programs cost too much in the kernel (injected run time)', async () => {
+    let firstPid: number | undefined;
+    let calls = 0;
+    const h = await harness({
+      enabled: ['runqlat'],
+      cpuBudget: 5,
+      cpuCheckMs: 200,
+      readProcStat: (pid) => `${pid} (bpftrace) S 1 1 1 0 -1 0 0 0 0 0 1 1 0 0 20 0 1 0`,
+      // 1 s of BPF run time per check: far over 5%.
+      readBpfRunNs: (pid) => {
+        firstPid ??= pid;
+        return pid === firstPid ? 1e9 * ++calls : 0;
+      },
+    });
+    await h.part.start();
+    await waitFor('runqlat stopped over budget', () =>
+      /^unavailable: over CPU budget/.test(h.part.probeStates().runqlat),
+    );
+    assert.deepEqual(h.part.pids(), []);
   });
 });
 

@@ -1,11 +1,11 @@
 /** Shared by the probes benches: start a probe set in bpftrace and wait until it is attached. */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
-import { composeProgram, type ProbeName } from '../../../src/probes/catalog.js';
+import { composeProgram, type ProbeName, READY_LINE } from '../../../src/probes/catalog.js';
 
 export interface Running {
   child: ChildProcess;
-  /** ms from spawn to bpftrace's attached_probes line. */
+  /** ms from spawn until every probe is attached (the composed program's BEGIN line). */
   startMs: number;
   stop(): Promise<void>;
 }
@@ -43,7 +43,7 @@ export async function startProbes(
     let buf = '';
     child.stdout!.on('data', (c: Buffer) => {
       buf += c.toString();
-      if (buf.includes('"attached_probes"')) resolve(performance.now() - t0);
+      if (buf.includes(READY_LINE)) resolve(performance.now() - t0);
     });
     child.on('exit', (code) => reject(new Error(`bpftrace exited ${code}: ${err}`)));
   });

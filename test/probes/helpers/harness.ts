@@ -105,6 +105,7 @@ export async function waitFor<T>(
   what: string,
   fn: () => T | Promise<T>,
   ms = 15_000,
+  explain?: () => unknown,
 ): Promise<NonNullable<T>> {
   const end = Date.now() + ms;
   let last: T | undefined;
@@ -113,7 +114,9 @@ export async function waitFor<T>(
     if (last) return last as NonNullable<T>;
     await new Promise((r) => setTimeout(r, 100));
   }
-  throw new Error(`timed out waiting for ${what} (last: ${JSON.stringify(last)})`);
+  // `explain` says what the state was, so a failure shows the numbers it waited on.
+  const why = explain ? await explain() : last;
+  throw new Error(`timed out waiting for ${what} (last: ${JSON.stringify(why)})`);
 }
 
 const ROOT = join(import.meta.dirname, '..', '..', '..');
