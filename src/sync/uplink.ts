@@ -869,6 +869,18 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
     wake?.();
   }
 
+  // Registered at creation (the daemon may mount routes before starting parts); a disabled
+  // uplink answers too, with state `disabled`.
+  ctx.addReadinessCheck('sync', () =>
+    admit
+      ? undefined
+      : `sync backlog ${backlogBytes} bytes is over the disk budget ${o.diskBudget}; reports are refused`,
+  );
+  ctx.http.add('GET', '/v1/sync/status', (_req, res) => {
+    const body = JSON.stringify(status());
+    res.writeHead(200, { 'Content-Type': 'application/json' }).end(body);
+  });
+
   return {
     name: 'sync',
     async start() {
@@ -884,15 +896,6 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
       // The database's random identity names this node's stream of batches at the receiver.
       stream = store.identity().clusterId.toString(16);
       running = true;
-      ctx.addReadinessCheck('sync', () =>
-        admit
-          ? undefined
-          : `sync backlog ${backlogBytes} bytes is over the disk budget ${o.diskBudget}; reports are refused`,
-      );
-      ctx.http.add('GET', '/v1/sync/status', (_req, res) => {
-        const body = JSON.stringify(status());
-        res.writeHead(200, { 'Content-Type': 'application/json' }).end(body);
-      });
       loopDone = loop();
       // Measured once the first batch is on the wire: counting a large backlog takes a moment and
       // must not delay the first upload.
