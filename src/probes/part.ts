@@ -5,6 +5,7 @@
  */
 import { readFileSync, writeFileSync } from 'node:fs';
 import { encode } from 'cbor-x';
+import { ConfigError } from '../errors.js';
 import type { Migration } from '../store/types.js';
 import type { Part, PartContext } from '../part.js';
 import type { Logger } from '../log.js';
@@ -84,8 +85,11 @@ const HIST_METRICS: Record<string, { probe: ProbeName; metric: string; help: str
 function resolveEnabled(list: readonly string[] | undefined): ProbeName[] {
   const want = list ?? PROBE_NAMES;
   const unknown = want.filter((p) => !(PROBE_NAMES as readonly string[]).includes(p));
-  if (unknown.length)
-    throw new Error(`probes.enabled: unknown probe ${unknown.join(', ')}; known: ${PROBE_NAMES.join(', ')}`);
+  if (unknown.length) {
+    throw new ConfigError([
+      `Expected \`probes.enabled\` to hold only ${PROBE_NAMES.join(', ')}; got unknown probe ${unknown.join(', ')}`,
+    ]);
+  }
   return PROBE_NAMES.filter((p) => want.includes(p));
 }
 

@@ -12,7 +12,7 @@ import { after, describe, it } from 'node:test';
 import { encode } from 'cbor-x';
 import { ManualClock } from '../../src/clock.js';
 import { type HostAccess, realHost } from '../../src/probes/environment.js';
-import { PROBE_NAMES, probesConfigSection } from '../../src/probes/index.js';
+import { PROBE_NAMES, probesCommand, probesConfigSection } from '../../src/probes/index.js';
 import { cpuTicks } from '../../src/probes/supervisor.js';
 import { type Harness, makeHarness, metricValue, waitFor } from './helpers/harness.js';
 
@@ -299,6 +299,43 @@ describe('retention of probe_samples', () => {
       .get();
     assert.deepEqual(JSON.parse(ev!.data), { reason: 'probes.maxSamples', firstId: 5, lastId: 10 });
     assert.equal(metricValue(await h.metrics(), 'edgekeeper_probe_samples_dropped_total'), 6);
+  });
+});
+
+describe('edgekeeper probes (CLI over HTTP)', () => {
+  async function capture(fn: () => Promise<number>): Promise<{ code: number; out: string }> {
+    const chunks: string[] = [];
+    const orig = process.stdout.write.bind(process.stdout);
+    const origErr = process.stderr.write.bind(process.stderr);
+    process.stdout.write = ((c: string) => chunks.push(String(c)) > 0) as typeof process.stdout.write;
+    process.stderr.write = ((c: string) => chunks.push(String(c)) > 0) as typeof process.stderr.write;
+    try {
+      const code = await fn();
+      return { code, out: chunks.join('') };
+    } finally {
+      process.stdout.write = orig;
+      process.stderr.write = origErr;
+    }
+  }
+
+  it('prints each probe state from GET /v1/probes, and fails clearly without a daemon', async () => {
+    const h = await harness({ host: host({ procStatus: () => NOBODY }) });
+    await h.part.start();
+    const port = await h.listen();
+    const r = await capture(() => probesCommand.run(['--http', `127.0.0.1:${port}`]));
+    assert.equal(r.code, 0);
+    assert.match(r.out, /fsync\s+unavailable: not root: bpftrace needs uid 0/);
+    assert.match(r.out, /fsync\s+no data yet/);
+    const j = await capture(() => probesCommand.run(['--http', `127.0.0.1:${port}`, '--json']));
+    assert.equal(
+      JSON.parse(j.out).probes.oomkill,
+      'unavailable: not root: bpftrace needs uid 0 with CAP_BPF and CAP_PERFMON',
+    );
+    const down = await capture(() => probesCommand.run(['--http', '127.0.0.1:1']));
+    assert.equal(down.code, 1);
+    assert.match(down.out, /cannot reach the daemon at 127\.0\.0\.1:1/);
+    const bad = await capture(() => probesCommand.run(['--bogus']));
+    assert.equal(bad.code, 2);
   });
 });
 
