@@ -7,6 +7,10 @@ export interface Running {
   child: ChildProcess;
   /** ms from spawn until every probe is attached (the composed program's BEGIN line). */
   startMs: number;
+  /** ms from spawn to bpftrace's "attached_probes" line (printed before it attaches). */
+  announcedMs: number;
+  /** CPU time (user + system) bpftrace used until ready, ms: steadier than wall time under load. */
+  cpuMs: number;
   stop(): Promise<void>;
 }
 
@@ -39,10 +43,13 @@ export async function startProbes(
   child.stderr!.on('data', (c: Buffer) => {
     err += c.toString();
   });
+  let announcedMs = Number.NaN;
   const startMs = await new Promise<number>((resolve, reject) => {
     let buf = '';
     child.stdout!.on('data', (c: Buffer) => {
       buf += c.toString();
+      if (Number.isNaN(announcedMs) && buf.includes('"attached_probes"'))
+        announcedMs = performance.now() - t0;
       if (buf.includes(READY_LINE)) resolve(performance.now() - t0);
     });
     child.on('exit', (code) => reject(new Error(`bpftrace exited ${code}: ${err}`)));
@@ -51,6 +58,8 @@ export async function startProbes(
   return {
     child,
     startMs,
+    announcedMs,
+    cpuMs: cpuMsOf(child.pid!),
     stop: () =>
       new Promise<void>((resolve) => {
         if (child.exitCode !== null || child.signalCode !== null) return resolve();
@@ -124,4 +133,11 @@ export function bpfRunTime(pid: number): { ns: number; runs: number } {
     }
   }
   return { ns, runs };
+}
+
+/** utime + stime of a process in ms (USER_HZ = 100). */
+export function cpuMsOf(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(rest[11]) + Number(rest[12])) * 10;
 }
