@@ -111,7 +111,14 @@ class SqliteStore implements Store {
   }
 
   async open(): Promise<void> {
-    const o = await this.writer.open();
+    let o: Awaited<ReturnType<Writer['open']>>;
+    try {
+      o = await this.writer.open();
+    } catch (e) {
+      // Stop the writer thread too, or it keeps the process alive.
+      await this.writer.close().catch(() => {});
+      throw e;
+    }
     this.rev = o.revision;
     this.compactRev = o.compactRevision;
     this.keys = o.keys;
