@@ -171,9 +171,11 @@ export async function startDaemon(
     // Runs before the parts stop: no new HTTP requests, readiness fails, in-flight ones finish.
     cleanups.push(() => http.close());
     addDaemonRoutes(http, store, stateDir, config, started, clock);
+    const peers = new Map<string, Part>();
     for (const entry of entries) {
       await notifier.send(`STATUS=starting ${entry.name}`);
-      const part = entry.create(ctx, config);
+      const part = entry.create(ctx, config, peers);
+      peers.set(entry.name, part);
       // Listed before start() so a part that fails half-way is still stopped (stop is idempotent).
       started.push(part);
       await part.start();

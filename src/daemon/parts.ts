@@ -3,15 +3,53 @@
  * its tables, its `run` flags, its CLI commands and its factory. Parts start in this order and
  * stop in reverse.
  *
- * Example (what the lead adds for the etcd API):
- *   { name: 'etcd', section: etcdSection, migrations: etcdMigrations,
- *     flags: [{ flag: 'etcd-listen', key: 'etcd.listen' }], commands: etcdCommands,
- *     create: (ctx, config) => createEtcd(ctx, config.etcd as EtcdOptions) },
+ * Parts never import each other. Where one needs another (ingest asks the fleet sync whether
+ * reports may be acknowledged; frames show every part's state; the sync uploads the latest
+ * frame), the link is a small function made here, resolved through `peers` when it is called,
+ * so the start order does not matter.
  */
 import type { Config, ConfigSection, FlagSpec } from '../config/index.js';
 import { daemonFlags, daemonSections } from '../config/index.js';
+import { createEtcdPart, type EtcdOptions, etcdCliCommands, etcdConfigSection } from '../etcd/index.js';
+import {
+  type AlertInput,
+  type AttentionDevice,
+  createFramesPart,
+  type FrameSources,
+  type FramesPart,
+  framesCliCommands,
+  framesConfigSection,
+  type ProbeReading,
+} from '../frames/index.js';
+import {
+  createIngestPart,
+  type IngestOptions,
+  ingestCliCommands,
+  ingestConfigSection,
+  ingestMigrations,
+} from '../ingest/index.js';
 import type { CliCommand, Part, PartContext } from '../part.js';
+import {
+  createProbesPart,
+  type LatestPercentiles,
+  type ProbesOptions,
+  probesCliCommands,
+  probesConfigSection,
+  probesMigrations,
+} from '../probes/index.js';
 import type { Migration } from '../store/types.js';
+import {
+  createSyncPart,
+  type SyncOptions,
+  type SyncPart,
+  type SyncStatus,
+  syncCliCommands,
+  syncConfigSection,
+  syncMigrations,
+} from '../sync/index.js';
+
+/** Parts created so far in this daemon, by name. */
+export type Peers = ReadonlyMap<string, Part>;
 
 export interface PartEntry {
   name: string;
@@ -23,10 +61,137 @@ export interface PartEntry {
   flags?: FlagSpec[];
   /** `edgekeeper <command>` subcommands. */
   commands?: CliCommand[];
-  create(ctx: PartContext, config: Config): Part;
+  create(ctx: PartContext, config: Config, peers: Peers): Part;
 }
 
-export const parts: PartEntry[] = [];
+const section = <T>(config: Config, name: string): T => (config as unknown as Record<string, T>)[name]!;
+const uplinkOn = (config: Config) => !!section<SyncOptions>(config, 'sync').url;
+
+export const parts: PartEntry[] = [
+  {
+    name: 'etcd',
+    section: etcdConfigSection,
+    flags: [{ flag: 'etcd-listen', key: 'etcd.listen' }],
+    commands: etcdCliCommands,
+    create: (ctx, config) => createEtcdPart(ctx, section<EtcdOptions>(config, 'etcd')),
+  },
+  {
+    name: 'ingest',
+    section: ingestConfigSection,
+    migrations: ingestMigrations,
+    flags: [
+      { flag: 'mqtt-listen', key: 'mqtt.listen' },
+      { flag: 'mqtt-url', key: 'mqtt.url' },
+    ],
+    commands: ingestCliCommands,
+    create: (ctx, config, peers) =>
+      createIngestPart(ctx, {
+        ...section<IngestOptions>(config, ingestConfigSection.name),
+        admit: () => (peers.get('sync') as SyncPart | undefined)?.admitReports() ?? true,
+        uplinkEnabled: uplinkOn(config),
+      }),
+  },
+  {
+    name: 'probes',
+    section: probesConfigSection,
+    migrations: probesMigrations,
+    commands: probesCliCommands,
+    create: (ctx, config) =>
+      createProbesPart(ctx, { ...section<ProbesOptions>(config, 'probes'), uplinkEnabled: uplinkOn(config) }),
+  },
+  {
+    name: 'sync',
+    section: syncConfigSection,
+    migrations: syncMigrations,
+    commands: syncCliCommands,
+    create: (ctx, config, peers) =>
+      createSyncPart(ctx, {
+        ...section<SyncOptions>(config, 'sync'),
+        framePng: async () => (peers.get('frames') as FramesPart | undefined)?.latestPng(),
+      }),
+  },
+  {
+    name: 'frames',
+    section: framesConfigSection,
+    commands: framesCliCommands,
+    create: (ctx, config, peers) =>
+      createFramesPart(ctx, {
+        ...section<Record<string, unknown>>(config, 'frames'),
+        sources: frameSources(peers),
+      } as Parameters<typeof createFramesPart>[1]),
+  },
+];
+
+/** Map the other parts' `status()` into what a frame shows. */
+export function frameSources(peers: Peers): FrameSources {
+  const statusOf = (name: string) => peers.get(name)?.status?.();
+  return {
+    devices: () => {
+      const s = statusOf('ingest');
+      if (!s) return undefined;
+      const d = s.devices as { online: number; offline: number };
+      const attention = (s.attention as { id: string; why: string }[]).map(
+        (a): AttentionDevice => ({
+          name: a.id,
+          reason: /reject/.test(a.why) ? 'rejected' : /silent|lease/.test(a.why) ? 'silent' : 'offline',
+        }),
+      );
+      return {
+        online: d.online,
+        offline: d.offline,
+        attention,
+        reportsPerMinute: s.reportsPerMinute as number[],
+      };
+    },
+    probes: () => {
+      const s = statusOf('probes') as
+        | { probes: Record<string, string>; latest: Record<string, LatestPercentiles | undefined> }
+        | undefined;
+      if (!s) return undefined;
+      const reading = (name: string, key: string): ProbeReading => {
+        const state = s.probes[name] ?? 'unavailable: not enabled';
+        if (state.startsWith('unavailable')) return { unavailable: state.replace(/^unavailable: /, '') };
+        const p = s.latest[key];
+        return p ? { p99Ms: p.p99Ms } : {};
+      };
+      return { fsync: reading('fsync', 'fsync'), runqlat: reading('runqlat', 'runqlat') };
+    },
+    uplink: () => {
+      const s = statusOf('sync') as SyncStatus | undefined;
+      if (!s) return undefined;
+      return {
+        state: s.state,
+        backlogRecords: s.backlog.events + s.backlog.reports + s.backlog.samples,
+        oldestUnsentAgeMs: s.oldestUnsentAgeSeconds === null ? undefined : s.oldestUnsentAgeSeconds * 1000,
+        lastSuccessAt: s.lastSuccess ? Date.parse(s.lastSuccess) : undefined,
+        lastError: s.lastError ?? undefined,
+      };
+    },
+    alerts: () => {
+      const out: AlertInput[] = [];
+      const sync = statusOf('sync') as SyncStatus | undefined;
+      if (sync && !sync.admittingReports)
+        out.push({
+          severity: 'critical',
+          text: 'uplink disk budget full: device reports are not acknowledged',
+        });
+      if (sync && (sync.state === 'retrying' || sync.state === 'offline'))
+        out.push({
+          severity: 'warning',
+          text: `uplink ${sync.state}${sync.lastError ? `: ${sync.lastError}` : ''}`,
+        });
+      if (sync && sync.droppedRecords > 0)
+        out.push({
+          severity: 'warning',
+          text: `${sync.droppedRecords} records dropped by the uplink disk budget`,
+        });
+      const probes = statusOf('probes') as { probes: Record<string, string> } | undefined;
+      for (const [name, state] of Object.entries(probes?.probes ?? {}))
+        if (/budget/.test(state)) out.push({ severity: 'info', text: `probe ${name} stopped: ${state}` });
+      return out;
+    },
+  };
+}
 
 /** Every config section: the daemon's, then each part's. */
 export function allSections(entries: PartEntry[] = parts): ConfigSection[] {
