@@ -199,10 +199,53 @@ export function txnOut(h: (r: number) => Header, r: TxnResponse): object {
   return { header: h(r.header.revision), succeeded: r.succeeded || undefined, responses };
 }
 
+/**
+ * etcd's applier, for a limited range with sort order NONE and a target other than KEY: it
+ * fetches the first limit+1 keys in key order, sorts those ascending by the target and then
+ * truncates to the limit — so the answer is not the global minimum. Clients (and our
+ * differential test) see exactly that, so the etcd boundary reproduces it. (etcd v3 apply.go)
+ */
+function limitThenSort(ctx: EtcdContext, req: RangeRequest): RangeResponse {
+  const limit = req.limit!;
+  const target = req.sortTarget!;
+  const r = ctx.store.range({
+    ...req,
+    sortOrder: 'NONE',
+    sortTarget: 'KEY',
+    limit: limit + 1,
+    keysOnly: target === 'VALUE' ? false : req.keysOnly,
+  });
+  const kvs = r.kvs.slice();
+  const key = (kv: KeyValue): number =>
+    target === 'MOD' ? kv.modRevision : target === 'CREATE' ? kv.createRevision : kv.version;
+  // Array.prototype.sort is stable: ties keep key order, as Go's insertion sort does for small n.
+  kvs.sort(target === 'VALUE' ? (a, b) => Buffer.compare(a.value, b.value) : (a, b) => key(a) - key(b));
+  const out = kvs.slice(0, limit);
+  if (req.keysOnly && target === 'VALUE')
+    for (let i = 0; i < out.length; i++) out[i] = { ...out[i]!, value: Buffer.alloc(0) };
+  return { header: r.header, kvs: out, more: kvs.length > limit, count: r.count };
+}
+
+function needsLimitThenSort(req: RangeRequest): boolean {
+  return (
+    !!req.limit &&
+    req.sortOrder === 'NONE' &&
+    req.sortTarget !== 'KEY' &&
+    !req.countOnly &&
+    !req.minModRevision &&
+    !req.maxModRevision &&
+    !req.minCreateRevision &&
+    !req.maxCreateRevision
+  );
+}
+
 export function kvService(ctx: EtcdContext): UntypedServiceImplementation {
   const { store, hdr } = ctx;
   return {
-    Range: unary(ctx, 'Range', (m: M) => rangeOut(hdr, store.range(rangeIn(m)))),
+    Range: unary(ctx, 'Range', (m: M) => {
+      const req = rangeIn(m);
+      return rangeOut(hdr, needsLimitThenSort(req) ? limitThenSort(ctx, req) : store.range(req));
+    }),
     Put: unary(ctx, 'Put', (m: M) => store.put(putIn(m)).then((r) => putOut(hdr, r))),
     DeleteRange: unary(ctx, 'DeleteRange', (m: M) =>
       store.deleteRange(deleteIn(m)).then((r) => deleteOut(hdr, r)),
