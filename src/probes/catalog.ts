@@ -86,12 +86,15 @@ export function defaultBpfDir(): string {
 /** The printf the composed program's BEGIN prints once every probe is attached. */
 export const READY_LINE = 'edgekeeper: probes attached';
 
+/** Preprocessor lines (the typedef stand-ins of bpf/*.bt) go first in a program, once each. */
+const CPP_LINE = /^#(?:define|include)\b.*$/gm;
 const END_BLOCK = /^END\s*\{([\s\S]*?)^\}[ \t]*$/gm;
 const INTERVAL = /^interval:(?:s|ms):\d+[ \t]*$/gm;
 
 /**
- * Joins the probes' programs into one: each file's `interval:s:N` becomes `interval:ms:<ms>`,
- * and the END blocks (bpftrace allows only one) are merged into a single END at the bottom.
+ * Joins the probes' programs into one: `#define` lines go to the top (once each), each file's
+ * `interval:s:N` becomes `interval:ms:<ms>`, the END blocks (bpftrace allows only one) are merged
+ * into a single END at the bottom, and a BEGIN says when every probe is attached.
  */
 export function composeProgram(
   probes: readonly ProbeName[],
@@ -101,8 +104,13 @@ export function composeProgram(
   if (!Number.isInteger(intervalMs) || intervalMs < 100) throw new RangeError('interval must be >= 100 ms');
   const bodies: string[] = [];
   const ends: string[] = [];
+  const cpp = new Set<string>();
   for (const p of probes) {
     let text = readFileSync(join(bpfDir, `${p}.bt`), 'utf8');
+    text = text.replace(CPP_LINE, (line) => {
+      cpp.add(line.trim());
+      return '';
+    });
     text = text.replace(END_BLOCK, (_m, body: string) => {
       ends.push(body);
       return '';
@@ -114,5 +122,5 @@ export function composeProgram(
   // probes..."); BEGIN runs once every probe is attached, so this line means "counting now".
   bodies.push(`BEGIN\n{\n  printf("${READY_LINE}\\n");\n}\n`);
   if (ends.length) bodies.push(`END\n{${ends.join('')}}\n`);
-  return bodies.join('\n');
+  return [...cpp, '', ...bodies].join('\n');
 }
