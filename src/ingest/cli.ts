@@ -34,7 +34,11 @@ interface Target {
 
 async function withStore<T>(dataDir: string, fn: (s: Store) => Promise<T>): Promise<T> {
   const { openStore } = await import('../store/index.js');
-  const store = await openStore({ file: join(dataDir, 'edgekeeper.db'), migrations: ingestMigrations, inlineWriter: true });
+  const store = await openStore({
+    file: join(dataDir, 'edgekeeper.db'),
+    migrations: ingestMigrations,
+    inlineWriter: true,
+  });
   try {
     return await fn(store);
   } finally {
@@ -51,7 +55,9 @@ async function http<T>(t: Target, method: string, path: string, body?: unknown):
       body: body === undefined ? undefined : JSON.stringify(body),
     });
   } catch (err) {
-    throw new Error(`cannot reach the daemon at ${t.http} (${(err as Error).message}); is it running? For a stopped node use --data-dir`);
+    throw new Error(
+      `cannot reach the daemon at ${t.http} (${(err as Error).message}); is it running? For a stopped node use --data-dir`,
+    );
   }
   const text = await res.text();
   let json: unknown;
@@ -75,7 +81,12 @@ async function deviceMain(args: string[]): Promise<number> {
   const { values, positionals } = parseArgs({
     args,
     allowPositionals: true,
-    options: { http: { type: 'string', default: '127.0.0.1:9480' }, 'data-dir': { type: 'string' }, json: { type: 'boolean', default: false }, help: { type: 'boolean', short: 'h' } },
+    options: {
+      http: { type: 'string', default: '127.0.0.1:9480' },
+      'data-dir': { type: 'string' },
+      json: { type: 'boolean', default: false },
+      help: { type: 'boolean', short: 'h' },
+    },
   });
   const [sub, id] = positionals;
   if (values.help || !sub) {
@@ -93,27 +104,42 @@ async function deviceMain(args: string[]): Promise<number> {
     case 'rotate': {
       const dev = needId();
       const secret = t.dataDir
-        ? await withStore(t.dataDir, (s) => (sub === 'add' ? addDevice(s, dev, now) : rotateDevice(s, dev, now)))
-        : (await http<{ secret: string }>(t, 'POST', sub === 'add' ? '/v1/devices' : '/v1/devices/rotate', { id: dev })).secret;
-      if (!secret) throw new Error(sub === 'rotate' ? `no device ${dev}` : 'the daemon did not return a secret');
+        ? await withStore(t.dataDir, (s) =>
+            sub === 'add' ? addDevice(s, dev, now) : rotateDevice(s, dev, now),
+          )
+        : (
+            await http<{ secret: string }>(t, 'POST', sub === 'add' ? '/v1/devices' : '/v1/devices/rotate', {
+              id: dev,
+            })
+          ).secret;
+      if (!secret)
+        throw new Error(sub === 'rotate' ? `no device ${dev}` : 'the daemon did not return a secret');
       // the secret is the last word, so scripts can take it with `awk '{print $NF}'`
-      console.log(`device ${dev} ${sub === 'add' ? 'added' : 'rotated'}; MQTT user name ${dev}, password (shown once): ${secret}`);
+      console.log(
+        `device ${dev} ${sub === 'add' ? 'added' : 'rotated'}; MQTT user name ${dev}, password (shown once): ${secret}`,
+      );
       return 0;
     }
     case 'remove': {
       const dev = needId();
-      const removed = t.dataDir ? await withStore(t.dataDir, (s) => removeDevice(s, dev)) : (await http<{ removed: boolean }>(t, 'POST', '/v1/devices/remove', { id: dev })).removed;
+      const removed = t.dataDir
+        ? await withStore(t.dataDir, (s) => removeDevice(s, dev))
+        : (await http<{ removed: boolean }>(t, 'POST', '/v1/devices/remove', { id: dev })).removed;
       console.log(removed ? `device ${dev} removed` : `no device ${dev}`);
       return removed ? 0 : 1;
     }
     case 'list': {
-      const list = t.dataDir ? await withStore(t.dataDir, async (s) => listDevices(s)) : await http<DeviceInfo[]>(t, 'GET', '/v1/devices');
+      const list = t.dataDir
+        ? await withStore(t.dataDir, async (s) => listDevices(s))
+        : await http<DeviceInfo[]>(t, 'GET', '/v1/devices');
       if (values.json) console.log(JSON.stringify(list));
       else {
         console.log(['ID'.padEnd(24), 'ONLINE'.padEnd(7), 'LAST SEEN'.padEnd(25), 'REPORTS'].join(' '));
         for (const d of list) {
           const on = d.online === null ? 'never' : d.online ? 'yes' : 'no';
-          console.log([d.id.padEnd(24), on.padEnd(7), fmtTime(d.lastSeen).padEnd(25), String(d.reports)].join(' '));
+          console.log(
+            [d.id.padEnd(24), on.padEnd(7), fmtTime(d.lastSeen).padEnd(25), String(d.reports)].join(' '),
+          );
         }
       }
       return 0;
@@ -141,14 +167,30 @@ async function ingestMain(args: string[]): Promise<number> {
     return values.help ? 0 : 2;
   }
   const limit = Math.min(1000, Math.max(1, Number(values.limit) || 50));
-  type Row = { id: number; ts: number; device: string | null; topic: string | null; reason: string; detail: string | null; size: number; head: string | null };
+  type Row = {
+    id: number;
+    ts: number;
+    device: string | null;
+    topic: string | null;
+    reason: string;
+    detail: string | null;
+    size: number;
+    head: string | null;
+  };
   const rows: Row[] = values['data-dir']
-    ? await withStore(values['data-dir'], async (s) => DeadLetters.list(s, limit).map((r) => ({ ...r, head: r.head ? Buffer.from(r.head).toString('hex') : null })))
+    ? await withStore(values['data-dir'], async (s) =>
+        DeadLetters.list(s, limit).map((r) => ({
+          ...r,
+          head: r.head ? Buffer.from(r.head).toString('hex') : null,
+        })),
+      )
     : await http<Row[]>({ http: values.http! }, 'GET', `/v1/ingest/rejects?limit=${limit}`);
   if (values.json) console.log(JSON.stringify(rows));
   else {
     for (const r of rows) {
-      console.log(`${fmtTime(r.ts)} ${r.reason.padEnd(16)} device=${r.device ?? '-'} topic=${r.topic ?? '-'} size=${r.size} ${r.detail ?? ''}`);
+      console.log(
+        `${fmtTime(r.ts)} ${r.reason.padEnd(16)} device=${r.device ?? '-'} topic=${r.topic ?? '-'} size=${r.size} ${r.detail ?? ''}`,
+      );
       if (r.head) console.log(`    head: ${r.head.slice(0, 96)}`);
     }
     if (rows.length === 0) console.log('no rejected input recorded');
@@ -166,6 +208,16 @@ async function guarded(fn: () => Promise<number>): Promise<number> {
 }
 
 export const ingestCliCommands: CliCommand[] = [
-  { name: 'device', summary: 'Manage MQTT devices: add, list, remove, rotate secrets.', usage: DEVICE_USAGE, run: (a) => guarded(() => deviceMain(a)) },
-  { name: 'ingest', summary: 'Inspect MQTT ingest: rejected input (dead letters).', usage: INGEST_USAGE, run: (a) => guarded(() => ingestMain(a)) },
+  {
+    name: 'device',
+    summary: 'Manage MQTT devices: add, list, remove, rotate secrets.',
+    usage: DEVICE_USAGE,
+    run: (a) => guarded(() => deviceMain(a)),
+  },
+  {
+    name: 'ingest',
+    summary: 'Inspect MQTT ingest: rejected input (dead letters).',
+    usage: INGEST_USAGE,
+    run: (a) => guarded(() => ingestMain(a)),
+  },
 ];

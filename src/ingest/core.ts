@@ -32,14 +32,24 @@ export class IngestCore {
     readonly log: Logger,
     readonly opts: IngestOptions,
   ) {
-    this.writer = new ReportWriter(store, clock, metrics, log, { batchMax: opts.batchMax, dedupeWindow: opts.dedupeWindow, admit: opts.admit });
+    this.writer = new ReportWriter(store, clock, metrics, log, {
+      batchMax: opts.batchMax,
+      dedupeWindow: opts.dedupeWindow,
+      admit: opts.admit,
+    });
     this.writer.onCommitted = (n) => this.countRate(n);
-    this.registry = new DeviceRegistry(store, clock, metrics, log, { mirrorInterval: opts.mirrorInterval, silenceTimeout: opts.silenceTimeout });
+    this.registry = new DeviceRegistry(store, clock, metrics, log, {
+      mirrorInterval: opts.mirrorInterval,
+      silenceTimeout: opts.silenceTimeout,
+    });
     this.rejects = new DeadLetters(store, clock, metrics, log, opts.rejectsMax);
     this.limiter = new RateLimiter(clock, opts.ratePerSec, opts.rateBurst);
   }
 
-  reject(reason: RejectReason, info: { device?: string; topic?: string; payload?: Buffer; detail?: string }): void {
+  reject(
+    reason: RejectReason,
+    info: { device?: string; topic?: string; payload?: Buffer; detail?: string },
+  ): void {
     this.rejects.record(reason, info);
     if (info.device) this.registry.rejected(info.device);
   }
@@ -50,10 +60,21 @@ export class IngestCore {
    * anyway, so a device does not resend a poison message forever). Rejects only when the store
    * refused the batch: then nothing may be acknowledged.
    */
-  async report(device: string, topic: string, payload: Buffer, qos: number, contentType?: string): Promise<ReportOutcome> {
+  async report(
+    device: string,
+    topic: string,
+    payload: Buffer,
+    qos: number,
+    contentType?: string,
+  ): Promise<ReportOutcome> {
     const t0 = this.clock.monotonic();
     if (!this.limiter.take(device)) {
-      this.reject('rate', { device, topic, payload, detail: `over ${this.opts.ratePerSec}/s (burst ${this.opts.rateBurst})` });
+      this.reject('rate', {
+        device,
+        topic,
+        payload,
+        detail: `over ${this.opts.ratePerSec}/s (burst ${this.opts.rateBurst})`,
+      });
       return 'rate';
     }
     const d = decodeReport(payload, this.opts, contentType);

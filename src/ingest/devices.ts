@@ -25,7 +25,8 @@ function checkId(id: string): void {
 }
 
 export function secretHashOf(store: Store, id: string): string | undefined {
-  return store.query<{ secret_hash: string }>('SELECT secret_hash FROM ingest_devices WHERE id = ?').get(id)?.secret_hash;
+  return store.query<{ secret_hash: string }>('SELECT secret_hash FROM ingest_devices WHERE id = ?').get(id)
+    ?.secret_hash;
 }
 
 /** Create a device; returns its secret (shown once). Fails when the id exists. */
@@ -34,9 +35,17 @@ export async function addDevice(store: Store, id: string, now: number): Promise<
   const secret = newSecret();
   const hash = await hashSecret(secret);
   const res = await store.write({
-    sql: [{ sql: 'INSERT INTO ingest_devices(id, secret_hash, created_at, updated_at) VALUES (?, ?, ?, ?) ON CONFLICT(id) DO NOTHING', params: [id, hash, now, now] }],
+    sql: [
+      {
+        sql: 'INSERT INTO ingest_devices(id, secret_hash, created_at, updated_at) VALUES (?, ?, ?, ?) ON CONFLICT(id) DO NOTHING',
+        params: [id, hash, now, now],
+      },
+    ],
   });
-  if (res.sql[0]?.changes !== 1) throw new InvalidArgumentError(`device ${id} already exists; use \`edgekeeper device rotate ${id}\` for a new secret`);
+  if (res.sql[0]?.changes !== 1)
+    throw new InvalidArgumentError(
+      `device ${id} already exists; use \`edgekeeper device rotate ${id}\` for a new secret`,
+    );
   return secret;
 }
 
@@ -45,7 +54,14 @@ export async function rotateDevice(store: Store, id: string, now: number): Promi
   checkId(id);
   const secret = newSecret();
   const hash = await hashSecret(secret);
-  const res = await store.write({ sql: [{ sql: 'UPDATE ingest_devices SET secret_hash = ?, updated_at = ? WHERE id = ?', params: [hash, now, id] }] });
+  const res = await store.write({
+    sql: [
+      {
+        sql: 'UPDATE ingest_devices SET secret_hash = ?, updated_at = ? WHERE id = ?',
+        params: [hash, now, id],
+      },
+    ],
+  });
   if (res.sql[0]?.changes !== 1) throw new KeyNotFoundError();
   return secret;
 }
@@ -65,7 +81,14 @@ export async function removeDevice(store: Store, id: string): Promise<boolean> {
 
 export function listDevices(store: Store): DeviceInfo[] {
   const rows = store
-    .query<{ id: string; created_at: number | null; updated_at: number | null; online: number | null; last_seen: number | null; reports: number | null }>(
+    .query<{
+      id: string;
+      created_at: number | null;
+      updated_at: number | null;
+      online: number | null;
+      last_seen: number | null;
+      reports: number | null;
+    }>(
       `SELECT d.id, d.created_at, d.updated_at, s.online, s.last_seen, s.reports
        FROM ingest_devices d LEFT JOIN ingest_device_state s ON s.id = d.id
        UNION ALL

@@ -94,7 +94,11 @@ export class Downlink {
           }
         },
         onCancel: (reason) => {
-          if (!this.stopped) this.log.error({ err: reason }, 'the command watch ended; commands are not delivered until restart');
+          if (!this.stopped)
+            this.log.error(
+              { err: reason },
+              'the command watch ended; commands are not delivered until restart',
+            );
         },
       },
     );
@@ -111,10 +115,25 @@ export class Downlink {
     const rest = k.slice(COMMANDS_PREFIX.length).split('/');
     const [device, name] = rest;
     if (rest.length !== 2 || !validDeviceId(device) || !validCommandName(name)) {
-      void this.setState(k, kv.modRevision, 'refused', 0, 'key must be /edgekeeper/commands/<device id>/<name>');
+      void this.setState(
+        k,
+        kv.modRevision,
+        'refused',
+        0,
+        'key must be /edgekeeper/commands/<device id>/<name>',
+      );
       return;
     }
-    const cmd: Cmd = { device, name, key: k, revision: kv.modRevision, payload: kv.value, firstSeen: since ?? this.clock.now(), attempts: 0, sending: false };
+    const cmd: Cmd = {
+      device,
+      name,
+      key: k,
+      revision: kv.modRevision,
+      payload: kv.value,
+      firstSeen: since ?? this.clock.now(),
+      attempts: 0,
+      sending: false,
+    };
     this.pending.set(k, cmd);
     if (this.transport.reachable(device)) this.send(cmd);
     else if (since === undefined) void this.setState(k, kv.modRevision, 'pending', 0);
@@ -150,14 +169,29 @@ export class Downlink {
       },
       (err: Error) => {
         c.sending = false;
-        this.log.debug({ device: c.device, command: c.name, err: err.message }, 'command not acknowledged yet; retrying');
+        this.log.debug(
+          { device: c.device, command: c.name, err: err.message },
+          'command not acknowledged yet; retrying',
+        );
       },
     );
   }
 
   /** Write the state only while the command key still has the revision it belongs to. */
-  private async setState(key: string, revision: number, state: CmdState, attempts: number, error?: string): Promise<void> {
-    const value = JSON.stringify({ state, revision, at: this.clock.now(), attempts, ...(error ? { error } : {}) });
+  private async setState(
+    key: string,
+    revision: number,
+    state: CmdState,
+    attempts: number,
+    error?: string,
+  ): Promise<void> {
+    const value = JSON.stringify({
+      state,
+      revision,
+      at: this.clock.now(),
+      attempts,
+      ...(error ? { error } : {}),
+    });
     try {
       await this.store.txn({
         compare: [{ key: Buffer.from(key), target: 'MOD', result: 'EQUAL', modRevision: revision }],

@@ -20,7 +20,14 @@
 import net from 'node:net';
 import { readFileSync } from 'node:fs';
 import tls from 'node:tls';
-import type { Aedes, AedesPublishPacket, AuthenticateError, Client, PublishPacket, Subscription } from 'aedes';
+import type {
+  Aedes,
+  AedesPublishPacket,
+  AuthenticateError,
+  Client,
+  PublishPacket,
+  Subscription,
+} from 'aedes';
 import type { Logger } from '../log.js';
 import type { Store } from '../store/types.js';
 import { VerifiedCache, verifySecret } from './auth.js';
@@ -87,7 +94,9 @@ export class EmbeddedBroker implements CommandDelivery {
     b.on('clientReady', (client) => this.connected(client));
     b.on('clientDisconnect', (client) => this.disconnected(client));
     b.on('keepaliveTimeout', (client) => this.keepaliveExpired.add(client));
-    b.on('clientError', (client, err) => this.log.debug({ client: sanitize(client.id ?? ''), err: err.message }, 'client error'));
+    b.on('clientError', (client, err) =>
+      this.log.debug({ client: sanitize(client.id ?? ''), err: err.message }, 'client error'),
+    );
     b.on('ack', (packet, client) => this.acked(packet as PublishPacket | undefined, client));
     b.on('subscribe', (subs, client) => {
       const dev = this.deviceOf.get(client);
@@ -102,13 +111,16 @@ export class EmbeddedBroker implements CommandDelivery {
     const plain = net.createServer(handle);
     await this.listen(plain, listen.host, listen.port, false);
     if (this.opts.tlsListen) {
-      if (!this.opts.tlsCert || !this.opts.tlsKey) throw new Error('mqtt.tlsListen needs mqtt.tlsCert and mqtt.tlsKey');
+      if (!this.opts.tlsCert || !this.opts.tlsKey)
+        throw new Error('mqtt.tlsListen needs mqtt.tlsCert and mqtt.tlsKey');
       const t = parseHostPort(this.opts.tlsListen, 8883);
       const server = tls.createServer(
         {
           cert: readFileSync(this.opts.tlsCert),
           key: readFileSync(this.opts.tlsKey),
-          ...(this.opts.tlsCa ? { ca: readFileSync(this.opts.tlsCa), requestCert: true, rejectUnauthorized: true } : {}),
+          ...(this.opts.tlsCa
+            ? { ca: readFileSync(this.opts.tlsCa), requestCert: true, rejectUnauthorized: true }
+            : {}),
         },
         handle,
       );
@@ -148,46 +160,70 @@ export class EmbeddedBroker implements CommandDelivery {
     cb: (err: AuthenticateError | null, ok: boolean | null) => void,
   ): void {
     if (this.broker.connectedClients >= this.opts.maxConnections) {
-      this.core.reject('connections', { device: username, detail: `${this.opts.maxConnections} connections open` });
-      return cb(authError('too many connections', 3), null);
+      this.core.reject('connections', {
+        device: username,
+        detail: `${this.opts.maxConnections} connections open`,
+      });
+      cb(authError('too many connections', 3), null);
+      return;
     }
     if (username === undefined || username === '') {
       if (!this.opts.allowAnonymous) {
-        this.core.reject('auth', { device: client.id, detail: 'no user name (anonymous access is disabled)' });
-        return cb(authError('not authorized', 5), null);
+        this.core.reject('auth', {
+          device: client.id,
+          detail: 'no user name (anonymous access is disabled)',
+        });
+        cb(authError('not authorized', 5), null);
+        return;
       }
       if (!validDeviceId(client.id)) {
-        this.core.reject('bad_device_id', { device: client.id, detail: 'anonymous client id is not a valid device id' });
-        return cb(authError('identifier rejected', 2), null);
+        this.core.reject('bad_device_id', {
+          device: client.id,
+          detail: 'anonymous client id is not a valid device id',
+        });
+        cb(authError('identifier rejected', 2), null);
+        return;
       }
       this.deviceOf.set(client, client.id);
-      return cb(null, true);
+      cb(null, true);
+      return;
     }
     if (!validDeviceId(username)) {
       this.core.reject('bad_device_id', { device: username, detail: 'user name is not a valid device id' });
-      return cb(authError('bad user name or password', 4), null);
+      cb(authError('bad user name or password', 4), null);
+      return;
     }
     // a generated id (empty client id, clean session) is fine; another device's id is not
     if (client.id !== username && !client.id.startsWith('aedes_')) {
-      this.core.reject('auth', { device: username, detail: `client id ${sanitize(client.id, 64)} is not the device id` });
-      return cb(authError('identifier rejected', 2), null);
+      this.core.reject('auth', {
+        device: username,
+        detail: `client id ${sanitize(client.id, 64)} is not the device id`,
+      });
+      cb(authError('identifier rejected', 2), null);
+      return;
     }
     const stored = secretHashOf(this.store, username);
     const pw = password ?? Buffer.alloc(0);
     if (stored === undefined) {
-      this.core.reject('unknown_device', { device: username, detail: 'no such device; add it with `edgekeeper device add`' });
-      return cb(authError('bad user name or password', 4), null);
+      this.core.reject('unknown_device', {
+        device: username,
+        detail: 'no such device; add it with `edgekeeper device add`',
+      });
+      cb(authError('bad user name or password', 4), null);
+      return;
     }
     if (this.verified.has(username, stored, pw)) {
       this.deviceOf.set(client, username);
-      return cb(null, true);
+      cb(null, true);
+      return;
     }
     verifySecret(pw, stored).then(
       (ok) => {
         if (ok) {
           this.verified.add(username, stored, pw);
           this.deviceOf.set(client, username);
-          return cb(null, true);
+          cb(null, true);
+          return;
         }
         this.core.reject('auth', { device: username, detail: 'wrong password' });
         cb(authError('bad user name or password', 4), null);
@@ -205,25 +241,42 @@ export class EmbeddedBroker implements CommandDelivery {
     for (const c of this.conns.get(device) ?? []) c.close();
   }
 
-  private authorizePublish(client: Client | null, packet: PublishPacket, cb: (err?: Error | null) => void): void {
+  private authorizePublish(
+    client: Client | null,
+    packet: PublishPacket,
+    cb: (err?: Error | null) => void,
+  ): void {
     const topic = packet.topic;
     if (client === null) {
       // a will left behind by an earlier broker instance: only status wills are let through
       const t = parseTopic(topic);
       if (t.ok && t.kind === 'status') this.status(t.device, packet.payload as Buffer, 'will', null);
-      return cb(t.ok && t.kind === 'status' ? null : new Error('refused'));
+      cb(t.ok && t.kind === 'status' ? null : new Error('refused'));
+      return;
     }
     const dev = this.deviceOf.get(client);
     const t = parseTopic(topic);
     const payload = Buffer.isBuffer(packet.payload) ? packet.payload : Buffer.from(packet.payload);
     if (!dev || !t.ok || t.device !== dev || t.kind === 'command') {
-      this.core.reject(t.ok ? 'acl' : t.reason, { device: dev, topic, payload, detail: `device ${dev ?? '?'} may not publish here` });
-      return cb(new Error(`device ${dev ?? '?'} may not publish to ${sanitize(topic, 80)}`));
+      this.core.reject(t.ok ? 'acl' : t.reason, {
+        device: dev,
+        topic,
+        payload,
+        detail: `device ${dev ?? '?'} may not publish here`,
+      });
+      cb(new Error(`device ${dev ?? '?'} may not publish to ${sanitize(topic, 80)}`));
+      return;
     }
     if (t.kind === 'status') {
       // client.closed is set before aedes publishes the will
-      this.status(dev, payload, (client as unknown as { closed: boolean }).closed ? 'will' : 'status', client);
-      return cb(null);
+      this.status(
+        dev,
+        payload,
+        (client as unknown as { closed: boolean }).closed ? 'will' : 'status',
+        client,
+      );
+      cb(null);
+      return;
     }
     // reports are not kept as retained messages: the table is their home
     packet.retain = false;
@@ -237,7 +290,12 @@ export class EmbeddedBroker implements CommandDelivery {
   private status(dev: string, payload: Buffer, via: 'will' | 'status', client: Client | null): void {
     const online = parseStatus(payload);
     if (online === undefined) {
-      this.core.reject('schema', { device: dev, topic: statusTopic(dev), payload, detail: 'status must be online/offline or {"online": bool}' });
+      this.core.reject('schema', {
+        device: dev,
+        topic: statusTopic(dev),
+        payload,
+        detail: 'status must be online/offline or {"online": bool}',
+      });
       return;
     }
     if (online) {
@@ -249,10 +307,21 @@ export class EmbeddedBroker implements CommandDelivery {
     if (others.length === 0) this.core.registry.setOnline(dev, false, via);
   }
 
-  private authorizeSubscribe(client: Client, sub: Subscription, cb: (err: Error | null, sub?: Subscription | null) => void): void {
+  private authorizeSubscribe(
+    client: Client,
+    sub: Subscription,
+    cb: (err: Error | null, sub?: Subscription | null) => void,
+  ): void {
     const dev = this.deviceOf.get(client);
-    if (dev && sub.topic === commandTopic(dev)) return cb(null, { ...sub, qos: sub.qos > 1 ? 1 : sub.qos });
-    this.core.reject('acl', { device: dev, topic: sub.topic, detail: 'may subscribe only to its own command topic' });
+    if (dev && sub.topic === commandTopic(dev)) {
+      cb(null, { ...sub, qos: Math.min(sub.qos, 1) as 0 | 1 });
+      return;
+    }
+    this.core.reject('acl', {
+      device: dev,
+      topic: sub.topic,
+      detail: 'may subscribe only to its own command topic',
+    });
     cb(null, null);
   }
 
@@ -260,7 +329,10 @@ export class EmbeddedBroker implements CommandDelivery {
     const dev = this.deviceOf.get(client);
     if (!dev) return;
     let set = this.conns.get(dev);
-    if (!set) this.conns.set(dev, (set = new Set()));
+    if (!set) {
+      set = new Set();
+      this.conns.set(dev, set);
+    }
     set.add(client);
     this.core.metrics.connected.inc();
     this.core.registry.setOnline(dev, true, 'connect');
@@ -315,13 +387,16 @@ export class EmbeddedBroker implements CommandDelivery {
             resolve('delivered');
           };
           this.waitingAck.set(device, done);
-          this.broker.publish({ cmd: 'publish', topic: commandTopic(device), payload, qos: 1, retain: false, dup: false }, (err) => {
-            if (err) {
-              clearTimeout(timer);
-              this.waitingAck.delete(device);
-              reject(err);
-            }
-          });
+          this.broker.publish(
+            { cmd: 'publish', topic: commandTopic(device), payload, qos: 1, retain: false, dup: false },
+            (err) => {
+              if (err) {
+                clearTimeout(timer);
+                this.waitingAck.delete(device);
+                reject(err);
+              }
+            },
+          );
         }),
     );
     const tail = run.then(

@@ -3,10 +3,11 @@
  * id and a persistent session (3.1.1 `clean: false`; 5 `cleanStart: false` with a session expiry),
  * so the broker keeps QoS 1 reports for us while edgekeeper restarts.
  *
- * Ack after commit with MQTT.js's `customHandleAcks`. MQTT.js handles incoming packets strictly
- * one at a time and writes the PUBACK from that handler's callback, so waiting there for the
- * commit would serialise ingest at one commit per report (a few hundred per second). Instead the
- * callback returns at once and we hold the PUBACK packet itself: `_sendPacket` is wrapped so a
+ * Ack after commit with MQTT.js. Its `customHandleAcks` is honoured only for MQTT 5, and MQTT.js
+ * handles incoming packets strictly one at a time, writing the PUBACK when `handleMessage`
+ * calls back; waiting there for the commit would serialise ingest at one commit per report (a
+ * few hundred per second). So `handleMessage` (meant to be overridden) hands the report to the
+ * core and returns at once, and we hold the PUBACK packet itself: `_sendPacket` is wrapped so a
  * PUBACK whose report is not yet committed is written only after the commit, and dropped if the
  * connection was replaced meanwhile (the broker then redelivers with DUP and `seq` de-duplicates).
  * The broker's in-flight window bounds how many reports wait for us: raise mosquitto's
@@ -20,7 +21,12 @@ import type { CommandDelivery } from './embedded.js';
 import { commandTopic, parseTopic, TOPIC_PREFIX } from './ids.js';
 import { parseStatus } from './payload.js';
 
-type SendPacket = (packet: { cmd: string; messageId?: number }, cb?: (err?: Error) => void, cbStorePut?: unknown, noStore?: boolean) => void;
+type SendPacket = (
+  packet: { cmd: string; messageId?: number },
+  cb?: (err?: Error) => void,
+  cbStorePut?: unknown,
+  noStore?: boolean,
+) => void;
 
 // a week: long enough for any restart, short enough that an abandoned session goes away
 const SESSION_EXPIRY_S = 7 * 86_400;
@@ -53,13 +59,6 @@ export class ExternalSubscriber implements CommandDelivery {
       reconnectPeriod: 1000,
       connectTimeout: 10_000,
       resubscribe: false,
-      customHandleAcks: (topic: string, message: Buffer, packet: { messageId: number; qos: number; properties?: { contentType?: string } }, cb: (e: Error | number, c?: number) => void) => {
-        const done = this.handle(topic, message, packet.qos, packet.properties?.contentType);
-        this.held.set(packet.messageId, { gen: this.generation, done });
-        // failures are handled where the held PUBACK is released
-        done.catch(() => undefined);
-        cb(0);
-      },
     };
     if (v5) options.properties = { sessionExpiryInterval: SESSION_EXPIRY_S, receiveMaximum: 65535 };
     if (this.opts.username) options.username = this.opts.username;
@@ -71,9 +70,30 @@ export class ExternalSubscriber implements CommandDelivery {
     const client = mqtt.connect(this.opts.url, options);
     this.client = client;
     this.raw = client;
+    // every incoming PUBLISH (QoS 0 and 1) passes through handleMessage before MQTT.js acks it
+    this.raw.handleMessage = (
+      packet: {
+        topic: string;
+        payload: Buffer;
+        messageId?: number;
+        qos: number;
+        properties?: { contentType?: string };
+      },
+      callback: () => void,
+    ) => {
+      const done = this.handle(packet.topic, packet.payload, packet.qos, packet.properties?.contentType);
+      if (packet.qos > 0 && packet.messageId !== undefined)
+        this.held.set(packet.messageId, { gen: this.generation, done });
+      // failures are handled where the held PUBACK is released
+      done.catch(() => undefined);
+      callback();
+    };
     const orig = (this.raw._sendPacket as SendPacket).bind(client);
     const wrapped: SendPacket = (packet, cb, cbStorePut, noStore) => {
-      const h = packet.cmd === 'puback' && packet.messageId !== undefined ? this.held.get(packet.messageId) : undefined;
+      const h =
+        packet.cmd === 'puback' && packet.messageId !== undefined
+          ? this.held.get(packet.messageId)
+          : undefined;
       if (!h) return orig(packet, cb, cbStorePut, noStore);
       this.held.delete(packet.messageId!);
       // let MQTT.js go on with the next packet now; the PUBACK itself waits for the commit
@@ -91,25 +111,35 @@ export class ExternalSubscriber implements CommandDelivery {
     };
     this.raw._sendPacket = wrapped;
 
-    this.connectedOnce = new Promise((resolve) => client.once('connect', () => resolve()));
+    let subscribed!: () => void;
+    this.connectedOnce = new Promise((resolve) => (subscribed = resolve));
     client.on('connect', (connack: { sessionPresent: boolean }) => {
       this.generation++;
-      this.log.info({ url: this.opts.url, sessionPresent: connack.sessionPresent }, 'connected to the external MQTT broker');
+      this.log.info(
+        { url: this.opts.url, sessionPresent: connack.sessionPresent },
+        'connected to the external MQTT broker',
+      );
       client.subscribe(
         [`${TOPIC_PREFIX}+/report`, `${TOPIC_PREFIX}+/status`],
         { qos: 1 },
-        (err: Error | null) => err && this.log.error({ err }, 'subscribing to device topics failed'),
+        (err: Error | null) => {
+          if (err) this.log.error({ err }, 'subscribing to device topics failed');
+          else subscribed();
+        },
       );
     });
-    client.on('message', (topic: string, message: Buffer, packet: { qos: number; properties?: { contentType?: string } }) => {
-      // QoS 1 went through customHandleAcks already
-      if (packet.qos === 0) this.handle(topic, message, 0, packet.properties?.contentType).catch(() => undefined);
-    });
-    client.on('error', (err: Error) => this.log.warn({ err: err.message }, 'external MQTT broker error; reconnecting'));
-    client.on('offline', () => this.log.warn({ url: this.opts.url }, 'external MQTT broker unreachable; the broker keeps our session while we reconnect'));
+    client.on('error', (err: Error) =>
+      this.log.warn({ err: err.message }, 'external MQTT broker error; reconnecting'),
+    );
+    client.on('offline', () =>
+      this.log.warn(
+        { url: this.opts.url },
+        'external MQTT broker unreachable; the broker keeps our session while we reconnect',
+      ),
+    );
   }
 
-  /** Resolves once connected for the first time. */
+  /** Resolves once connected and subscribed for the first time. */
   ready(): Promise<void> {
     return this.connectedOnce;
   }
@@ -128,7 +158,13 @@ export class ExternalSubscriber implements CommandDelivery {
       const online = parseStatus(payload);
       if (online === undefined) {
         // an empty retained message (a cleared status) carries no state
-        if (payload.length > 0) this.core.reject('schema', { device: t.device, topic, payload, detail: 'status must be online/offline or {"online": bool}' });
+        if (payload.length > 0)
+          this.core.reject('schema', {
+            device: t.device,
+            topic,
+            payload,
+            detail: 'status must be online/offline or {"online": bool}',
+          });
         return;
       }
       this.core.registry.setOnline(t.device, online, 'status');
@@ -143,8 +179,11 @@ export class ExternalSubscriber implements CommandDelivery {
   send(device: string, payload: Buffer, timeoutMs: number): Promise<'published'> {
     return new Promise((resolve, reject) => {
       const opts: Record<string, unknown> = { qos: 1, retain: true };
-      if (this.opts.protocolVersion === 5) opts.properties = { messageExpiryInterval: Math.max(1, Math.ceil(timeoutMs / 1000)) };
-      this.client.publish(commandTopic(device), payload, opts, (err?: Error) => (err ? reject(err) : resolve('published')));
+      if (this.opts.protocolVersion === 5)
+        opts.properties = { messageExpiryInterval: Math.max(1, Math.ceil(timeoutMs / 1000)) };
+      this.client.publish(commandTopic(device), payload, opts, (err?: Error) =>
+        err ? reject(err) : resolve('published'),
+      );
     });
   }
 

@@ -28,7 +28,9 @@ export function commandTopic(id: string): string {
   return `${TOPIC_PREFIX}${id}/command`;
 }
 
-export type ParsedTopic = { ok: true; device: string; kind: TopicKind } | { ok: false; reason: 'bad_topic' | 'bad_device_id' };
+export type ParsedTopic =
+  | { ok: true; device: string; kind: TopicKind }
+  | { ok: false; reason: 'bad_topic' | 'bad_device_id' };
 
 /** `edgekeeper/v1/devices/<id>/<kind>`; anything else is refused. */
 export function parseTopic(topic: string): ParsedTopic {

@@ -5,22 +5,72 @@ export type IngestMetrics = ReturnType<typeof createMetrics>;
 export function createMetrics(registry: Registry) {
   const registers = [registry];
   return {
-    reports: new Counter({ name: 'edgekeeper_ingest_reports_total', help: 'Reports committed to the reports table.', labelNames: ['qos'] as const, registers }),
-    duplicates: new Counter({ name: 'edgekeeper_ingest_duplicates_total', help: 'Redelivered reports (same device, seq and ts) stored only once.', registers }),
-    rejects: new Counter({ name: 'edgekeeper_ingest_rejects_total', help: 'Refused connections, subscriptions and reports, per reason.', labelNames: ['reason'] as const, registers }),
-    batch: new Histogram({ name: 'edgekeeper_ingest_batch_size_reports', help: 'Reports per write batch.', buckets: [1, 4, 16, 64, 256, 1024, 4096], registers }),
+    reports: new Counter({
+      name: 'edgekeeper_ingest_reports_total',
+      help: 'Reports committed to the reports table.',
+      labelNames: ['qos'] as const,
+      registers,
+    }),
+    duplicates: new Counter({
+      name: 'edgekeeper_ingest_duplicates_total',
+      help: 'Redelivered reports (same device, seq and ts) stored only once.',
+      registers,
+    }),
+    rejects: new Counter({
+      name: 'edgekeeper_ingest_rejects_total',
+      help: 'Refused connections, subscriptions and reports, per reason.',
+      labelNames: ['reason'] as const,
+      registers,
+    }),
+    batch: new Histogram({
+      name: 'edgekeeper_ingest_batch_size_reports',
+      help: 'Reports per write batch.',
+      buckets: [1, 4, 16, 64, 256, 1024, 4096],
+      registers,
+    }),
     latency: new Histogram({
       name: 'edgekeeper_ingest_commit_latency_seconds',
       help: 'From a report arriving to its row being committed (the PUBACK follows at once).',
       buckets: [0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 1],
       registers,
     }),
-    connected: new Gauge({ name: 'edgekeeper_ingest_connected_devices', help: 'Device connections open on the embedded broker.', registers }),
-    devices: new Gauge({ name: 'edgekeeper_ingest_devices', help: 'Known devices by state.', labelNames: ['state'] as const, registers }),
-    held: new Gauge({ name: 'edgekeeper_ingest_held_reports', help: 'Reports held unacknowledged because the disk budget is full.', registers }),
-    retentionDeleted: new Counter({ name: 'edgekeeper_ingest_retention_deleted_total', help: 'Reports deleted by retention, per reason (age, size).', labelNames: ['reason'] as const, registers }),
-    retentionBlocked: new Gauge({ name: 'edgekeeper_ingest_retention_blocked_reports', help: 'Reports retention would delete but keeps because the uplink has not sent them yet.', registers }),
-    commands: new Counter({ name: 'edgekeeper_ingest_commands_total', help: 'Downlink commands by resulting state.', labelNames: ['state'] as const, registers }),
-    writeErrors: new Counter({ name: 'edgekeeper_ingest_write_errors_total', help: 'Report batches the store refused (the reports stay unacknowledged).', registers }),
+    connected: new Gauge({
+      name: 'edgekeeper_ingest_connected_devices',
+      help: 'Device connections open on the embedded broker.',
+      registers,
+    }),
+    devices: new Gauge({
+      name: 'edgekeeper_ingest_devices',
+      help: 'Known devices by state.',
+      labelNames: ['state'] as const,
+      registers,
+    }),
+    held: new Gauge({
+      name: 'edgekeeper_ingest_held_reports',
+      help: 'Reports held unacknowledged because the disk budget is full.',
+      registers,
+    }),
+    retentionDeleted: new Counter({
+      name: 'edgekeeper_ingest_retention_deleted_total',
+      help: 'Reports deleted by retention, per reason (age, size).',
+      labelNames: ['reason'] as const,
+      registers,
+    }),
+    retentionBlocked: new Gauge({
+      name: 'edgekeeper_ingest_retention_blocked_reports',
+      help: 'Reports retention would delete but keeps because the uplink has not sent them yet.',
+      registers,
+    }),
+    commands: new Counter({
+      name: 'edgekeeper_ingest_commands_total',
+      help: 'Downlink commands by resulting state.',
+      labelNames: ['state'] as const,
+      registers,
+    }),
+    writeErrors: new Counter({
+      name: 'edgekeeper_ingest_write_errors_total',
+      help: 'Report batches the store refused (the reports stay unacknowledged).',
+      registers,
+    }),
   };
 }

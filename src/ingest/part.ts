@@ -23,6 +23,8 @@ export interface IngestPart extends Part {
   runRetention(): Promise<RetentionResult>;
   /** Write the device mirror and dead letters now (tests, shutdown). */
   flush(): Promise<void>;
+  /** Resolves when reports can flow: listening (embedded) or connected and subscribed (external). */
+  ready(): Promise<void>;
   /** The embedded aedes broker, when in embedded mode (benchmarks). */
   readonly embedded: EmbeddedBroker | undefined;
 }
@@ -55,7 +57,8 @@ function send(res: ServerResponse, status: number, body: unknown): void {
 
 function idFrom(body: Record<string, unknown>, url: URL): string {
   const id = body.id ?? url.searchParams.get('id');
-  if (typeof id !== 'string' || id === '') throw new InvalidArgumentError('give the device id as {"id": "..."} or ?id=');
+  if (typeof id !== 'string' || id === '')
+    throw new InvalidArgumentError('give the device id as {"id": "..."} or ?id=');
   return id;
 }
 
@@ -63,7 +66,8 @@ export function createIngestPart(ctx: PartContext, options: IngestOptions): Inge
   const log = ctx.logger.child({ part: 'ingest' });
   const metrics = createMetrics(ctx.registry);
   const core = new IngestCore(ctx.store, ctx.clock, metrics, log, options);
-  const embedded = options.mode === 'embedded' ? new EmbeddedBroker(core, ctx.store, options, log) : undefined;
+  const embedded =
+    options.mode === 'embedded' ? new EmbeddedBroker(core, ctx.store, options, log) : undefined;
   const external = options.mode === 'external' ? new ExternalSubscriber(core, options, log) : undefined;
   const transport = (embedded ?? external)!;
   const downlink = new Downlink(ctx.store, ctx.clock, transport, metrics, log, options.commandTtl);
@@ -105,7 +109,10 @@ export function createIngestPart(ctx: PartContext, options: IngestOptions): Inge
     send(
       res,
       200,
-      DeadLetters.list(ctx.store, limit).map((r) => ({ ...r, head: r.head ? Buffer.from(r.head).toString('hex') : null })),
+      DeadLetters.list(ctx.store, limit).map((r) => ({
+        ...r,
+        head: r.head ? Buffer.from(r.head).toString('hex') : null,
+      })),
     );
   });
 
@@ -176,6 +183,7 @@ export function createIngestPart(ctx: PartContext, options: IngestOptions): Inge
       };
     },
     addresses: () => embedded?.address() ?? [],
+    ready: () => external?.ready() ?? Promise.resolve(),
     runRetention: () => retention.run(),
     async flush() {
       await core.registry.flushAll();

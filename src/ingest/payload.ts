@@ -29,7 +29,9 @@ export type RejectReason =
   | 'connections'
   | 'unknown_device';
 
-export type Decoded = { ok: true; report: Report; body: Buffer } | { ok: false; reason: RejectReason; detail: string };
+export type Decoded =
+  | { ok: true; report: Report; body: Buffer }
+  | { ok: false; reason: RejectReason; detail: string };
 
 export interface PayloadLimits {
   maxPayload: number;
@@ -68,15 +70,26 @@ export function detectFormat(payload: Buffer, contentType?: string): 'json' | 'c
 }
 
 function isPlainObject(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v) && !Buffer.isBuffer(v) && !(v instanceof Uint8Array);
+  return (
+    typeof v === 'object' &&
+    v !== null &&
+    !Array.isArray(v) &&
+    !Buffer.isBuffer(v) &&
+    !(v instanceof Uint8Array)
+  );
 }
 
 export function decodeReport(payload: Buffer, limits: PayloadLimits, contentType?: string): Decoded {
   if (payload.length > limits.maxPayload) {
-    return { ok: false, reason: 'too_large', detail: `payload of ${payload.length} bytes exceeds ${limits.maxPayload}` };
+    return {
+      ok: false,
+      reason: 'too_large',
+      detail: `payload of ${payload.length} bytes exceeds ${limits.maxPayload}`,
+    };
   }
   const format = detectFormat(payload, contentType);
-  if (!format) return { ok: false, reason: 'malformed', detail: 'payload is neither a JSON object nor a CBOR map' };
+  if (!format)
+    return { ok: false, reason: 'malformed', detail: 'payload is neither a JSON object nor a CBOR map' };
   let value: unknown;
   try {
     value = format === 'json' ? JSON.parse(payload.toString('utf8')) : decoder.decode(payload);
@@ -89,7 +102,8 @@ export function decodeReport(payload: Buffer, limits: PayloadLimits, contentType
 export function validate(value: unknown, limits: PayloadLimits): Decoded {
   const bad = (detail: string): Decoded => ({ ok: false, reason: 'schema', detail });
   if (!isPlainObject(value)) return bad('report must be a map');
-  for (const k of Object.keys(value)) if (!ALLOWED.has(k)) return bad(`unknown field ${JSON.stringify(k.slice(0, 40))}`);
+  for (const k of Object.keys(value))
+    if (!ALLOWED.has(k)) return bad(`unknown field ${JSON.stringify(k.slice(0, 40))}`);
   const { ts, seq, metrics, state, tags } = value;
   if (ts !== undefined && ts !== null && !(Number.isSafeInteger(ts) && (ts as number) >= 0)) {
     return bad('ts must be a non-negative integer (ms since the epoch)');
@@ -100,7 +114,11 @@ export function validate(value: unknown, limits: PayloadLimits): Decoded {
   if (!isPlainObject(metrics)) return bad('metrics must be a map of name to number');
   const names = Object.keys(metrics);
   if (names.length > limits.maxMetrics) {
-    return { ok: false, reason: 'too_many_metrics', detail: `${names.length} metrics exceed ${limits.maxMetrics}` };
+    return {
+      ok: false,
+      reason: 'too_many_metrics',
+      detail: `${names.length} metrics exceed ${limits.maxMetrics}`,
+    };
   }
   for (const n of names) {
     if (!METRIC_NAME_RE.test(n)) return bad(`bad metric name ${JSON.stringify(n.slice(0, 40))}`);
@@ -130,7 +148,8 @@ export function validate(value: unknown, limits: PayloadLimits): Decoded {
     for (const n of tagNames) {
       const v = tags[n];
       if (!TAG_NAME_RE.test(n)) return bad(`bad tag name ${JSON.stringify(n.slice(0, 40))}`);
-      if (typeof v !== 'string' || v.length > MAX_TAG_VALUE) return bad(`tag ${n} must be a string of at most ${MAX_TAG_VALUE} characters`);
+      if (typeof v !== 'string' || v.length > MAX_TAG_VALUE)
+        return bad(`tag ${n} must be a string of at most ${MAX_TAG_VALUE} characters`);
     }
     report.tags = tags as Record<string, string>;
   }
@@ -141,7 +160,11 @@ export function validate(value: unknown, limits: PayloadLimits): Decoded {
 }
 
 /** Decode a stored body (for tests and tools). */
-export function decodeBody(body: Buffer): { metrics: Record<string, number>; state?: Record<string, unknown>; tags?: Record<string, string> } {
+export function decodeBody(body: Buffer): {
+  metrics: Record<string, number>;
+  state?: Record<string, unknown>;
+  tags?: Record<string, string>;
+} {
   return decoder.decode(body);
 }
 

@@ -89,9 +89,14 @@ export class DeviceRegistry {
   /** Load the persisted registry. `resetOnline`: connections did not survive the restart (embedded). */
   load(resetOnline: boolean): void {
     const rows = this.store
-      .query<{ id: string; first_seen: number; last_seen: number; reports: number; online: number; last: string | null }>(
-        'SELECT id, first_seen, last_seen, reports, online, last FROM ingest_device_state',
-      )
+      .query<{
+        id: string;
+        first_seen: number;
+        last_seen: number;
+        reports: number;
+        online: number;
+        last: string | null;
+      }>('SELECT id, first_seen, last_seen, reports, online, last FROM ingest_device_state')
       .all();
     const now = this.clock.now();
     for (const r of rows) {
@@ -129,7 +134,7 @@ export class DeviceRegistry {
     const tick = Math.min(1000, Math.max(100, Math.floor(this.opts.mirrorInterval / 2) || 100));
     const loop = () => {
       if (this.stopped) return;
-      this.kick();
+      void this.kick();
       this.tickTimer = this.clock.setTimeout(loop, tick);
     };
     this.tickTimer = this.clock.setTimeout(loop, tick);
@@ -145,7 +150,20 @@ export class DeviceRegistry {
   private get(id: string, now: number): DeviceState {
     let d = this.devices.get(id);
     if (!d) {
-      d = { id, firstSeen: now, lastSeen: now, reports: 0, online: false, since: now, lastSeq: null, lastTs: null, rejects: 0, mirroredAt: 0, dirty: true, urgent: false };
+      d = {
+        id,
+        firstSeen: now,
+        lastSeen: now,
+        reports: 0,
+        online: false,
+        since: now,
+        lastSeq: null,
+        lastTs: null,
+        rejects: 0,
+        mirroredAt: 0,
+        dirty: true,
+        urgent: false,
+      };
       this.devices.set(id, d);
     }
     return d;
@@ -196,7 +214,7 @@ export class DeviceRegistry {
       this.immediate = true;
       setImmediate(() => {
         this.immediate = false;
-        this.kick();
+        void this.kick();
       });
     }
   }
@@ -215,7 +233,8 @@ export class DeviceRegistry {
 
   sweepSilence(now = this.clock.now()): void {
     for (const d of this.devices.values()) {
-      if (d.online && now - d.lastSeen > this.opts.silenceTimeout) this.setOnline(d.id, false, 'silence', now);
+      if (d.online && now - d.lastSeen > this.opts.silenceTimeout)
+        this.setOnline(d.id, false, 'silence', now);
     }
   }
 
@@ -276,9 +295,21 @@ export class DeviceRegistry {
         const doc = DeviceRegistry.doc(d);
         const json = JSON.stringify(doc);
         puts.push({ put: { key: Buffer.from(DEVICES_PREFIX + d.id), value: Buffer.from(json) } });
-        states.push({ id: d.id, firstSeen: d.firstSeen, lastSeen: d.lastSeen, reports: d.reports, online: d.online ? 1 : 0, last: json });
+        states.push({
+          id: d.id,
+          firstSeen: d.firstSeen,
+          lastSeen: d.lastSeen,
+          reports: d.reports,
+          online: d.online ? 1 : 0,
+          last: json,
+        });
         if (d.pendingEvent) {
-          events.push({ ts: d.pendingEvent.ts, kind: d.pendingEvent.kind, subject: d.id, data: JSON.stringify({ reason: d.pendingEvent.reason }) });
+          events.push({
+            ts: d.pendingEvent.ts,
+            kind: d.pendingEvent.kind,
+            subject: d.id,
+            data: JSON.stringify({ reason: d.pendingEvent.reason }),
+          });
         }
         d.dirty = false;
         d.urgent = false;
@@ -296,7 +327,11 @@ export class DeviceRegistry {
           d.dirty = true;
           d.pendingEvent ??= taken[j];
         });
-        if (!this.stopped) this.log.warn({ err, devices: chunk.length }, 'mirroring devices to /edgekeeper/devices/ failed; retrying on the next tick');
+        if (!this.stopped)
+          this.log.warn(
+            { err, devices: chunk.length },
+            'mirroring devices to /edgekeeper/devices/ failed; retrying on the next tick',
+          );
         return;
       }
     }

@@ -47,7 +47,10 @@ export class DeadLetters {
     private readonly max: number,
   ) {}
 
-  record(reason: RejectReason, info: { device?: string; topic?: string; payload?: Buffer; detail?: string }): void {
+  record(
+    reason: RejectReason,
+    info: { device?: string; topic?: string; payload?: Buffer; detail?: string },
+  ): void {
     this.metrics.rejects.inc({ reason });
     this.counts.set(reason, (this.counts.get(reason) ?? 0) + 1);
     const now = this.clock.now();
@@ -81,10 +84,21 @@ export class DeadLetters {
     const rows = this.pending.splice(0);
     if (rows.length === 0) return;
     this.writing = this.writing
-      .then(() => this.store.write({ sql: [{ sql: INSERT, rows }, { sql: TRIM, params: { max: this.max } }] }))
+      .then(() =>
+        this.store.write({
+          sql: [
+            { sql: INSERT, rows },
+            { sql: TRIM, params: { max: this.max } },
+          ],
+        }),
+      )
       .then(
         () => undefined,
-        (err) => this.log.warn({ err }, 'could not record rejected input in ingest_rejects; it is still counted in /metrics'),
+        (err) =>
+          this.log.warn(
+            { err },
+            'could not record rejected input in ingest_rejects; it is still counted in /metrics',
+          ),
       );
   }
 
@@ -95,6 +109,10 @@ export class DeadLetters {
   }
 
   static list(store: Store, limit: number): RejectRow[] {
-    return store.query<RejectRow>('SELECT id, ts, device, topic, reason, detail, size, head FROM ingest_rejects ORDER BY id DESC LIMIT ?').all(limit);
+    return store
+      .query<RejectRow>(
+        'SELECT id, ts, device, topic, reason, detail, size, head FROM ingest_rejects ORDER BY id DESC LIMIT ?',
+      )
+      .all(limit);
   }
 }

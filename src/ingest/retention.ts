@@ -34,18 +34,25 @@ export class Retention {
   ) {}
 
   private bounds(): { min: number; max: number } | undefined {
-    const r = this.store.query<{ min: number | null; max: number | null }>('SELECT min(id) AS min, max(id) AS max FROM reports').get();
+    const r = this.store
+      .query<{ min: number | null; max: number | null }>('SELECT min(id) AS min, max(id) AS max FROM reports')
+      .get();
     return r?.min == null || r.max == null ? undefined : { min: r.min, max: r.max };
   }
 
   private uploaded(): number {
     if (!this.opts.uplinkEnabled) return Number.MAX_SAFE_INTEGER;
-    return this.store.query<{ position: number }>("SELECT position FROM cursors WHERE name = 'reports'").get()?.position ?? 0;
+    return (
+      this.store.query<{ position: number }>("SELECT position FROM cursors WHERE name = 'reports'").get()
+        ?.position ?? 0
+    );
   }
 
   /** The highest id whose received_at is before the cutoff, scanning from the oldest. */
   private ageBoundary(minId: number, cutoff: number): number {
-    const stmt = this.store.query<{ id: number; received_at: number }>('SELECT id, received_at FROM reports WHERE id >= ? ORDER BY id LIMIT ?');
+    const stmt = this.store.query<{ id: number; received_at: number }>(
+      'SELECT id, received_at FROM reports WHERE id >= ? ORDER BY id LIMIT ?',
+    );
     let boundary = minId - 1;
     let from = minId;
     for (;;) {
@@ -63,7 +70,10 @@ export class Retention {
     let deleted = 0;
     for (let lo = fromId; lo <= upTo; lo += CHUNK) {
       const hi = Math.min(upTo, lo + CHUNK - 1);
-      const res = await this.store.write({ sql: [{ sql: 'DELETE FROM reports WHERE id >= ? AND id <= ?', params: [lo, hi] }], freesSpace: true });
+      const res = await this.store.write({
+        sql: [{ sql: 'DELETE FROM reports WHERE id >= ? AND id <= ?', params: [lo, hi] }],
+        freesSpace: true,
+      });
       deleted += res.sql[0]?.changes ?? 0;
     }
     if (deleted) this.metrics.retentionDeleted.inc({ reason }, deleted);
@@ -89,7 +99,9 @@ export class Retention {
     if (b) {
       const avg =
         (this.store
-          .query<{ avg: number | null }>('SELECT avg(length(body)) AS avg FROM (SELECT body FROM reports ORDER BY id DESC LIMIT 1000)')
+          .query<{ avg: number | null }>(
+            'SELECT avg(length(body)) AS avg FROM (SELECT body FROM reports ORDER BY id DESC LIMIT 1000)',
+          )
           .get()?.avg ?? 0) + ROW_OVERHEAD;
       const rows = b.max - b.min + 1;
       if (rows * avg > this.opts.retentionBytes) {
@@ -103,7 +115,10 @@ export class Retention {
     }
     this.metrics.retentionBlocked.set(out.blocked);
     if (out.blocked > 0) {
-      this.log.warn({ blocked: out.blocked }, 'retention keeps reports the uplink has not sent yet; check the fleet sync');
+      this.log.warn(
+        { blocked: out.blocked },
+        'retention keeps reports the uplink has not sent yet; check the fleet sync',
+      );
     }
     return out;
   }

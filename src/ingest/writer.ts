@@ -63,7 +63,13 @@ export class ReportWriter {
   /** Resolves after the row (or its earlier copy) is committed. */
   add(row: ReportRow, qos: number, t0: number): Promise<void> {
     return new Promise((resolve, reject) => {
-      this.queue.push({ row: { ...row, since: row.receivedAt - this.opts.dedupeWindow }, qos, t0, resolve, reject });
+      this.queue.push({
+        row: { ...row, since: row.receivedAt - this.opts.dedupeWindow },
+        qos,
+        t0,
+        resolve,
+        reject,
+      });
       this.schedule();
     });
   }
@@ -94,7 +100,7 @@ export class ReportWriter {
       this.metrics.held.set(0);
       const batch = this.queue.splice(0, this.opts.batchMax);
       this.inflight++;
-      this.writeBatch(batch).finally(() => {
+      void this.writeBatch(batch).finally(() => {
         this.inflight--;
         if (this.queue.length > 0) this.pump();
         else if (this.inflight === 0) for (const f of this.idle.splice(0)) f();
@@ -121,7 +127,10 @@ export class ReportWriter {
     } catch (err) {
       // Not committed, so not acknowledged: the device (or the broker's session) resends.
       this.metrics.writeErrors.inc();
-      this.log.warn({ err, reports: batch.length }, 'storing a batch of reports failed; they stay unacknowledged and devices will resend them');
+      this.log.warn(
+        { err, reports: batch.length },
+        'storing a batch of reports failed; they stay unacknowledged and devices will resend them',
+      );
       for (const p of batch) p.reject(err as Error);
     }
   }

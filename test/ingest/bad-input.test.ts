@@ -6,7 +6,17 @@
  */
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { callRoute, device, endClient, type Harness, harness, metricValue, publish, refused, reportCount, waitFor } from './helpers.js';
+import {
+  callRoute,
+  device,
+  endClient,
+  type Harness,
+  harness,
+  metricValue,
+  publish,
+  refused,
+  reportCount,
+} from './helpers.js';
 
 describe('ingest, bad input', () => {
   let h: Harness;
@@ -37,7 +47,10 @@ describe('ingest, bad input', () => {
       ['{"metrics":{"bad name":1}}', 'schema'],
       ['{"metrics":{"t":1e999}}', 'schema'],
       ['{"ts":1}', 'schema'],
-      [JSON.stringify({ metrics: Object.fromEntries(Array.from({ length: 9 }, (_, i) => [`m${i}`, i])) }), 'too_many_metrics'],
+      [
+        JSON.stringify({ metrics: Object.fromEntries(Array.from({ length: 9 }, (_, i) => [`m${i}`, i])) }),
+        'too_many_metrics',
+      ],
       [Buffer.alloc(100 * 1024, 0x7b), 'too_large'],
     ];
     const before = new Map<string, number>();
@@ -52,22 +65,36 @@ describe('ingest, bad input', () => {
     assert.equal(reportCount(h.store, 'bad'), 1);
     await endClient(c);
     await h.part.flush();
-    const dl = (await callRoute(h, 'GET', '/v1/ingest/rejects?limit=100')).body as { reason: string; device: string; head: string; size: number }[];
-    assert.ok(dl.some((r) => r.reason === 'too_large' && r.size === 100 * 1024 && r.head.length === 512), 'first 256 bytes of the huge payload kept');
+    const dl = (await callRoute(h, 'GET', '/v1/ingest/rejects?limit=100')).body as {
+      reason: string;
+      device: string;
+      head: string;
+      size: number;
+    }[];
+    assert.ok(
+      dl.some((r) => r.reason === 'too_large' && r.size === 100 * 1024 && r.head.length === 512),
+      'first 256 bytes of the huge payload kept',
+    );
     assert.ok(dl.every((r) => r.device === 'bad'));
   });
 
   it('refuses hostile device ids, wrong passwords, unknown devices and anonymous clients', async () => {
     for (const id of ['a/b', 'a+b', '#', 'a\u0001b', 'x'.repeat(65)]) {
       const e = await refused(h.url, { clientId: id, username: id, password: 'x' });
-      assert.ok(e.code === 4 || e.code === 5 || e.code === 2, `id ${JSON.stringify(id)} refused with ${e.code}`);
+      assert.ok(
+        e.code === 4 || e.code === 5 || e.code === 2,
+        `id ${JSON.stringify(id)} refused with ${e.code}`,
+      );
     }
     assert.ok((await rejects('bad_device_id')) >= 5);
     assert.equal((await refused(h.url, { clientId: 'good', username: 'good', password: 'wrong' })).code, 4);
     assert.equal((await refused(h.url, { clientId: 'nobody', username: 'nobody', password: 'x' })).code, 4);
     assert.equal((await refused(h.url, { clientId: 'anon' })).code, 5);
     // a device may not use another device's client id (session takeover)
-    assert.equal((await refused(h.url, { clientId: 'other', username: 'good', password: secrets.good })).code, 2);
+    assert.equal(
+      (await refused(h.url, { clientId: 'other', username: 'good', password: secrets.good })).code,
+      2,
+    );
     assert.ok((await rejects('auth')) >= 3);
     assert.ok((await rejects('unknown_device')) >= 1);
   });
@@ -75,7 +102,9 @@ describe('ingest, bad input', () => {
   it("refuses another device's topics: publishing closes the connection, subscribing gets 0x80", async () => {
     const other = await device(h.url, 'other', secrets.other);
     const sub = (topic: string) =>
-      new Promise<string>((r) => other.subscribe(topic, { qos: 1 }, (e, g) => r(e ? `error ${e.message}` : `granted ${g?.[0]?.qos}`)));
+      new Promise<string>((r) =>
+        other.subscribe(topic, { qos: 1 }, (e, g) => r(e ? `error ${e.message}` : `granted ${g?.[0]?.qos}`)),
+      );
     // MQTT.js reports SUBACK 0x80 as an error
     assert.match(await sub('edgekeeper/v1/devices/good/command'), /^error/);
     assert.match(await sub('#'), /^error/);
@@ -94,15 +123,30 @@ describe('ingest, bad input', () => {
     const before = await rejects('rate');
     const floods: Promise<void>[] = [];
     // 10/s allowed (burst 30); 1,000 as fast as possible is 100x over for a second or more
-    for (let i = 0; i < 1000; i++) floods.push(publish(flood, 'edgekeeper/v1/devices/flood/report', JSON.stringify({ seq: i, metrics: { i } }), i % 2 ? 1 : 0));
+    for (let i = 0; i < 1000; i++)
+      floods.push(
+        publish(
+          flood,
+          'edgekeeper/v1/devices/flood/report',
+          JSON.stringify({ seq: i, metrics: { i } }),
+          i % 2 ? 1 : 0,
+        ),
+      );
     const goods: Promise<void>[] = [];
-    for (let i = 0; i < 5; i++) goods.push(publish(good, 'edgekeeper/v1/devices/good/report', JSON.stringify({ seq: i, metrics: { i } }), 1));
+    for (let i = 0; i < 5; i++)
+      goods.push(
+        publish(good, 'edgekeeper/v1/devices/good/report', JSON.stringify({ seq: i, metrics: { i } }), 1),
+      );
     await Promise.all([...floods, ...goods]);
     assert.equal(reportCount(h.store, 'good'), 5);
     // QoS 0 publishes resolve when sent; wait until the broker has handled all 1,000
     let stored = 0;
     const end = Date.now() + 10_000;
-    while ((stored = reportCount(h.store, 'flood')) + (await rejects('rate')) - before < 1000 && Date.now() < end) await new Promise((r) => setTimeout(r, 20));
+    for (;;) {
+      stored = reportCount(h.store, 'flood');
+      if (stored + (await rejects('rate')) - before >= 1000 || Date.now() > end) break;
+      await new Promise((r) => setTimeout(r, 20));
+    }
     assert.ok(stored >= 30 && stored < 150, `flood stored ${stored}`);
     assert.equal((await rejects('rate')) - before, 1000 - stored);
     await endClient(flood);

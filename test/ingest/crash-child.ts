@@ -12,7 +12,11 @@ import { openStore } from '../../src/store/index.js';
 
 const dir = process.env.EK_DIR!;
 const overrides = JSON.parse(process.env.EK_INGEST_OPTS ?? '{}');
-const store = await openStore({ file: join(dir, 'edgekeeper.db'), migrations: ingestMigrations, durability: 'fsync' });
+const store = await openStore({
+  file: join(dir, 'edgekeeper.db'),
+  migrations: ingestMigrations,
+  durability: 'fsync',
+});
 const part = createIngestPart(
   {
     store,
@@ -27,6 +31,8 @@ const part = createIngestPart(
   ingestDefaults({ listen: '127.0.0.1:0', ...overrides }),
 );
 await part.start();
+// external mode: the broker keeps reports for us only once our session and subscription exist
+await part.ready();
 console.log(JSON.stringify({ pid: process.pid, port: part.addresses()[0]?.port ?? 0 }));
 process.on('SIGTERM', () => {
   void part

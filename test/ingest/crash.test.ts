@@ -31,17 +31,41 @@ function killAll(): void {
 }
 process.on('exit', killAll);
 
-async function startChild(dir: string, slowFsync: boolean): Promise<{ child: ChildProcess; pid: number; port: number }> {
+async function startChild(
+  dir: string,
+  slowFsync: boolean,
+): Promise<{ child: ChildProcess; pid: number; port: number }> {
   const node = [process.execPath, '--import', 'tsx', new URL('./crash-child.ts', import.meta.url).pathname];
   const cmd = slowFsync
-    ? ['strace', '-f', '-qq', '--seccomp-bpf', '-o', '/dev/null', '-e', 'trace=fsync,fdatasync', '-e', 'inject=fsync,fdatasync:delay_enter=20000', ...node]
+    ? [
+        'strace',
+        '-f',
+        '-qq',
+        '--seccomp-bpf',
+        '-o',
+        '/dev/null',
+        '-e',
+        'trace=fsync,fdatasync',
+        '-e',
+        'inject=fsync,fdatasync:delay_enter=20000',
+        ...node,
+      ]
     : node;
-  const child = spawn(cmd[0]!, cmd.slice(1), { env: { ...process.env, EK_DIR: dir }, stdio: ['ignore', 'pipe', 'inherit'] });
+  const child = spawn(cmd[0]!, cmd.slice(1), {
+    env: { ...process.env, EK_DIR: dir },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   children.push(child);
   const line = await new Promise<string>((resolve, reject) => {
     const rl = createInterface({ input: child.stdout! });
     rl.once('line', resolve);
-    child.once('exit', (code) => reject(new Error(`child exited with ${code} before it was ready${slowFsync ? ' (is strace installed?)' : ''}`)));
+    child.once('exit', (code) =>
+      reject(
+        new Error(
+          `child exited with ${code} before it was ready${slowFsync ? ' (is strace installed?)' : ''}`,
+        ),
+      ),
+    );
   });
   const { pid, port } = JSON.parse(line) as { pid: number; port: number };
   pids.push(pid);
@@ -61,7 +85,12 @@ describe('ingest crash safety', () => {
     const hash = await hashSecret('crash-secret');
     const now = Date.now();
     await store.write({
-      sql: [{ sql: 'INSERT INTO ingest_devices(id, secret_hash, created_at, updated_at) VALUES (?, ?, ?, ?)', rows: Array.from({ length: DEVICES }, (_, i) => [`c${i}`, hash, now, now]) }],
+      sql: [
+        {
+          sql: 'INSERT INTO ingest_devices(id, secret_hash, created_at, updated_at) VALUES (?, ?, ?, ?)',
+          rows: Array.from({ length: DEVICES }, (_, i) => [`c${i}`, hash, now, now]),
+        },
+      ],
     });
     await store.close();
 
@@ -76,7 +105,12 @@ describe('ingest crash safety', () => {
         (_, i) =>
           new Promise<void>((resolve, reject) => {
             const id = `c${i}`;
-            const c = mqtt.connect(`mqtt://127.0.0.1:${port}`, { clientId: id, username: id, password: 'crash-secret', reconnectPeriod: 0 });
+            const c = mqtt.connect(`mqtt://127.0.0.1:${port}`, {
+              clientId: id,
+              username: id,
+              password: 'crash-secret',
+              reconnectPeriod: 0,
+            });
             clients.push(c);
             c.on('error', () => undefined);
             c.once('connect', () => {
@@ -86,12 +120,17 @@ describe('ingest crash safety', () => {
                 if (stop) return;
                 const s = seq++;
                 sent++;
-                c.publish(`edgekeeper/v1/devices/${id}/report`, JSON.stringify({ seq: s, metrics: { v: s } }), { qos: 1 }, (err) => {
-                  if (!err) {
-                    acked.add(`${id}:${s}`);
-                    pump();
-                  }
-                });
+                c.publish(
+                  `edgekeeper/v1/devices/${id}/report`,
+                  JSON.stringify({ seq: s, metrics: { v: s } }),
+                  { qos: 1 },
+                  (err) => {
+                    if (!err) {
+                      acked.add(`${id}:${s}`);
+                      pump();
+                    }
+                  },
+                );
               };
               for (let k = 0; k < 5; k++) pump();
               resolve();
@@ -108,7 +147,7 @@ describe('ingest crash safety', () => {
     stop = true;
     const ackedAtKill = new Set(acked);
     child.kill('SIGKILL');
-    await new Promise((r) => child.exitCode !== null ? r(null) : child.once('exit', r));
+    await new Promise((r) => (child.exitCode !== null ? r(null) : child.once('exit', r)));
     for (const c of clients) c.end(true);
     assert.ok(ackedAtKill.size >= 500, `devices got going (${ackedAtKill.size} acked)`);
     assert.ok(sent > ackedAtKill.size, 'reports were in flight at the kill');

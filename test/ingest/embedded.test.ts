@@ -7,7 +7,18 @@ import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { encode } from 'cbor-x';
 import { decodeBody } from '../../src/ingest/index.js';
-import { callRoute, device, endClient, type Harness, harness, metricValue, publish, reportCount, waitFor, watchPrefix } from './helpers.js';
+import {
+  callRoute,
+  device,
+  endClient,
+  type Harness,
+  harness,
+  metricValue,
+  publish,
+  reportCount,
+  waitFor,
+  watchPrefix,
+} from './helpers.js';
 
 describe('ingest, embedded broker', () => {
   let h: Harness;
@@ -25,14 +36,30 @@ describe('ingest, embedded broker', () => {
 
   it('stores QoS 1 JSON and CBOR reports and QoS 0 reports, with ts and seq', async () => {
     const c = await device(h.url, 'd1', secrets.d1);
-    await publish(c, 'edgekeeper/v1/devices/d1/report', JSON.stringify({ ts: 1700000000123, seq: 1, metrics: { temp: 21.5 } }), 1);
+    await publish(
+      c,
+      'edgekeeper/v1/devices/d1/report',
+      JSON.stringify({ ts: 1700000000123, seq: 1, metrics: { temp: 21.5 } }),
+      1,
+    );
     // the PUBACK came back: the row must be committed already
     assert.equal(reportCount(h.store, 'd1'), 1);
-    await publish(c, 'edgekeeper/v1/devices/d1/report', Buffer.from(encode({ seq: 2, metrics: { temp: 22, hum: 40 }, state: { door: 'open' }, tags: { room: 'a' } })), 1);
+    await publish(
+      c,
+      'edgekeeper/v1/devices/d1/report',
+      Buffer.from(
+        encode({ seq: 2, metrics: { temp: 22, hum: 40 }, state: { door: 'open' }, tags: { room: 'a' } }),
+      ),
+      1,
+    );
     assert.equal(reportCount(h.store, 'd1'), 2);
     await publish(c, 'edgekeeper/v1/devices/d1/report', '  {"metrics":{"temp":23}}', 0);
     await waitFor(() => reportCount(h.store, 'd1') === 3, 'QoS 0 report');
-    const rows = h.store.query<{ ts: number | null; seq: number | null; body: Buffer }>("SELECT ts, seq, body FROM reports WHERE device = 'd1' ORDER BY id").all();
+    const rows = h.store
+      .query<{ ts: number | null; seq: number | null; body: Buffer }>(
+        "SELECT ts, seq, body FROM reports WHERE device = 'd1' ORDER BY id",
+      )
+      .all();
     assert.deepEqual(
       rows.map((r) => [r.ts, r.seq]),
       [
@@ -41,7 +68,11 @@ describe('ingest, embedded broker', () => {
         [null, null],
       ],
     );
-    assert.deepEqual(decodeBody(rows[1]!.body), { metrics: { temp: 22, hum: 40 }, state: { door: 'open' }, tags: { room: 'a' } });
+    assert.deepEqual(decodeBody(rows[1]!.body), {
+      metrics: { temp: 22, hum: 40 },
+      state: { door: 'open' },
+      tags: { room: 'a' },
+    });
     assert.deepEqual(decodeBody(rows[0]!.body), { metrics: { temp: 21.5 } });
     assert.equal(await metricValue(h.registry, 'edgekeeper_ingest_reports_total'), 3);
     await endClient(c);
@@ -56,7 +87,12 @@ describe('ingest, embedded broker', () => {
     assert.equal(reportCount(h.store, 'd2'), 1);
     assert.equal(await metricValue(h.registry, 'edgekeeper_ingest_duplicates_total'), 2);
     // same seq with another device clock is a new report (a device that restarted its counter)
-    await publish(c, 'edgekeeper/v1/devices/d2/report', JSON.stringify({ seq: 7, ts: 6, metrics: { a: 1 } }), 1);
+    await publish(
+      c,
+      'edgekeeper/v1/devices/d2/report',
+      JSON.stringify({ seq: 7, ts: 6, metrics: { a: 1 } }),
+      1,
+    );
     assert.equal(reportCount(h.store, 'd2'), 2);
     await endClient(c);
   });
@@ -66,7 +102,9 @@ describe('ingest, embedded broker', () => {
     const c = await device(h.url, 'd3', secrets.d3);
     await publish(c, 'edgekeeper/v1/devices/d3/report', JSON.stringify({ seq: 1, metrics: { v: 42 } }), 1);
     const doc = await waitFor(() => {
-      const e = w.events.filter((x) => x.kv.key.toString() === '/edgekeeper/devices/d3' && x.type === 'PUT').at(-1);
+      const e = w.events
+        .filter((x) => x.kv.key.toString() === '/edgekeeper/devices/d3' && x.type === 'PUT')
+        .at(-1);
       const d = e && JSON.parse(e.kv.value.toString());
       return d?.reports === 1 ? d : undefined;
     }, 'device doc with one report');
@@ -79,7 +117,9 @@ describe('ingest, embedded broker', () => {
       return e && JSON.parse(e.kv.value.toString()).online === false;
     }, 'device offline in watch');
     w.cancel();
-    const ev = h.store.query<{ kind: string; data: string }>("SELECT kind, data FROM events WHERE subject = 'd3' ORDER BY id").all();
+    const ev = h.store
+      .query<{ kind: string; data: string }>("SELECT kind, data FROM events WHERE subject = 'd3' ORDER BY id")
+      .all();
     assert.deepEqual(
       ev.map((e) => e.kind),
       ['device.online', 'device.offline'],
@@ -92,14 +132,19 @@ describe('ingest, embedded broker', () => {
     const got: string[] = [];
     c.on('message', (topic, msg) => got.push(`${topic} ${msg.toString()}`));
     // a command put while the device is not subscribed stays pending
-    await h.store.put({ key: Buffer.from('/edgekeeper/commands/d1/reboot'), value: Buffer.from('{"op":"reboot"}') });
+    await h.store.put({
+      key: Buffer.from('/edgekeeper/commands/d1/reboot'),
+      value: Buffer.from('{"op":"reboot"}'),
+    });
     const stateKey = Buffer.from('/edgekeeper/commands/d1/reboot/state');
     const state = () => {
       const kv = h.store.range({ key: stateKey }).kvs[0];
       return kv ? (JSON.parse(kv.value.toString()) as { state: string }) : undefined;
     };
     await waitFor(() => state()?.state === 'pending', 'pending state');
-    await new Promise<void>((r, j) => c.subscribe('edgekeeper/v1/devices/d1/command', { qos: 1 }, (e) => (e ? j(e) : r())));
+    await new Promise<void>((r, j) =>
+      c.subscribe('edgekeeper/v1/devices/d1/command', { qos: 1 }, (e) => (e ? j(e) : r())),
+    );
     await waitFor(() => state()?.state === 'delivered', 'delivered state');
     assert.deepEqual(got, ['edgekeeper/v1/devices/d1/command {"op":"reboot"}']);
     // a command for a connected, subscribed device goes out at once
@@ -126,6 +171,10 @@ describe('ingest, embedded broker', () => {
     const rm = await callRoute(h, 'POST', '/v1/devices/remove', { id: 'd2' });
     assert.equal(rm.status, 200);
     await assert.rejects(device(h.url, 'd2', fresh));
-    assert.equal((await callRoute(h, 'POST', '/v1/devices', { id: 'bad/id' }).catch((e) => ({ status: e.status }))).status, 400);
+    assert.equal(
+      (await callRoute(h, 'POST', '/v1/devices', { id: 'bad/id' }).catch((e) => ({ status: e.status })))
+        .status,
+      400,
+    );
   });
 });

@@ -6,7 +6,13 @@ import { join } from 'node:path';
 import mqtt, { type IClientOptions, type MqttClient } from 'mqtt';
 import { Registry } from 'prom-client';
 import { type Clock, systemClock } from '../../src/clock.js';
-import { createIngestPart, type IngestOptions, type IngestPart, ingestDefaults, ingestMigrations } from '../../src/ingest/index.js';
+import {
+  createIngestPart,
+  type IngestOptions,
+  type IngestPart,
+  ingestDefaults,
+  ingestMigrations,
+} from '../../src/ingest/index.js';
 import { silentLogger } from '../../src/log.js';
 import type { PartContext, RouteHandler } from '../../src/part.js';
 import { openStore } from '../../src/store/index.js';
@@ -29,10 +35,29 @@ export function tempDir(): string {
 }
 
 export async function openTestStore(dir: string, clock: Clock = systemClock): Promise<Store> {
-  return openStore({ file: join(dir, 'edgekeeper.db'), migrations: ingestMigrations, clock, durability: 'relaxed' });
+  return openStore({
+    file: join(dir, 'edgekeeper.db'),
+    migrations: ingestMigrations,
+    clock,
+    durability: 'relaxed',
+  });
 }
 
-export async function harness(opts: Partial<IngestOptions> = {}, clock: Clock = systemClock, existing?: { dir: string }): Promise<Harness> {
+/** Stop the part and start a fresh one on the same store (a restart of the ingest). */
+export async function restartPart(h: Harness, opts: Partial<IngestOptions> = {}): Promise<void> {
+  await h.part.stop();
+  h.registry = new Registry();
+  h.ctx = { ...h.ctx, registry: h.registry };
+  h.part = createIngestPart(h.ctx, ingestDefaults({ listen: `127.0.0.1:${h.port}`, ...opts }));
+  await h.part.start();
+  await h.part.ready();
+}
+
+export async function harness(
+  opts: Partial<IngestOptions> = {},
+  clock: Clock = systemClock,
+  existing?: { dir: string },
+): Promise<Harness> {
   const dir = existing?.dir ?? tempDir();
   const store = await openTestStore(dir, clock);
   const registry = new Registry();
@@ -49,8 +74,9 @@ export async function harness(opts: Partial<IngestOptions> = {}, clock: Clock = 
   };
   const part = createIngestPart(ctx, ingestDefaults({ listen: '127.0.0.1:0', ...opts }));
   await part.start();
+  await part.ready();
   const port = part.addresses()[0]?.port ?? 0;
-  return {
+  const h: Harness = {
     dir,
     store,
     registry,
@@ -60,19 +86,28 @@ export async function harness(opts: Partial<IngestOptions> = {}, clock: Clock = 
     port,
     url: `mqtt://127.0.0.1:${port}`,
     async close() {
-      await part.stop();
+      // h.part: restartPart replaces the part
+      await h.part.stop();
       await store.close();
       if (!existing) rmSync(dir, { recursive: true, force: true });
     },
   };
+  return h;
 }
 
 /** Call a registered route with a JSON body; returns status and parsed body. */
-export async function callRoute(h: Harness, method: string, path: string, body?: unknown): Promise<{ status: number; body: unknown }> {
+export async function callRoute(
+  h: Harness,
+  method: string,
+  path: string,
+  body?: unknown,
+): Promise<{ status: number; body: unknown }> {
   const handler = h.routes.get(`${method} ${path.split('?')[0]}`);
   if (!handler) throw new Error(`no route ${method} ${path}`);
   const { Readable } = await import('node:stream');
-  const req = Readable.from(body === undefined ? [] : [Buffer.from(JSON.stringify(body))]) as unknown as IncomingMessage;
+  const req = Readable.from(
+    body === undefined ? [] : [Buffer.from(JSON.stringify(body))],
+  ) as unknown as IncomingMessage;
   (req as { method?: string }).method = method;
   let status = 0;
   let text = '';
@@ -89,8 +124,20 @@ export async function callRoute(h: Harness, method: string, path: string, body?:
   return { status, body: JSON.parse(text) };
 }
 
-export async function device(url: string, id: string, password: string | undefined, extra: IClientOptions = {}): Promise<MqttClient> {
-  const c = mqtt.connect(url, { clientId: id, username: id, password, reconnectPeriod: 0, connectTimeout: 5000, ...extra });
+export async function device(
+  url: string,
+  id: string,
+  password: string | undefined,
+  extra: IClientOptions = {},
+): Promise<MqttClient> {
+  const c = mqtt.connect(url, {
+    clientId: id,
+    username: id,
+    password,
+    reconnectPeriod: 0,
+    connectTimeout: 5000,
+    ...extra,
+  });
   await new Promise<void>((resolve, reject) => {
     c.once('connect', () => resolve());
     c.once('error', reject);
@@ -113,8 +160,16 @@ export async function refused(url: string, opts: IClientOptions): Promise<Error 
   }
 }
 
-export function publish(c: MqttClient, topic: string, payload: string | Buffer, qos: 0 | 1 = 1, extra: Record<string, unknown> = {}): Promise<void> {
-  return new Promise((resolve, reject) => c.publish(topic, payload, { qos, ...extra }, (err) => (err ? reject(err) : resolve())));
+export function publish(
+  c: MqttClient,
+  topic: string,
+  payload: string | Buffer,
+  qos: 0 | 1 = 1,
+  extra: Record<string, unknown> = {},
+): Promise<void> {
+  return new Promise((resolve, reject) =>
+    c.publish(topic, payload, { qos, ...extra }, (err) => (err ? reject(err) : resolve())),
+  );
 }
 
 export function endClient(c: MqttClient, force = false): Promise<void> {
@@ -122,7 +177,10 @@ export function endClient(c: MqttClient, force = false): Promise<void> {
 }
 
 export function reportCount(store: Store, device?: string): number {
-  const q = device === undefined ? store.query<{ n: number }>('SELECT count(*) AS n FROM reports').get() : store.query<{ n: number }>('SELECT count(*) AS n FROM reports WHERE device = ?').get(device);
+  const q =
+    device === undefined
+      ? store.query<{ n: number }>('SELECT count(*) AS n FROM reports').get()
+      : store.query<{ n: number }>('SELECT count(*) AS n FROM reports WHERE device = ?').get(device);
   return q?.n ?? 0;
 }
 
@@ -142,17 +200,29 @@ export function watchPrefix(store: Store, prefix: string): { events: WatchEvent[
   const end = Buffer.from(prefix);
   end[end.length - 1]!++;
   const events: WatchEvent[] = [];
-  const h = store.watch({ key, rangeEnd: end }, { onEvents: (ev) => events.push(...ev), onCancel: () => undefined });
+  const h = store.watch(
+    { key, rangeEnd: end },
+    { onEvents: (ev) => events.push(...ev), onCancel: () => undefined },
+  );
   return { events, cancel: () => h.cancel() };
 }
 
-export async function metricValue(registry: Registry, name: string, labels: Record<string, string> = {}): Promise<number> {
+export async function metricValue(
+  registry: Registry,
+  name: string,
+  labels: Record<string, string> = {},
+): Promise<number> {
   const m = await registry.getSingleMetric(name)?.get();
   if (!m) return 0;
   let sum = 0;
   for (const v of m.values) {
     if (Object.entries(labels).every(([k, x]) => String((v.labels as Record<string, unknown>)[k]) === x)) {
-      if ((v as { metricName?: string }).metricName && !(v as { metricName?: string }).metricName!.endsWith('_count') && m.type === 'histogram') continue;
+      if (
+        (v as { metricName?: string }).metricName &&
+        !(v as { metricName?: string }).metricName!.endsWith('_count') &&
+        m.type === 'histogram'
+      )
+        continue;
       sum += v.value;
     }
   }

@@ -8,9 +8,21 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { ManualClock } from '../../src/clock.js';
-import { callRoute, device, endClient, harness, publish, reportCount, waitFor, watchPrefix } from './helpers.js';
+import {
+  callRoute,
+  device,
+  endClient,
+  harness,
+  publish,
+  reportCount,
+  waitFor,
+  watchPrefix,
+} from './helpers.js';
 
-function lastDoc(events: { kv: { key: Buffer; value: Buffer } }[], id: string): { online: boolean; reason?: string } | undefined {
+function lastDoc(
+  events: { kv: { key: Buffer; value: Buffer } }[],
+  id: string,
+): { online: boolean; reason?: string } | undefined {
   const e = events.filter((x) => x.kv.key.toString() === `/edgekeeper/devices/${id}`).at(-1);
   return e ? JSON.parse(e.kv.value.toString()) : undefined;
 }
@@ -19,9 +31,17 @@ describe('ingest liveness', () => {
   it('marks a device offline through its will when the connection drops', async () => {
     const h = await harness();
     try {
-      const secret = ((await callRoute(h, 'POST', '/v1/devices', { id: 'w1' })).body as { secret: string }).secret;
+      const secret = ((await callRoute(h, 'POST', '/v1/devices', { id: 'w1' })).body as { secret: string })
+        .secret;
       const w = watchPrefix(h.store, '/edgekeeper/devices/');
-      const c = await device(h.url, 'w1', secret, { will: { topic: 'edgekeeper/v1/devices/w1/status', payload: Buffer.from('offline'), qos: 1, retain: false } });
+      const c = await device(h.url, 'w1', secret, {
+        will: {
+          topic: 'edgekeeper/v1/devices/w1/status',
+          payload: Buffer.from('offline'),
+          qos: 1,
+          retain: false,
+        },
+      });
       await publish(c, 'edgekeeper/v1/devices/w1/status', 'online', 1);
       await waitFor(() => lastDoc(w.events, 'w1')?.online === true, 'online in watch');
       // no DISCONNECT: the broker sees the socket die and publishes the will
@@ -42,7 +62,8 @@ describe('ingest liveness', () => {
     const clock = new ManualClock(Date.now());
     const h = await harness({ silenceTimeout: 60_000 }, clock);
     try {
-      const secret = ((await callRoute(h, 'POST', '/v1/devices', { id: 's1' })).body as { secret: string }).secret;
+      const secret = ((await callRoute(h, 'POST', '/v1/devices', { id: 's1' })).body as { secret: string })
+        .secret;
       const w = watchPrefix(h.store, '/edgekeeper/devices/');
       const c = await device(h.url, 's1', secret, { keepalive: 0 });
       await publish(c, 'edgekeeper/v1/devices/s1/report', '{"metrics":{"x":1}}', 1);
@@ -58,7 +79,10 @@ describe('ingest liveness', () => {
       assert.equal(doc.reason, 'silence');
       await publish(c, 'edgekeeper/v1/devices/s1/report', '{"metrics":{"x":2}}', 1);
       await waitFor(() => lastDoc(w.events, 's1')?.online === true, 'online again');
-      const kinds = h.store.query<{ kind: string }>("SELECT kind FROM events WHERE subject = 's1' ORDER BY id").all().map((r) => r.kind);
+      const kinds = h.store
+        .query<{ kind: string }>("SELECT kind FROM events WHERE subject = 's1' ORDER BY id")
+        .all()
+        .map((r) => r.kind);
       assert.deepEqual(kinds, ['device.online', 'device.offline', 'device.online']);
       await endClient(c);
       w.cancel();
@@ -71,10 +95,13 @@ describe('ingest liveness', () => {
     let admit = false;
     const h = await harness({ admit: () => admit });
     try {
-      const secret = ((await callRoute(h, 'POST', '/v1/devices', { id: 'a1' })).body as { secret: string }).secret;
+      const secret = ((await callRoute(h, 'POST', '/v1/devices', { id: 'a1' })).body as { secret: string })
+        .secret;
       const c = await device(h.url, 'a1', secret);
       let acked = 0;
-      const p = publish(c, 'edgekeeper/v1/devices/a1/report', '{"seq":1,"metrics":{"x":1}}', 1).then(() => acked++);
+      const p = publish(c, 'edgekeeper/v1/devices/a1/report', '{"seq":1,"metrics":{"x":1}}', 1).then(
+        () => acked++,
+      );
       await new Promise((r) => setTimeout(r, 1500));
       assert.equal(acked, 0, 'no PUBACK while admission is closed');
       assert.equal(reportCount(h.store), 0);
