@@ -13,6 +13,9 @@
  * - a compaction is not sent within 400 ms of opening a watch: etcd syncs lagging watchers in a
  *   100 ms loop, so there the race "compaction before replay" cancels the watch, while
  *   edgekeeper replays at once (both valid under etcd's contract, but not deterministic);
+ * - no watch starts exactly at the compaction revision R: etcd's compaction drops the delete
+ *   tombstones of revision R, so such a watch misses deletes made at R, while edgekeeper
+ *   delivers them (invariant: no gaps from any revision not compacted);
  * - watch responses are compared as the flattened sequence of events plus the created /
  *   canceled / compact_revision notices, not response by response: etcd and edgekeeper batch
  *   events into responses differently (etcd by its sync chunking, edgekeeper by commit),
@@ -26,7 +29,7 @@ import { EtcdClient } from '../../src/etcd/cli.js';
 import { type Edge, type RealEtcd, startEdge, startRealEtcd, waitFor } from '../etcd/helpers.js';
 
 const SEED = Number(process.env.EDGEKEEPER_DIFF_SEED ?? 20261126);
-const OPS = Number(process.env.EDGEKEEPER_DIFF_OPS ?? 600);
+const OPS = Number(process.env.EDGEKEEPER_DIFF_OPS ?? 1000);
 
 function rng(seed: number): () => number {
   let a = seed >>> 0;
@@ -297,7 +300,10 @@ describe('edgekeeper answers exactly like etcd 3.4', () => {
         }
       } else if (r < 0.95) {
         const spec = rangeSpec();
-        const start = rand() < 0.2 ? 0 : Math.max(1, rev - int(40));
+        let start = rand() < 0.2 ? 0 : Math.max(1, rev - int(40));
+        // Deliberate: etcd's compaction at R drops the tombstones of revision R, so a watch from
+        // exactly R misses deletes made at R; edgekeeper still delivers them (no gap). Not compared.
+        if (start !== 0 && start === compacted) start++;
         const req = {
           ...spec,
           start_revision: start,
