@@ -60,6 +60,15 @@ export class Model {
     );
     let target = req.sortTarget ?? 'KEY';
     let order = req.sortOrder ?? 'NONE';
+    const filtered = !!(
+      req.minModRevision ||
+      req.maxModRevision ||
+      req.minCreateRevision ||
+      req.maxCreateRevision
+    );
+    // etcd 3.4: order NONE + non-KEY target + limit, unfiltered: first limit+1 keys, then sort.
+    if (target !== 'KEY' && order === 'NONE' && req.limit && req.limit > 0 && !filtered)
+      kvs = kvs.slice(0, req.limit + 1);
     if (target !== 'KEY' && order === 'NONE') order = 'ASCEND';
     if (order === 'NONE') target = 'KEY';
     if (order !== 'NONE') {

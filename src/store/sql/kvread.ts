@@ -135,13 +135,48 @@ export class KvReader {
     const iv = interval(req.key, req.rangeEnd);
     let target: SortTarget = req.sortTarget ?? 'KEY';
     let order = req.sortOrder ?? 'NONE';
+    const limit = req.limit && req.limit > 0 ? req.limit : 0;
+    const filtered = !!(
+      req.minModRevision ||
+      req.maxModRevision ||
+      req.minCreateRevision ||
+      req.maxCreateRevision
+    );
+    // etcd 3.4 quirk, kept for compatibility: with order NONE, a non-KEY target, a limit and no
+    // filters, etcd takes the first limit+1 keys in key order and only then sorts them.
+    if (target !== 'KEY' && order === 'NONE' && limit > 0 && !filtered && !req.countOnly) {
+      const head = this.range(
+        {
+          ...req,
+          sortTarget: 'KEY',
+          sortOrder: 'NONE',
+          limit: limit + 1,
+          keysOnly: req.keysOnly && target !== 'VALUE',
+        },
+        current,
+        compacted,
+      );
+      const field = SORT_FIELD[target];
+      const kvs = [...head.kvs].sort((a, b) => {
+        const fa = field(a);
+        const fb = field(b);
+        const c = typeof fa === 'number' ? fa - (fb as number) : Buffer.compare(fa, fb as Buffer);
+        return c !== 0 ? c : Buffer.compare(a.key, b.key);
+      });
+      const more = kvs.length > limit;
+      if (more) kvs.length = limit;
+      return {
+        kvs: req.keysOnly ? kvs.map((kv) => ({ ...kv, value: EMPTY })) : kvs,
+        more,
+        count: head.count,
+      };
+    }
     // etcd: a target other than KEY with order NONE sorts ascending.
     if (target !== 'KEY' && order === 'NONE') order = 'ASCEND';
     if (order === 'NONE') {
       target = 'KEY';
       order = 'ASCEND';
     }
-    const limit = req.limit && req.limit > 0 ? req.limit : 0;
     if (rev === current) return this.rangeCurrent(req, iv, target, order === 'DESCEND', limit);
     return this.rangeHistory(req, iv, rev, target, order === 'DESCEND', limit);
   }
