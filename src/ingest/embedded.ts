@@ -19,6 +19,7 @@
  */
 import net from 'node:net';
 import { readFileSync } from 'node:fs';
+import type { Duplex } from 'node:stream';
 import tls from 'node:tls';
 import type {
   Aedes,
@@ -36,6 +37,7 @@ import type { IngestCore } from './core.js';
 import { secretHashOf } from './devices.js';
 import { commandTopic, parseTopic, sanitize, statusTopic, validDeviceId } from './ids.js';
 import { parseStatus } from './payload.js';
+import { acceptConnection } from './v5bridge.js';
 
 export function parseHostPort(s: string, defPort: number): { host: string; port: number } {
   const m = /^(?:\[([^\]]+)\]|([^:]*))(?::(\d+))?$/.exec(s.trim());
@@ -106,7 +108,9 @@ export class EmbeddedBroker implements CommandDelivery {
       }
     });
 
-    const handle = b.handle as (conn: net.Socket) => void;
+    // MQTT 5 devices go through a bridge to aedes's 3.1.1 (see v5bridge.ts)
+    const aedesHandle = b.handle as (conn: Duplex) => void;
+    const handle = (sock: net.Socket) => acceptConnection(sock, aedesHandle);
     const listen = parseHostPort(this.opts.listen, 1883);
     const plain = net.createServer(handle);
     await this.listen(plain, listen.host, listen.port, false);
