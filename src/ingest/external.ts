@@ -37,6 +37,7 @@ export class ExternalSubscriber implements CommandDelivery {
   // biome-ignore lint/suspicious/noExplicitAny: reaching MQTT.js's private _sendPacket (see above)
   private raw: any;
   private generation = 0;
+  private corked = false;
   private readonly held = new Map<number, { gen: number; done: Promise<unknown> }>();
   onReachable?: (device: string) => void;
   private connectedOnce!: Promise<void>;
@@ -100,7 +101,17 @@ export class ExternalSubscriber implements CommandDelivery {
       cb?.();
       h.done.then(
         () => {
-          if (h.gen === this.generation && client.connected) orig(packet);
+          if (h.gen !== this.generation || !client.connected) return;
+          // a committed batch releases many PUBACKs in one turn: one socket write for all of them
+          if (!this.corked && client.stream) {
+            this.corked = true;
+            client.stream.cork();
+            process.nextTick(() => {
+              this.corked = false;
+              client.stream?.uncork();
+            });
+          }
+          orig(packet);
         },
         (err: Error) => {
           // not committed: never acknowledge; reconnecting makes the broker redeliver
