@@ -95,9 +95,21 @@ export function configProblem(message: string): never {
 function showDefault(spec: Exclude<FieldSpec, { type: 'renamed' }>): string {
   if (!('default' in spec) || spec.default === undefined) return '';
   const d = spec.default;
-  if (spec.type === 'duration') return `${d} ms`;
-  if (spec.type === 'bytes') return `${d} B`;
+  if (spec.type === 'duration') return showDuration(d as number);
+  if (spec.type === 'bytes') return showBytes(d as number);
   return JSON.stringify(d);
+}
+
+function showDuration(ms: number): string {
+  const units: [string, number][] = [['d', 86_400_000], ['h', 3_600_000], ['m', 60_000], ['s', 1000]];
+  for (const [u, n] of units) if (ms >= n && ms % n === 0) return `${ms / n}${u}`;
+  return `${ms}ms`;
+}
+
+function showBytes(b: number): string {
+  for (const [u, n] of [['GiB', 1024 ** 3], ['MiB', 1024 ** 2], ['KiB', 1024]] as const)
+    if (b >= n && ((b / n) * 10) % 1 === 0) return `${b / n}${u}`;
+  return `${b}`;
 }
 
 /**
