@@ -143,7 +143,11 @@ export class WatchHub {
   private cancel(w: Watcher, reason: Error): void {
     if (w.done) return;
     this.remove(w);
-    w.listener.onCancel(reason);
+    try {
+      w.listener.onCancel(reason);
+    } catch {
+      // The watcher is gone either way.
+    }
   }
 
   private resume(w: Watcher): void {
@@ -152,7 +156,7 @@ export class WatchHub {
     if (w.buffer.length > 0) {
       const events = w.buffer;
       w.buffer = [];
-      w.listener.onEvents(events, this.delivered);
+      this.emit(w, events, this.delivered);
     }
     if (!w.synced) this.scheduleReplay();
   }
@@ -192,7 +196,16 @@ export class WatchHub {
       for (const e of evs) w.buffer.push(e);
       return;
     }
-    w.listener.onEvents(evs, revision);
+    this.emit(w, evs, revision);
+  }
+
+  /** A listener that throws loses its watcher, never the commit that produced the events. */
+  private emit(w: Watcher, evs: WatchEvent[], revision: number): void {
+    try {
+      w.listener.onEvents(evs, revision);
+    } catch (e) {
+      this.cancel(w, e instanceof Error ? e : new Error(String(e)));
+    }
   }
 
   private scheduleReplay(): void {
@@ -248,7 +261,7 @@ export class WatchHub {
         w.synced = true;
         this.replaying.delete(w);
       }
-      if (events.length > 0) w.listener.onEvents(events, this.delivered);
+      if (events.length > 0) this.emit(w, events, this.delivered);
     }
     if (again || [...this.replaying].some((w) => !w.paused)) this.scheduleReplay();
   }

@@ -256,3 +256,29 @@ test('recipes: a second locker waits for the first; election leader follows resi
     assert.equal(bl.leader.key.toString(), `e/${l2.toString(16)}`);
   });
 });
+
+test('a watcher whose listener throws is cancelled; the write and other watchers are unaffected', async () => {
+  await withStore({}, async (s) => {
+    let cancelled: Error | undefined;
+    const good: number[] = [];
+    s.watch(
+      { key: b('t') },
+      {
+        onEvents() {
+          throw new Error('consumer bug');
+        },
+        onCancel: (e) => (cancelled = e),
+      },
+    );
+    s.watch(
+      { key: b('t') },
+      { onEvents: (e) => good.push(...e.map((x) => x.kv.modRevision)), onCancel() {} },
+    );
+    const r = await s.put({ key: b('t'), value: b('1') });
+    assert.equal(r.header.revision, 2, 'the put is acknowledged despite the throwing listener');
+    assert.equal(cancelled?.message, 'consumer bug');
+    await s.put({ key: b('t'), value: b('2') });
+    assert.deepEqual(good, [2, 3]);
+    assert.equal(s.stats().watchers, 1);
+  });
+});
