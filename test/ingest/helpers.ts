@@ -220,7 +220,7 @@ export async function metricValue(
       if (
         (v as { metricName?: string }).metricName &&
         !(v as { metricName?: string }).metricName!.endsWith('_count') &&
-        m.type === 'histogram'
+        String(m.type) === 'histogram'
       )
         continue;
       sum += v.value;
