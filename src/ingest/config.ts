@@ -4,7 +4,8 @@
  */
 import type { ConfigSection } from '../config/types.js';
 
-export type IngestMode = 'embedded' | 'external';
+/** `auto` (the default): external when `url` is set (`--mqtt-url`), else embedded. */
+export type IngestMode = 'auto' | 'embedded' | 'external';
 
 export interface IngestOptions {
   mode: IngestMode;
@@ -68,9 +69,9 @@ export const ingestConfigSection: ConfigSection = {
   fields: {
     mode: {
       type: 'string',
-      enum: ['embedded', 'external'],
-      default: 'embedded',
-      doc: 'embedded: run a broker inside edgekeeper; external: subscribe to an existing broker at `url`.',
+      enum: ['auto', 'embedded', 'external'],
+      default: 'auto',
+      doc: 'embedded: run a broker inside edgekeeper; external: subscribe to an existing broker at `url`; auto: external when `url` is set.',
     },
     listen: {
       type: 'string',

@@ -62,7 +62,12 @@ function idFrom(body: Record<string, unknown>, url: URL): string {
   return id;
 }
 
-export function createIngestPart(ctx: PartContext, options: IngestOptions): IngestPart {
+export function createIngestPart(ctx: PartContext, opts: IngestOptions): IngestPart {
+  // --mqtt-url alone switches to external mode
+  const options: IngestOptions = {
+    ...opts,
+    mode: opts.mode === 'auto' || opts.mode === undefined ? (opts.url ? 'external' : 'embedded') : opts.mode,
+  };
   const log = ctx.logger.child({ part: 'ingest' });
   const metrics = createMetrics(ctx.registry);
   const core = new IngestCore(ctx.store, ctx.clock, metrics, log, options);
