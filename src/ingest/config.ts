@@ -191,7 +191,13 @@ export const ingestConfigSection: ConfigSection = {
       min: 1000,
       doc: 'Undelivered commands expire after this.',
     },
-    batchMax: { type: 'integer', default: 2000, min: 1, max: 100_000, doc: 'Most reports per write batch.' },
+    batchMax: {
+      type: 'integer',
+      default: 500,
+      min: 1,
+      max: 100_000,
+      doc: 'Most reports per write batch (smaller keeps each transaction short for the etcd API writes that share the writer).',
+    },
   },
 };
 

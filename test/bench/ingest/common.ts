@@ -203,7 +203,11 @@ export async function runIngestBench(n: number): Promise<void> {
 
   // 2. embedded ingest, flat out
   {
-    const nd = await node({ mode: 'embedded' });
+    // EK_BATCH overrides mqtt.batchMax to compare batch sizes
+    const nd = await node({
+      mode: 'embedded',
+      ...(process.env.EK_BATCH ? { batchMax: Number(process.env.EK_BATCH) } : {}),
+    });
     const url = `mqtt://127.0.0.1:${nd.part.addresses()[0]!.port}`;
     const eld = monitorEventLoopDelay({ resolution: 10 });
     let r0 = 0;
