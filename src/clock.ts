@@ -44,6 +44,11 @@ export class ManualClock implements Clock {
     this.timers.push({ at: this.t + Math.max(0, ms), fn, id });
     return { cancel: () => (this.timers = this.timers.filter((x) => x.id !== id)) };
   }
+  /** Timers waiting to fire (tests wait for a component to arm its next timer). */
+  get pending(): number {
+    return this.timers.length;
+  }
+
   /** Move time forward, firing due timers in order. */
   advance(ms: number): void {
     const end = this.t + ms;

@@ -167,6 +167,8 @@ test('an unchanged snapshot draws nothing; a change draws a new frame', async ()
   const before = await metric('edgekeeper_frames_rendered_total', { size: '800x480' });
   const skippedBefore = await metric('edgekeeper_frames_skipped_total', { size: '800x480' });
   const mtime = statSync(join(stateDir, 'frame-800x480.png')).mtimeMs;
+  // The next tick is armed only when the previous one has finished.
+  await until('the next tick to be armed', () => clock.pending > 0);
   clock.advance(5000); // next tick, same minute on the clock
   await until(
     'skip',
@@ -187,6 +189,7 @@ test('e-ink refreshes wait for the minimum interval', async () => {
   await part.renderNow();
   assert.ok((await metric('edgekeeper_frames_eink_deferred_total')) >= 1);
   assert.deepEqual(pbm(), first, 'held back');
+  await until('the next tick to be armed', () => clock.pending > 0);
   clock.advance(60_000);
   await until('e-ink refresh', () => !pbm().equals(first));
 });
