@@ -109,6 +109,10 @@ function randomId(): bigint {
 export function openDatabase(file: string, durability: Durability): Database.Database {
   const db = new Database(file);
   db.pragma('journal_mode = WAL');
+  // Checkpoint every ~40 MB of WAL instead of SQLite's 4 MB: a checkpoint adds fsyncs to the
+  // commit that runs it, and on an SD card those dominate p99 (measured: 64 writers on a 15 ms
+  // fsync disk, p99 56 ms -> 28 ms). The store still forces a truncating checkpoint past 64 MiB.
+  db.pragma('wal_autocheckpoint = 10000');
   // fsync: every commit reaches the disk (like etcd). relaxed: WAL is synced at checkpoints only;
   // a power cut can lose the last commits, a process crash cannot, and the file never corrupts.
   db.pragma(`synchronous = ${durability === 'fsync' ? 'FULL' : 'NORMAL'}`);

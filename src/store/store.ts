@@ -132,6 +132,7 @@ class SqliteStore implements Store {
       this.rev,
       () => this.compactRev,
       this.opts.watchBufferLimit ?? 10_000,
+      this.kv,
     );
     for (const [id, ttl] of o.leases) this.lessor.add(id, ttl);
     this.lessor.start();

@@ -13,7 +13,7 @@ import type Database from 'better-sqlite3';
 import { CompactedError, StoreClosedError, WatchOverflowError } from '../errors.js';
 import type { ChangeEvent } from './engine.js';
 import { contains, interval, type KeyInterval, keyId } from './keys.js';
-import { rowToKv } from './sql/kvread.js';
+import { type KvReader, rowToKv } from './sql/kvread.js';
 import type { KeyValue, WatchEvent, WatchHandle, WatchListener, WatchOptions } from './types.js';
 
 /** Rows read per replay step; bounds how long one step holds the event loop. */
@@ -55,7 +55,6 @@ export class WatchHub {
   private replayScheduled = false;
   private prevKvWatchers = 0;
   private readonly stmts = new Map<string, Database.Statement>();
-  private readonly prevStmt: Database.Statement;
 
   constructor(
     private readonly db: Database.Database,
@@ -63,13 +62,9 @@ export class WatchHub {
     private delivered: number,
     private readonly compactRevision: () => number,
     private readonly bufferLimit: number,
-  ) {
-    this.prevStmt = db
-      .prepare(
-        'SELECT key, deleted, create_rev, rev AS mod_rev, version, lease, value FROM kv_log WHERE key = ? AND rev < ? ORDER BY rev DESC LIMIT 1',
-      )
-      .safeIntegers(true);
-  }
+    /** Reads previous values for replayed events. */
+    private readonly kv: KvReader,
+  ) {}
 
   get size(): number {
     return this.watchers.size;
@@ -251,7 +246,7 @@ export class WatchHub {
           : rowToKv({ ...r, mod_rev: r.rev });
         const ev: WatchEvent = { type: deleted ? 'DELETE' : 'PUT', kv };
         if (w.prevKv) {
-          const p = this.previous(r.key, rev);
+          const p = this.kv.previous(r.key, rev);
           if (p) ev.prevKv = p;
         }
         events.push(ev);
@@ -278,12 +273,6 @@ export class WatchHub {
     const sql = `SELECT id, rev, key, deleted, create_rev, version, lease, value FROM kv_log WHERE ${cond} AND rev = ? AND id > ? ORDER BY id`;
     const keys = w.iv.single || w.iv.end === undefined ? [w.iv.start] : [w.iv.start, w.iv.end];
     return this.stmt(sql).all(...keys, rev, afterId) as LogRow[];
-  }
-
-  private previous(key: Buffer, rev: number): KeyValue | undefined {
-    const r = this.prevStmt.get(key, rev) as (LogRow & { mod_rev: bigint }) | undefined;
-    if (!r || r.deleted === 1n) return undefined;
-    return rowToKv(r);
   }
 
   private stmt(sql: string): Database.Statement {
