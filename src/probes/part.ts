@@ -37,8 +37,8 @@ export const probesMigrations: Migration[] = [
 
 const BPF_STATS = '/proc/sys/kernel/bpf_stats_enabled';
 const INSERT = 'INSERT INTO probe_samples (ts, probe, metric, data) VALUES (?, ?, ?, ?)';
-/** Cursor names the fleet sync may use for this table (the briefs name both forms). */
-const CURSOR_NAMES = "('probe_samples', 'samples')";
+/** The fleet sync's upload cursor for this table (`cursors.name`). */
+const CURSOR_NAME = 'probe_samples';
 /** Label values we keep per keyed map: a map keyed by something unbounded cannot grow /metrics. */
 const MAX_KEYS = 64;
 /** Previous prints kept for deltas: the fixed maps times MAX_KEYS, with room to spare. */
@@ -473,10 +473,8 @@ export class ProbesPart implements Part {
     if (this.o.uplinkEnabled) {
       // No cursor yet means nothing was uploaded: keep everything.
       const row = this.ctx.store
-        .query<{ pos: number | null }>(
-          `SELECT MIN(position) AS pos FROM cursors WHERE name IN ${CURSOR_NAMES}`,
-        )
-        .get();
+        .query<{ pos: number | null }>('SELECT position AS pos FROM cursors WHERE name = ?')
+        .get(CURSOR_NAME);
       limitId = row?.pos ?? 0;
     }
     let aged = 0;
