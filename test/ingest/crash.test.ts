@@ -13,6 +13,7 @@ import { createInterface } from 'node:readline';
 import { after, describe, it } from 'node:test';
 import mqtt, { type MqttClient } from 'mqtt';
 import { hashSecret } from '../../src/ingest/auth.js';
+import { slowDisk } from '../slowdisk.js';
 import { openTestStore, tempDir } from './helpers.js';
 
 const DEVICES = 100;
@@ -36,21 +37,7 @@ async function startChild(
   slowFsync: boolean,
 ): Promise<{ child: ChildProcess; pid: number; port: number }> {
   const node = [process.execPath, '--import', 'tsx', new URL('./crash-child.ts', import.meta.url).pathname];
-  const cmd = slowFsync
-    ? [
-        'strace',
-        '-f',
-        '-qq',
-        '--seccomp-bpf',
-        '-o',
-        '/dev/null',
-        '-e',
-        'trace=fsync,fdatasync',
-        '-e',
-        'inject=fsync,fdatasync:delay_enter=20000',
-        ...node,
-      ]
-    : node;
+  const cmd = slowFsync ? [...slowDisk(20), ...node] : node;
   const child = spawn(cmd[0]!, cmd.slice(1), {
     env: { ...process.env, EK_DIR: dir },
     stdio: ['ignore', 'pipe', 'inherit'],

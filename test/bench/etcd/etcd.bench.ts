@@ -14,21 +14,11 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { EtcdClient } from '../../../src/etcd/cli.js';
 import { freePort, startRealEtcd } from '../../etcd/helpers.js';
+import { slowDisk } from '../../slowdisk.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const SLOW = process.env.EDGEKEEPER_BENCH_SLOWDISK === '1';
-const STRACE = [
-  'strace',
-  '-f',
-  '-qq',
-  '--seccomp-bpf',
-  '-o',
-  '/dev/null',
-  '-e',
-  'trace=fsync,fdatasync',
-  '-e',
-  'inject=fsync,fdatasync:delay_enter=15000',
-];
+const STRACE = slowDisk();
 const PHASE_MS = Number(process.env.EDGEKEEPER_BENCH_PHASE_MS ?? (SLOW ? 4000 : 3000));
 const VALUE = Buffer.alloc(128, 0x76);
 

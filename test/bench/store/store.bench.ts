@@ -10,6 +10,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { openStore, type Store } from '../../../src/store/index.js';
+import { slowDisk } from '../../slowdisk.js';
 
 const durability = (process.env.EDGEKEEPER_BENCH_DURABILITY as 'fsync' | 'relaxed' | undefined) ?? 'fsync';
 
@@ -166,23 +167,10 @@ async function rss100k() {
 export default async function run(): Promise<void> {
   if (process.env.EDGEKEEPER_BENCH_SLOWDISK === '1' && !process.env.EDGEKEEPER_BENCH_CHILD) {
     // Re-run the write benches under strace, which delays every fsync/fdatasync by 15 ms.
+    const [strace, ...args] = slowDisk(15);
     const r = spawnSync(
-      'strace',
-      [
-        '-f',
-        '-qq',
-        '--seccomp-bpf',
-        '-o',
-        '/dev/null',
-        '-e',
-        'trace=fsync,fdatasync',
-        '-e',
-        'inject=fsync,fdatasync:delay_enter=15000',
-        process.execPath,
-        '--import',
-        'tsx',
-        new URL(import.meta.url).pathname,
-      ],
+      strace!,
+      [...args, process.execPath, '--import', 'tsx', new URL(import.meta.url).pathname],
       { stdio: 'inherit', env: { ...process.env, EDGEKEEPER_BENCH_CHILD: '1' } },
     );
     if (r.status !== 0) throw new Error(`slow-disk bench failed with ${r.status}`);
