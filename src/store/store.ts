@@ -101,6 +101,7 @@ class SqliteStore implements Store {
         inline: !!opts.inlineWriter,
         maxPending: 100_000,
         maxBatch: 2048,
+        bulkRowsPerBatch: 1024,
       },
       (b, r) => this.onBatch(b, r),
       () => this.hub?.wantsPrev ?? false,

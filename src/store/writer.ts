@@ -1,9 +1,22 @@
 /**
- * The single writer and its group commit. Requests queue here; whenever the writer is idle, every
- * queued request goes to it as one batch, executed in one SQLite transaction. While a batch
+ * The single writer and its group commit. Requests queue here; whenever the writer is idle,
+ * queued requests go to it as one batch, executed in one SQLite transaction. While a batch
  * commits (fsync), the next one gathers, so the batch size follows the disk's speed: one request
  * per commit when idle, hundreds when the disk is slow. A request's promise settles only after
  * its batch has committed.
+ *
+ * Two classes share the writer. Bulk appends (SQL ops with `rows`: device reports, probe
+ * samples) are throughput work; everything else (etcd writes, leases, cursors) is interactive and
+ * someone is waiting on it. Each batch takes every queued interactive request first and then bulk
+ * requests up to `bulkRowsPerBatch` rows (at least one bulk request, so bulk never starves).
+ * That bounds how long an etcd put can wait behind report batches: one bounded transaction.
+ * Order is kept within a class, not across classes; no caller relies on cross-class order.
+ *
+ * On a slow disk, right after a commit, the writer lingers before starting a batch that would be
+ * at most half the size of the previous one, for at most half of the previous commit's duration:
+ * clients answered by the last commit are still sending their next requests, and one fsync for
+ * all of them beats one short batch now and a long one later. With a fast disk (commits under `LINGER_MIN_COMMIT_MS`)
+ * it never waits.
  *
  * The writer runs on a worker thread by default, so a slow fsync never stalls the event loop
  * that serves reads, watches and the network; `inline` runs it on the calling thread (tests and
@@ -24,9 +37,26 @@ import { fromWireError, revive } from './wire.js';
 
 interface Pending {
   req: EngineRequest;
+  /** Rows a bulk request appends; 0 for interactive requests. */
+  rows: number;
   resolve: (r: EngineResult) => void;
   reject: (e: Error) => void;
 }
+
+/** Commits faster than this never linger: the disk is fast and waiting would only add latency. */
+const LINGER_MIN_COMMIT_MS = 2;
+/** The longest a batch waits for stragglers, however slow the disk. */
+const LINGER_MAX_MS = 10;
+
+/** Rows appended by a bulk request (SQL `rows` ops without an etcd txn); 0 when interactive. */
+function bulkRows(req: EngineRequest): number {
+  if (req.t !== 'txn' || req.txn || !req.sql) return 0;
+  let rows = 0;
+  for (const op of req.sql) if ('rows' in op) rows += op.rows.length;
+  return rows;
+}
+
+const isBarrier = (req: EngineRequest) => req.t === 'vacuum' || req.t === 'checkpoint';
 
 interface Backend {
   open(): Promise<EngineOpenResult>;
@@ -102,14 +132,20 @@ export interface WriterOptions extends EngineOptions {
   maxPending: number;
   /** Most requests in one transaction (bounds a commit's duration). */
   maxBatch: number;
+  /** Most bulk rows in one transaction (bounds how long interactive writes wait behind them). */
+  bulkRowsPerBatch: number;
 }
 
 export class Writer {
   private readonly backend: Backend;
-  private queue: Pending[] = [];
+  private interactive: Pending[] = [];
+  private bulk: Pending[] = [];
   private inFlight = false;
   private closed = false;
   private scheduled = false;
+  private lingerTimer?: ReturnType<typeof setTimeout>;
+  /** Size and duration of the last batch, for lingering. */
+  private last = { size: 0, commitMs: 0, endedAt: 0 };
   private idleWaiters: (() => void)[] = [];
 
   constructor(
@@ -127,48 +163,77 @@ export class Writer {
 
   submit(req: EngineRequest): Promise<EngineResult> {
     if (this.closed) return Promise.reject(new StoreClosedError());
-    if (this.queue.length >= this.opts.maxPending) return Promise.reject(new BusyError(this.opts.maxPending));
+    if (this.pending >= this.opts.maxPending) return Promise.reject(new BusyError(this.opts.maxPending));
     return new Promise((resolve, reject) => {
-      this.queue.push({ req, resolve, reject });
-      this.schedule();
+      const rows = bulkRows(req);
+      (rows > 0 ? this.bulk : this.interactive).push({ req, rows, resolve, reject });
+      if (this.lingerTimer && this.pending >= this.last.size) this.flushNow();
+      else this.schedule();
     });
   }
 
   get pending(): number {
-    return this.queue.length;
+    return this.interactive.length + this.bulk.length;
   }
 
   private schedule() {
-    if (this.scheduled || this.inFlight) return;
+    if (this.scheduled || this.inFlight || this.lingerTimer) return;
     this.scheduled = true;
     // setImmediate lets every request issued in this turn of the event loop join the batch.
     setImmediate(() => {
       this.scheduled = false;
+      if (this.inFlight || this.lingerTimer) return;
+      const { size, commitMs, endedAt } = this.last;
+      // Only right after a commit: a request arriving after a quiet spell goes at once.
+      const recent = performance.now() - endedAt < commitMs;
+      if (recent && commitMs >= LINGER_MIN_COMMIT_MS && this.pending * 2 <= size) {
+        // Real time on purpose, not the injected clock: the wait is measured against the disk's
+        // real commit time, and a test's manual clock must never hold a commit back.
+        this.lingerTimer = setTimeout(() => this.flushNow(), Math.min(LINGER_MAX_MS, commitMs / 2));
+        return;
+      }
       void this.flush();
     });
   }
 
+  private flushNow() {
+    clearTimeout(this.lingerTimer);
+    this.lingerTimer = undefined;
+    void this.flush();
+  }
+
+  /** The next transaction: interactive requests first, then bulk ones within the row budget. */
+  private take(): Pending[] {
+    const max = this.opts.maxBatch;
+    const head = this.interactive[0] ?? this.bulk[0]!;
+    if (isBarrier(head.req)) return (this.interactive[0] ? this.interactive : this.bulk).splice(0, 1);
+    let n = 0;
+    while (n < this.interactive.length && n < max && !isBarrier(this.interactive[n]!.req)) n++;
+    const take = this.interactive.splice(0, n);
+    let rows = 0;
+    let b = 0;
+    while (b < this.bulk.length && take.length + b < max) {
+      const next = this.bulk[b]!;
+      if (b > 0 && rows + next.rows > this.opts.bulkRowsPerBatch) break;
+      if (b === 0 && take.length > 0 && next.rows > this.opts.bulkRowsPerBatch) break;
+      rows += next.rows;
+      b++;
+    }
+    if (b > 0) take.push(...this.bulk.splice(0, b));
+    return take;
+  }
+
   private async flush(): Promise<void> {
-    if (this.inFlight || this.queue.length === 0) {
-      if (!this.inFlight && this.queue.length === 0) for (const w of this.idleWaiters.splice(0)) w();
+    if (this.inFlight || this.pending === 0) {
+      if (!this.inFlight && this.pending === 0) for (const w of this.idleWaiters.splice(0)) w();
       return;
     }
     this.inFlight = true;
-    let take: Pending[];
-    const first = this.queue[0]!;
-    if (first.req.t === 'vacuum' || first.req.t === 'checkpoint') take = this.queue.splice(0, 1);
-    else {
-      let n = 0;
-      while (n < this.queue.length && n < this.opts.maxBatch) {
-        const t = this.queue[n]!.req.t;
-        if (t === 'vacuum' || t === 'checkpoint') break;
-        n++;
-      }
-      take = this.queue.splice(0, n);
-    }
+    const take = this.take();
     const reqs = take.map((p) => p.req);
     try {
       const batch = await this.backend.run(reqs, this.wantPrev());
+      this.last = { size: take.length, commitMs: batch.commitMs, endedAt: performance.now() };
       this.onBatch(batch, reqs);
       for (let i = 0; i < take.length; i++) take[i]!.resolve(batch.results[i]!);
     } catch (e) {
@@ -176,14 +241,15 @@ export class Writer {
     } finally {
       this.inFlight = false;
     }
-    if (this.queue.length > 0) this.schedule();
+    if (this.pending > 0) this.schedule();
     else for (const w of this.idleWaiters.splice(0)) w();
   }
 
   /** Refuse new requests, wait for queued ones to commit, close the database. */
   async close(): Promise<void> {
     this.closed = true;
-    if (this.queue.length > 0 || this.inFlight) await new Promise<void>((r) => this.idleWaiters.push(r));
+    if (this.lingerTimer) this.flushNow();
+    if (this.pending > 0 || this.inFlight) await new Promise<void>((r) => this.idleWaiters.push(r));
     await this.backend.close();
   }
 }

@@ -188,7 +188,37 @@ async function startEtcd(): Promise<Target> {
   };
 }
 
-type Measures = Record<string, Result & { rssMb?: number; peakRssMb?: number }>;
+type Measures = Record<
+  string,
+  Result & { rssMb?: number; peakRssMb?: number; serverCpuUsPerOp?: number; clientCpuUsPerOp?: number }
+>;
+
+/** CPU time (user + system, all threads) a process has used, in microseconds. */
+function cpuUs(pid: number): number {
+  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+  return ((Number(fields[11]) + Number(fields[12])) * 1e6) / CLK_TCK;
+}
+const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
+
+/**
+ * Run one phase and add each measure's CPU cost per operation on both sides: the client shares
+ * the machine's cores with the server, so a phase where the client is saturated says more about
+ * the client than about the server.
+ */
+async function measured(t: Target, phase: Phase, c: EtcdClient): Promise<Measures> {
+  const pid = t.pid();
+  const s0 = cpuUs(pid);
+  const c0 = process.cpuUsage();
+  const m = await phase(c);
+  const server = cpuUs(pid) - s0;
+  const cu = process.cpuUsage(c0);
+  const ops = Object.values(m).reduce((a, r) => a + r.n, 0);
+  for (const r of Object.values(m)) {
+    r.serverCpuUsPerOp = Math.round(server / ops);
+    r.clientCpuUsPerOp = Math.round((cu.user + cu.system) / ops);
+  }
+  return m;
+}
 
 type Phase = (c: EtcdClient) => Promise<Measures>;
 
@@ -202,8 +232,9 @@ const putOp = (c: EtcdClient) => (i: number) =>
 const PHASES: Phase[] = [
   async (c) => {
     await load(4, putOp(c), 300); // warm up connections and JIT on both sides
-    return { 'put.sequential': await load(1, putOp(c)) };
+    return {};
   },
+  async (c) => ({ 'put.sequential': await load(1, putOp(c)) }),
   async (c) => ({ 'put.inflight32': await load(32, putOp(c)) }),
   async (c) => ({ 'put.inflight256': await load(256, putOp(c)) }),
   async (c) => {
@@ -299,7 +330,7 @@ export default async function run(): Promise<void> {
     const clients = targets.map((t) => new EtcdClient(t.endpoint));
     for (const phase of PHASES) {
       for (let i = 0; i < targets.length; i++)
-        Object.assign(results[targets[i]!.name]!, await phase(clients[i]!));
+        Object.assign(results[targets[i]!.name]!, await measured(targets[i]!, phase, clients[i]!));
     }
     for (const t of targets) {
       const mem = rssMb(t.pid());
