@@ -19,13 +19,27 @@ import type { IngestMetrics } from './metrics.js';
 
 const MAX_INFLIGHT = 2;
 const ADMIT_RECHECK_MS = 500;
+// Bytes of report bodies in one write: with 64 KiB payloads, `batchMax` alone would allow tens
+// of MB in one transaction, holding the writer (and every etcd put behind it) for that long.
+export const BATCH_MAX_BYTES = 1024 * 1024;
 
-// A redelivered report (same device, seq and ts within the window) inserts nothing. Reports
-// without seq are always inserted. Named parameters: the rows cross to the writer thread as objects.
-export const INSERT_REPORT = `INSERT INTO reports(device, received_at, ts, seq, body)
-SELECT @device, @receivedAt, @ts, @seq, @body
-WHERE @seq IS NULL OR NOT EXISTS (
-  SELECT 1 FROM reports WHERE device = @device AND seq = @seq AND ts IS @ts AND received_at >= @since)`;
+/**
+ * A redelivered report (same device, seq and ts, received within the window: `since`) inserts
+ * nothing; reports without seq are always inserted.
+ *
+ * Why a single-row INSERT with OR IGNORE and not `INSERT ... SELECT ... WHERE NOT EXISTS`: the
+ * store runs every request inside a SAVEPOINT, and under it SQLite gives a statement that may
+ * insert several rows (any INSERT ... SELECT) its own statement journal, copying every page it
+ * touches: that made each report cost about four times its insert. A VALUES insert needs no
+ * statement journal. A duplicate turns `device` into NULL, so the NOT NULL constraint skips
+ * the row (OR IGNORE applies to it); no other constraint of `reports` can fail for our rows.
+ */
+export const INSERT_REPORT = `INSERT OR IGNORE INTO reports(device, received_at, ts, seq, body)
+VALUES (
+  CASE WHEN @seq IS NOT NULL AND EXISTS (
+    SELECT 1 FROM reports WHERE device = @device AND seq = @seq AND ts IS @ts AND received_at >= @since)
+  THEN NULL ELSE @device END,
+  @receivedAt, @ts, @seq, @body)`;
 
 export interface ReportRow {
   device: string;
@@ -36,6 +50,7 @@ export interface ReportRow {
 }
 
 interface Pending {
+  /** The statement's parameters, built once (a literal, not a spread: one hidden class for all). */
   row: Record<string, unknown> & ReportRow & { since: number };
   qos: number;
   t0: number;
@@ -64,7 +79,14 @@ export class ReportWriter {
   add(row: ReportRow, qos: number, t0: number): Promise<void> {
     return new Promise((resolve, reject) => {
       this.queue.push({
-        row: { ...row, since: row.receivedAt - this.opts.dedupeWindow },
+        row: {
+          device: row.device,
+          receivedAt: row.receivedAt,
+          ts: row.ts,
+          seq: row.seq,
+          body: row.body,
+          since: row.receivedAt - this.opts.dedupeWindow,
+        },
         qos,
         t0,
         resolve,
@@ -98,7 +120,7 @@ export class ReportWriter {
         return;
       }
       this.metrics.held.set(0);
-      const batch = this.queue.splice(0, this.opts.batchMax);
+      const batch = this.queue.splice(0, this.batchLength());
       this.inflight++;
       void this.writeBatch(batch).finally(() => {
         this.inflight--;
@@ -106,6 +128,19 @@ export class ReportWriter {
         else if (this.inflight === 0) for (const f of this.idle.splice(0)) f();
       });
     }
+  }
+
+  /** How many queued reports the next batch takes: at most batchMax, at most BATCH_MAX_BYTES (at least one). */
+  private batchLength(): number {
+    const max = Math.min(this.queue.length, this.opts.batchMax);
+    let bytes = this.queue[0]!.row.body.length;
+    let n = 1;
+    while (n < max) {
+      bytes += this.queue[n]!.row.body.length;
+      if (bytes > BATCH_MAX_BYTES) break;
+      n++;
+    }
+    return n;
   }
 
   private async writeBatch(batch: Pending[]): Promise<void> {

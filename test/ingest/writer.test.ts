@@ -1,0 +1,113 @@
+/**
+ * The report writer on a real store: every body byte for byte and in order, de-duplication
+ * inside one batch and across batches (within the window only, by device, seq and ts), reports
+ * without seq always stored, and the bytes bound on one write.
+ */
+import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
+import { after, before, describe, it } from 'node:test';
+import { Registry } from 'prom-client';
+import { systemClock } from '../../src/clock.js';
+import { silentLogger } from '../../src/log.js';
+import { createMetrics } from '../../src/ingest/metrics.js';
+import { BATCH_MAX_BYTES, ReportWriter } from '../../src/ingest/writer.js';
+import type { Store, WriteRequest } from '../../src/store/types.js';
+import { openTestStore, tempDir } from './helpers.js';
+
+const HOUR = 3_600_000;
+
+describe('report writer', () => {
+  let dir: string;
+  let store: Store;
+  let writes: WriteRequest[];
+  let writer: ReportWriter;
+  let registry: Registry;
+
+  before(async () => {
+    dir = tempDir();
+    store = await openTestStore(dir);
+    // the store as the writer sees it, recording every write
+    const spy = Object.create(store) as Store;
+    spy.write = (req) => {
+      writes.push(req);
+      return store.write(req);
+    };
+    registry = new Registry();
+    writer = new ReportWriter(spy, systemClock, createMetrics(registry), silentLogger(), {
+      batchMax: 500,
+      dedupeWindow: HOUR,
+    });
+  });
+  after(async () => {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const rows = (device: string) =>
+    store
+      .query<{ id: number; ts: number | null; seq: number | null; body: Buffer; received_at: number }>(
+        'SELECT id, ts, seq, body, received_at FROM reports WHERE device = ? ORDER BY id',
+      )
+      .all(device);
+
+  it('stores a batch in order with every body intact, copies within the batch once', async () => {
+    writes = [];
+    const now = Date.now();
+    const body = (i: number) =>
+      Buffer.from(Array.from({ length: 1 + (i % 7) * 13 }, (_, k) => (i * 31 + k) % 256));
+    const adds: Promise<void>[] = [];
+    for (let i = 0; i < 40; i++)
+      adds.push(writer.add({ device: 'w1', receivedAt: now, ts: 1000 + i, seq: i, body: body(i) }, 1, 0));
+    // the same report again in the same turn, one with the same seq but another ts, two without seq
+    adds.push(writer.add({ device: 'w1', receivedAt: now, ts: 1005, seq: 5, body: body(5) }, 1, 0));
+    adds.push(writer.add({ device: 'w1', receivedAt: now, ts: 9999, seq: 5, body: body(99) }, 1, 0));
+    adds.push(writer.add({ device: 'w1', receivedAt: now, ts: null, seq: null, body: body(1) }, 0, 0));
+    adds.push(writer.add({ device: 'w1', receivedAt: now, ts: null, seq: null, body: body(1) }, 0, 0));
+    await Promise.all(adds);
+    assert.equal(writes.length, 1, 'one event-loop turn, one write');
+    const got = rows('w1');
+    assert.equal(got.length, 43);
+    for (let i = 0; i < 40; i++) {
+      assert.equal(got[i]!.seq, i);
+      assert.equal(got[i]!.ts, 1000 + i);
+      assert.deepEqual(got[i]!.body, body(i));
+    }
+    assert.deepEqual(
+      got.slice(40).map((r) => [r.seq, r.ts, Buffer.compare(r.body, body(r.seq === 5 ? 99 : 1))]),
+      [
+        [5, 9999, 0],
+        [null, null, 0],
+        [null, null, 0],
+      ],
+    );
+    const dup = (await registry.getSingleMetric('edgekeeper_ingest_duplicates_total')?.get())?.values[0]
+      ?.value;
+    assert.equal(dup, 1);
+  });
+
+  it('drops a redelivered report within the window and stores it again after the window', async () => {
+    const t = Date.now();
+    const r = { device: 'w2', ts: 7, seq: 1, body: Buffer.from([0xa0]) };
+    await writer.add({ ...r, receivedAt: t }, 1, 0);
+    await writer.add({ ...r, receivedAt: t + HOUR - 1 }, 1, 0);
+    assert.equal(rows('w2').length, 1);
+    await writer.add({ ...r, receivedAt: t + 2 * HOUR }, 1, 0);
+    assert.equal(rows('w2').length, 2);
+  });
+
+  it('bounds the body bytes of one write', async () => {
+    writes = [];
+    const big = Buffer.alloc(300 * 1024, 1);
+    await Promise.all(
+      Array.from({ length: 8 }, (_, i) =>
+        writer.add({ device: 'w3', receivedAt: Date.now(), ts: null, seq: i, body: big }, 1, 0),
+      ),
+    );
+    assert.equal(rows('w3').length, 8);
+    assert.ok(writes.length >= 3, `8 x 300 KiB need at least 3 writes, got ${writes.length}`);
+    for (const w of writes) {
+      const rows = (w.sql![0] as unknown as { rows: { body: Buffer }[] }).rows;
+      assert.ok(rows.reduce((n, r) => n + r.body.length, 0) <= BATCH_MAX_BYTES);
+    }
+  });
+});
