@@ -1,40 +1,42 @@
 /**
- * The ingest benchmark, shared by ingest-100 and ingest-1000: N devices (a child process)
- * publish QoS 1 reports as fast as their in-flight window allows.
- *   1. aedes alone with a subscriber that only counts: the raw delivery rate (the ceiling);
- *   2. edgekeeper's embedded broker (aedes + ack after commit): committed reports/s, the ratio
- *      to (1), publish-to-PUBACK (= publish-to-commit) p50/p99, event-loop delay, RSS;
- *   3. the same at half the ceiling (paced): publish-to-commit p50/p99 and the store's put p99
- *      compared with idle;
- *   4. mosquitto with a counting subscriber: its raw delivery rate;
- *   5. edgekeeper in external mode on that mosquitto: committed reports/s and the ratio to (4).
- * Devices connect anonymously; durability is the store's default (fsync).
+ * The ingest benchmark, shared by ingest-100 and ingest-1000. Every side is its own process on
+ * compiled JavaScript under plain node, as systemd runs it: the devices (load.ts, raw sockets),
+ * the brokers, the counting subscriber (counter.ts) and the daemon itself (`edgekeeper run`
+ * with its default parts; probes off, because bpftrace would take CPU from everything else).
+ *
+ * Per mode (embedded: aedes; external: mosquitto):
+ *   1. raw: the broker alone with a subscriber that only counts (MQTT.js with external mode's
+ *      session options): the broker's QoS 1 delivery rate, the ceiling;
+ *   2. ingest flat out: `edgekeeper run` (embedded broker, or subscribed to mosquitto) with the
+ *      same devices: committed reports/s, publish-to-commit p50/p99, the daemon's RSS and CPU,
+ *      and the etcd API's put p99 (gRPC, one put every 5 ms) idle and during the load;
+ *   3. ingest paced at half of (1): publish-to-commit p50/p99;
+ *   4. raw again, the daemon stopped: the ratio is taken to the mean of (1) and (4), so
+ *      background load that drifts during the run (the machine is shared) weighs on both sides.
+ * Rates are counted over the window in which the devices publish (their start and stop markers).
+ * The CPU each process used in each phase is printed, to show which side was the bottleneck.
+ * Embedded latency is publish-to-PUBACK at the device (PUBACK follows the commit); external
+ * latency is arrival-to-commit from the daemon's histogram (bucket upper bounds).
+ * EDGEKEEPER_BENCH_NODE_FLAGS adds node flags to the daemon (e.g. --max-semi-space-size=4).
  */
-import { spawn } from 'node:child_process';
-import { rmSync } from 'node:fs';
-import net from 'node:net';
+import { type ChildProcess, spawn } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
-import { monitorEventLoopDelay } from 'node:perf_hooks';
-import mqtt from 'mqtt';
-import { Registry } from 'prom-client';
-import { systemClock } from '../../../src/clock.js';
-import {
-  createIngestPart,
-  ingestDefaults,
-  type IngestOptions,
-  ingestMigrations,
-} from '../../../src/ingest/index.js';
-import { silentLogger } from '../../../src/log.js';
-import { openStore } from '../../../src/store/index.js';
-import type { Store } from '../../../src/store/types.js';
-import { tempDir } from '../../ingest/helpers.js';
-import { startMosquitto } from '../../ingest/mosquitto.js';
+import { createInterface, type Interface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
+import Database from 'better-sqlite3';
+import { Etcd3 } from 'etcd3';
+import { freePort, startMosquitto } from '../../ingest/mosquitto.js';
+import { buildJs, type JsBuild } from '../build.js';
 
-const SECONDS = 4;
+const here = fileURLToPath(new URL('.', import.meta.url));
+const SECONDS = Number(process.env.EDGEKEEPER_BENCH_SECONDS ?? 4);
 // total reports in flight across all devices
 const IN_FLIGHT = 1000;
-const TOPIC = 'edgekeeper/v1/devices/+/report';
+const NODE_FLAGS = (process.env.EDGEKEEPER_BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean);
+// Linux reports process CPU time in clock ticks of 1/100 s
+const TICK_S = 0.01;
 
 interface LoadResult {
   elapsed: number;
@@ -42,133 +44,234 @@ interface LoadResult {
   sent: number;
   p50: number;
   p99: number;
+  /** CPU seconds per second used by each watched process between the start and end markers. */
+  cpu: Record<string, number>;
 }
 
-/** Run the device child; `onStart`/`onEnd` fire at its phase markers. */
-export function load(
-  url: string,
+function out(o: Record<string, unknown>): void {
+  const r: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(o)) r[k] = round(v);
+  console.log(JSON.stringify(r));
+}
+
+function round(v: unknown): unknown {
+  if (typeof v === 'number') return Math.round(v * 100) / 100;
+  if (v && typeof v === 'object' && !Array.isArray(v))
+    return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, round(x)]));
+  return v;
+}
+
+/** CPU seconds (user + system, all threads) a process has used so far. */
+function cpuSeconds(pid: number): number {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // fields 14 and 15 (utime, stime), counted from after the command name
+    return (Number(f[11]) + Number(f[12])) * TICK_S;
+  } catch {
+    return Number.NaN;
+  }
+}
+
+/** VmRSS and VmHWM (peak) of a process in MB. */
+function memory(pid: number): { rss: number; hwm: number } {
+  const s = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kb = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(s)?.[1] ?? Number.NaN);
+  return { rss: kb('VmRSS') / 1024, hwm: kb('VmHWM') / 1024 };
+}
+
+function spawnNode(build: JsBuild, ts: string, args: string[], flags: string[] = []): ChildProcess {
+  return spawn(process.execPath, [...flags, build.js(ts), ...args], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
+}
+
+function lines(p: ChildProcess): Interface {
+  return createInterface({ input: p.stdout! });
+}
+
+function exited(p: ChildProcess): Promise<void> {
+  return p.exitCode !== null ? Promise.resolve() : new Promise((r) => p.once('exit', () => r()));
+}
+
+/**
+ * Run the devices. `onStart`/`onStop` fire when they start and stop publishing (the window the
+ * rates are counted over); `watch` are the processes whose CPU use over that window is reported,
+ * besides the devices' own.
+ */
+function load(
+  build: JsBuild,
+  port: number,
   n: number,
-  opts: { rate?: number; onStart?: () => void; onEnd?: () => void },
+  opts: {
+    rate?: number;
+    watch: Record<string, number>;
+    onStart?: () => void | Promise<void>;
+    onStop?: () => void | Promise<void>;
+  },
 ): Promise<LoadResult> {
   const cfg = {
-    url,
+    port,
     n,
     seconds: SECONDS,
     window: Math.max(1, Math.round(IN_FLIGHT / n)),
     rate: opts.rate,
     prefix: 'b',
   };
-  const child = spawn(
-    process.execPath,
-    ['--import', 'tsx', new URL('./load.ts', import.meta.url).pathname, JSON.stringify(cfg)],
-    { stdio: ['ignore', 'pipe', 'inherit'] },
-  );
-  return new Promise((resolve, reject) => {
-    const rl = createInterface({ input: child.stdout! });
-    rl.on('line', (line) => {
-      const m = JSON.parse(line) as { phase: string } & LoadResult;
-      if (m.phase === 'start') opts.onStart?.();
-      if (m.phase === 'end') {
-        opts.onEnd?.();
-        resolve(m);
-      }
-    });
-    child.once('exit', (code) =>
-      code === 0 ? undefined : reject(new Error(`load child exited with ${code}`)),
-    );
-  });
-}
-
-async function countingSubscriber(url: string): Promise<{ count: () => number; close: () => Promise<void> }> {
-  const c = mqtt.connect(url, { clientId: `counter-${process.pid}`, reconnectPeriod: 0 });
-  let n = 0;
-  c.on('message', () => n++);
-  await new Promise<void>((r, j) => {
-    c.once('connect', () => c.subscribe(TOPIC, { qos: 1 }, (e) => (e ? j(e) : r())));
-    c.once('error', j);
-  });
-  return { count: () => n, close: () => new Promise((r) => c.end(true, {}, () => r())) };
-}
-
-async function rawRate(url: string, n: number): Promise<number> {
-  const sub = await countingSubscriber(url);
-  let a = 0;
-  let b = 0;
+  const child = spawnNode(build, join(here, 'load.ts'), [JSON.stringify(cfg)]);
+  const pids = { ...opts.watch, devices: child.pid! };
+  let c0: Record<string, number> = {};
+  let cpu: Record<string, number> = {};
   let t0 = 0;
-  let t1 = 0;
-  await load(url, n, {
-    onStart: () => {
-      a = sub.count();
-      t0 = performance.now();
+  let hooks = Promise.resolve();
+  return new Promise((resolve, reject) => {
+    lines(child).on('line', (line) => {
+      const m = JSON.parse(line) as { phase: string } & LoadResult;
+      if (m.phase === 'start') {
+        c0 = Object.fromEntries(Object.entries(pids).map(([k, p]) => [k, cpuSeconds(p)]));
+        t0 = performance.now();
+        hooks = hooks.then(opts.onStart);
+      }
+      if (m.phase === 'stopped') {
+        const dt = (performance.now() - t0) / 1000;
+        cpu = Object.fromEntries(Object.entries(pids).map(([k, p]) => [k, (cpuSeconds(p) - c0[k]!) / dt]));
+        hooks = hooks.then(opts.onStop);
+      }
+      if (m.phase === 'end') hooks.then(() => resolve({ ...m, cpu }), reject);
+    });
+    child.once('exit', (code) => (code === 0 ? undefined : reject(new Error(`devices exited with ${code}`))));
+  });
+}
+
+/** The broker's raw QoS 1 delivery rate to a subscriber that only counts. */
+async function rawRate(
+  build: JsBuild,
+  port: number,
+  n: number,
+  protocolVersion: 4 | 5,
+  brokerPid: number,
+): Promise<{ rate: number; cpu: Record<string, number> }> {
+  const counter = spawnNode(build, join(here, 'counter.ts'), [
+    JSON.stringify({ url: `mqtt://127.0.0.1:${port}`, protocolVersion }),
+  ]);
+  const replies = lines(counter);
+  const next = () => new Promise<string>((r) => replies.once('line', r));
+  await next(); // ready
+  const count = async () => {
+    const reply = next();
+    counter.stdin!.write('count\n');
+    return { n: (JSON.parse(await reply) as { count: number }).count, t: performance.now() };
+  };
+  let a = { n: 0, t: 0 };
+  let b = { n: 0, t: 0 };
+  const res = await load(build, port, n, {
+    watch: { broker: brokerPid, counter: counter.pid! },
+    onStart: async () => {
+      a = await count();
     },
-    onEnd: () => {
-      b = sub.count();
-      t1 = performance.now();
+    onStop: async () => {
+      b = await count();
     },
   });
-  await sub.close();
-  return (b - a) / ((t1 - t0) / 1000);
+  counter.stdin!.end();
+  await exited(counter);
+  return { rate: (b.n - a.n) / ((b.t - a.t) / 1000), cpu: res.cpu };
 }
 
-interface Node {
-  store: Store;
-  registry: Registry;
-  part: ReturnType<typeof createIngestPart>;
-  dir: string;
-  close(): Promise<void>;
+interface Daemon {
+  pid: number;
+  mqttPort: number;
+  etcd: Etcd3;
+  committed(): number;
+  /** edgekeeper_ingest_commit_latency_seconds buckets (le -> cumulative count). */
+  latencyBuckets(): Promise<[number, number][]>;
+  metric(name: string): Promise<number>;
+  stop(): Promise<void>;
 }
 
-export async function node(opts: Partial<IngestOptions>): Promise<Node> {
-  const dir = tempDir();
-  const store = await openStore({ file: join(dir, 'edgekeeper.db'), migrations: ingestMigrations });
-  const registry = new Registry();
-  const part = createIngestPart(
-    {
-      store,
-      logger: silentLogger(),
-      registry,
-      clock: systemClock,
-      http: { add: () => undefined },
-      stateDir: dir,
-      nodeName: 'bench',
-      addReadinessCheck: () => undefined,
-    },
-    ingestDefaults({
-      listen: '127.0.0.1:0',
+/** `edgekeeper run` on compiled JavaScript, in its own process, on free loopback ports. */
+async function startDaemon(build: JsBuild, mqtt: Record<string, unknown>): Promise<Daemon> {
+  const dir = mkdtempSync(join(tmpdir(), 'ek-bench-ingest-'));
+  const [httpPort, etcdPort, mqttPort] = [await freePort(), await freePort(), await freePort()];
+  const config = {
+    node: { name: 'bench', dataDir: dir },
+    http: { listen: `127.0.0.1:${httpPort}` },
+    etcd: { listen: `127.0.0.1:${etcdPort}` },
+    // the devices connect anonymously (scrypt costs only at connect) and are not rate-limited
+    mqtt: {
+      listen: `127.0.0.1:${mqttPort}`,
       allowAnonymous: true,
       ratePerSec: 1e6,
       rateBurst: 1e6,
-      maxConnections: 5000,
-      ...opts,
-    }),
-  );
-  await part.start();
-  await part.ready();
+      ...mqtt,
+    },
+    probes: { enabled: [] },
+  };
+  writeFileSync(join(dir, 'config.json'), JSON.stringify(config));
+  const proc = spawnNode(build, 'src/main.ts', ['run', '--config', join(dir, 'config.json')], NODE_FLAGS);
+  // the logs are the daemon's production output (level info); read and dropped
+  lines(proc).on('line', () => undefined);
+  const base = `http://127.0.0.1:${httpPort}`;
+  for (const end = Date.now() + 60_000; ; ) {
+    if (proc.exitCode !== null) throw new Error(`edgekeeper run exited with ${proc.exitCode}`);
+    const ok = await fetch(`${base}/readyz`).then(
+      (r) => r.ok,
+      () => false,
+    );
+    if (ok) break;
+    if (Date.now() > end) throw new Error('edgekeeper run did not become ready');
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  const db = new Database(join(dir, 'edgekeeper.db'), { readonly: true, fileMustExist: true });
+  const maxId = db.prepare('SELECT coalesce(max(id), 0) FROM reports').pluck();
+  const metrics = () => fetch(`${base}/metrics`).then((r) => r.text());
+  const etcd = new Etcd3({ hosts: `http://127.0.0.1:${etcdPort}` });
   return {
-    store,
-    registry,
-    part,
-    dir,
-    async close() {
-      await part.stop();
-      await store.close();
+    pid: proc.pid!,
+    mqttPort,
+    etcd,
+    committed: () => maxId.get() as number,
+    async latencyBuckets() {
+      const text = await metrics();
+      const re = /^edgekeeper_ingest_commit_latency_seconds_bucket\{le="([^"]+)"\} (\d+)/gm;
+      return [...text.matchAll(re)].map((m) => [Number(m[1]), Number(m[2])] as [number, number]);
+    },
+    async metric(name) {
+      const m = new RegExp(`^${name} (\\S+)`, 'm').exec(await metrics());
+      return Number(m?.[1] ?? Number.NaN);
+    },
+    async stop() {
+      etcd.close();
+      db.close();
+      proc.kill('SIGTERM');
+      await exited(proc);
       rmSync(dir, { recursive: true, force: true });
     },
   };
 }
 
-const rows = (s: Store) => s.query<{ n: number }>('SELECT count(*) AS n FROM reports').get()!.n;
+/** One device publishes until a report is committed: the daemon is connected end to end. */
+async function firstReport(build: JsBuild, d: Daemon, brokerPort: number): Promise<void> {
+  for (let i = 0; i < 20 && d.committed() === 0; i++) {
+    const child = spawnNode(build, join(here, 'load.ts'), [
+      JSON.stringify({ port: brokerPort, n: 1, seconds: 0.2, window: 1, prefix: 'warm' }),
+    ]);
+    lines(child).on('line', () => undefined);
+    await exited(child);
+  }
+  if (d.committed() === 0) throw new Error('no report reached the daemon');
+}
 
-/** p50/p99 of store.put on one key while `during` runs (or for `ms` when idle). */
+/** p50/p99 of etcd API puts on one key, one every 5 ms, until `until()`. */
 async function putLatency(
-  store: Store,
+  etcd: Etcd3,
   until: () => boolean,
 ): Promise<{ p50: number; p99: number; n: number }> {
   const lat: number[] = [];
   let i = 0;
   while (!until()) {
     const t0 = performance.now();
-    await store.put({ key: Buffer.from('/bench/put'), value: Buffer.from(String(i++)) });
+    await etcd.put('/bench/put').value(String(i++));
     lat.push(performance.now() - t0);
     await new Promise((r) => setTimeout(r, 5));
   }
@@ -180,136 +283,161 @@ async function putLatency(
   };
 }
 
-function out(o: Record<string, unknown>): void {
-  const r: Record<string, unknown> = {};
-  for (const [k, v] of Object.entries(o)) r[k] = typeof v === 'number' ? Math.round(v * 100) / 100 : v;
-  console.log(JSON.stringify(r));
+/** Quantile of a histogram difference, as its bucket's upper bound in ms. */
+function bucketQuantile(before: [number, number][], after: [number, number][], p: number): number {
+  const diff = after.map(([le, c], i) => [le, c - (before[i]?.[1] ?? 0)] as [number, number]);
+  const total = diff.at(-1)?.[1] ?? 0;
+  const b = diff.find(([, c]) => c >= p * total);
+  return b ? b[0] * 1000 : Number.NaN;
 }
 
-export async function runIngestBench(n: number): Promise<void> {
-  // 1. aedes alone
-  const { Aedes } = await import('aedes');
-  // aedes routes through mqemitter, which works its queue recursively once `concurrency` (100)
-  // deliveries are pending: with 1,000 publishers the queue grew to thousands and the stack
-  // overflowed. A concurrency above the number of publishers keeps the queue empty.
-  // (edgekeeper's embedded broker routes reports to no one, so its queue stays empty.)
-  const broker = await Aedes.createBroker({ concurrency: 10_000 });
-  const server = net.createServer(broker.handle as (s: net.Socket) => void);
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
-  const rawAedes = await rawRate(`mqtt://127.0.0.1:${(server.address() as net.AddressInfo).port}`, n);
-  await new Promise<void>((r) => broker.close(() => r()));
-  await new Promise<void>((r) => server.close(() => r()));
-  out({ bench: 'ingest.raw_delivery', unit: 'msg/s', peer: 'aedes', devices: n, rate: rawAedes });
+async function mode(
+  build: JsBuild,
+  n: number,
+  peer: 'aedes' | 'mosquitto',
+  broker: { port: number; pid: number; protocolVersion: 4 | 5 },
+  daemonMqtt: Record<string, unknown>,
+  afterDaemon: () => Promise<void> = async () => undefined,
+): Promise<void> {
+  const raw1 = await rawRate(build, broker.port, n, broker.protocolVersion, broker.pid);
+  out({ bench: 'ingest.raw_delivery', unit: 'msg/s', peer, devices: n, rate: raw1.rate, cpu: raw1.cpu });
 
-  // 2. embedded ingest, flat out
-  {
-    // EK_BATCH overrides mqtt.batchMax to compare batch sizes
-    const nd = await node({
-      mode: 'embedded',
-      ...(process.env.EK_BATCH ? { batchMax: Number(process.env.EK_BATCH) } : {}),
-    });
-    const url = `mqtt://127.0.0.1:${nd.part.addresses()[0]!.port}`;
-    const eld = monitorEventLoopDelay({ resolution: 10 });
+  const d = await startDaemon(build, daemonMqtt);
+  let flat: Record<string, unknown>;
+  let flatRate: number;
+  try {
+    const port = peer === 'aedes' ? d.mqttPort : broker.port;
+    await firstReport(build, d, port);
+    const watch: Record<string, number> =
+      peer === 'aedes' ? { daemon: d.pid } : { broker: broker.pid, daemon: d.pid };
+    const idleEnd = performance.now() + 1500;
+    const idle = await putLatency(d.etcd, () => performance.now() > idleEnd);
+
+    // flat out
     let r0 = 0;
-    let r1 = 0;
     let t0 = 0;
-    let t1 = 0;
-    let rss = 0;
     let loading = true;
-    const idle = await putLatency(
-      nd.store,
-      (() => {
-        const end = performance.now() + 1000;
-        return () => performance.now() > end;
-      })(),
-    );
-    const during = putLatency(nd.store, () => !loading);
-    const res = await load(url, n, {
+    let rssMax = 0;
+    let during: ReturnType<typeof putLatency> | undefined;
+    const sampler = setInterval(() => {
+      rssMax = Math.max(rssMax, memory(d.pid).rss);
+    }, 200);
+    const h0 = await d.latencyBuckets();
+    const res = await load(build, port, n, {
+      watch,
       onStart: () => {
-        r0 = rows(nd.store);
+        r0 = d.committed();
         t0 = performance.now();
-        rss = process.memoryUsage().rss;
-        eld.enable();
+        during = putLatency(d.etcd, () => !loading);
       },
-      onEnd: () => {
-        r1 = rows(nd.store);
-        t1 = performance.now();
-        eld.disable();
+      onStop: () => {
         loading = false;
+        flatRate = (d.committed() - r0) / ((performance.now() - t0) / 1000);
       },
     });
-    const put = await during;
-    const rate = (r1 - r0) / ((t1 - t0) / 1000);
-    out({
-      bench: 'ingest.embedded',
+    clearInterval(sampler);
+    const h1 = await d.latencyBuckets();
+    const put = await during!;
+    const loopP99 = await d.metric('nodejs_eventloop_lag_p99_seconds');
+    flat = {
+      bench: peer === 'aedes' ? 'ingest.embedded' : 'ingest.external',
       unit: 'reports/s',
-      peer: 'aedes',
+      peer,
       devices: n,
-      rate,
-      ratio: rate / rawAedes,
-      p50: res.p50,
-      p99: res.p99,
-      latency: 'publish-to-PUBACK ms (PUBACK follows the commit)',
-      eventLoopDelayP99Ms: eld.percentile(99) / 1e6,
-      rssMB: rss / 1024 / 1024,
+      ...(peer === 'aedes'
+        ? { p50: res.p50, p99: res.p99, latency: 'publish-to-PUBACK ms (PUBACK follows the commit)' }
+        : {
+            p50: bucketQuantile(h0, h1, 0.5),
+            p99: bucketQuantile(h0, h1, 0.99),
+            latency: 'arrival-to-commit ms, histogram bucket upper bound',
+          }),
+      cpu: res.cpu,
+      daemonRssMB: rssMax,
+      daemonPeakRssMB: memory(d.pid).hwm,
+      daemonEventLoopP99Ms: loopP99 * 1000,
       putIdleP99: idle.p99,
       putDuringP99: put.p99,
       putRatio: put.p99 / Math.max(0.001, idle.p99),
-    });
+    };
 
-    // 3. half the ceiling, paced
-    const half = await load(url, n, { rate: rawAedes / 2 });
+    // half the ceiling, paced
+    const hh0 = await d.latencyBuckets();
+    const half = await load(build, port, n, { rate: raw1.rate / 2, watch });
+    const hh1 = await d.latencyBuckets();
     out({
-      bench: 'ingest.embedded_half_rate',
+      bench: peer === 'aedes' ? 'ingest.embedded_half_rate' : 'ingest.external_half_rate',
       unit: 'ms',
-      peer: 'aedes',
+      peer,
       devices: n,
       rate: half.acked / half.elapsed,
-      p50: half.p50,
-      p99: half.p99,
-      latency: 'publish-to-commit (PUBACK) at half the raw rate',
+      ...(peer === 'aedes'
+        ? { p50: half.p50, p99: half.p99, latency: 'publish-to-commit (PUBACK) at half the raw rate' }
+        : {
+            p50: bucketQuantile(hh0, hh1, 0.5),
+            p99: bucketQuantile(hh0, hh1, 0.99),
+            latency: 'arrival-to-commit at half the raw rate, histogram bucket upper bound',
+          }),
+      cpu: half.cpu,
     });
-    await nd.close();
-  }
-
-  // 4. mosquitto alone, 5. external ingest on it
-  const m = await startMosquitto();
-  try {
-    const rawMosq = await rawRate(m.url, n);
-    out({ bench: 'ingest.raw_delivery', unit: 'msg/s', peer: 'mosquitto', devices: n, rate: rawMosq });
-    const nd = await node({ mode: 'external', url: m.url, clientId: 'edgekeeper-bench', protocolVersion: 5 });
-    let r0 = 0;
-    let t0 = 0;
-    await load(m.url, n, {
-      onStart: () => {
-        r0 = rows(nd.store);
-        t0 = performance.now();
-      },
-    });
-    // the broker may still be delivering: count what was committed within the load window
-    const r1 = rows(nd.store);
-    const rate = (r1 - r0) / ((performance.now() - t0) / 1000);
-    const h =
-      (await nd.registry.getSingleMetric('edgekeeper_ingest_commit_latency_seconds')?.get())?.values ?? [];
-    const buckets = h.filter((v) => (v as { metricName?: string }).metricName?.endsWith('_bucket'));
-    const total = buckets.at(-1)?.value ?? 0;
-    const q = (p: number) => {
-      const b = buckets.find((v) => v.value >= p * total);
-      return b ? Number((b.labels as { le: string | number }).le) * 1000 : Number.NaN;
-    };
-    out({
-      bench: 'ingest.external',
-      unit: 'reports/s',
-      peer: 'mosquitto',
-      devices: n,
-      rate,
-      ratio: rate / rawMosq,
-      p50: q(0.5),
-      p99: q(0.99),
-      latency: 'arrival-to-commit ms, histogram bucket upper bound',
-    });
-    await nd.close();
   } finally {
-    await m.stop();
+    await d.stop();
+  }
+  await afterDaemon();
+
+  // the ceiling again, so background load that drifted during the run weighs on both sides
+  const raw2 = await rawRate(build, broker.port, n, broker.protocolVersion, broker.pid);
+  out({ bench: 'ingest.raw_delivery', unit: 'msg/s', peer, devices: n, rate: raw2.rate, cpu: raw2.cpu });
+  const ceiling = (raw1.rate + raw2.rate) / 2;
+  out({ ...flat, rate: flatRate!, raw: [raw1.rate, raw2.rate], ratio: flatRate! / ceiling });
+}
+
+/** Remove the daemon's persistent session so the broker stops queueing reports for it. */
+async function dropSession(url: string, clientId: string): Promise<void> {
+  const { default: mqtt } = await import('mqtt');
+  const c = mqtt.connect(url, {
+    clientId,
+    clean: true,
+    protocolVersion: 5,
+    reconnectPeriod: 0,
+    properties: { sessionExpiryInterval: 0 },
+  });
+  await new Promise<void>((r, j) => {
+    c.once('connect', () => r());
+    c.once('error', j);
+  });
+  await new Promise<void>((r) => c.end(false, {}, () => r()));
+}
+
+export async function runIngestBench(n: number): Promise<void> {
+  const build = buildJs([join(here, 'load.ts'), join(here, 'counter.ts'), join(here, 'aedes-raw.ts')]);
+  try {
+    // embedded: aedes alone vs the daemon's embedded broker
+    const aedes = spawnNode(build, join(here, 'aedes-raw.ts'), []);
+    try {
+      const port = await new Promise<number>((r) =>
+        lines(aedes).once('line', (l) => r((JSON.parse(l) as { port: number }).port)),
+      );
+      await mode(build, n, 'aedes', { port, pid: aedes.pid!, protocolVersion: 4 }, { mode: 'embedded' });
+    } finally {
+      aedes.kill('SIGTERM');
+      await exited(aedes);
+    }
+
+    // external: mosquitto alone vs the daemon subscribed to it (external mode's defaults: MQTT 5)
+    const m = await startMosquitto();
+    try {
+      await mode(
+        build,
+        n,
+        'mosquitto',
+        { port: m.port, pid: m.proc.pid!, protocolVersion: 5 },
+        { mode: 'external', url: m.url, clientId: 'edgekeeper-bench' },
+        () => dropSession(m.url, 'edgekeeper-bench'),
+      );
+    } finally {
+      await m.stop();
+    }
+  } finally {
+    build.cleanup();
   }
 }
