@@ -155,8 +155,6 @@ export async function startEtcdServer(store: Store, opts: EtcdServerOptions = {}
     // etcd's defaults: ping an idle client every 2 h, drop it after 20 s without an answer.
     'grpc.keepalive_time_ms': 2 * 60 * 60 * 1000,
     'grpc.keepalive_timeout_ms': 20_000,
-    // channelz keeps per-call counters and traces that nothing here reads: pure per-call cost.
-    'grpc.enable_channelz': 0,
   });
   const onDecodeFailure = (method: string, err: unknown) => {
     metrics.badInput.inc({ kind: 'undecodable' });
