@@ -234,7 +234,9 @@ async function startDaemon(build: JsBuild, mqtt: Record<string, unknown>): Promi
     async latencyBuckets() {
       const text = await metrics();
       const re = /^edgekeeper_ingest_commit_latency_seconds_bucket\{le="([^"]+)"\} (\d+)/gm;
-      return [...text.matchAll(re)].map((m) => [Number(m[1]), Number(m[2])] as [number, number]);
+      return [...text.matchAll(re)].map(
+        (m) => [m[1] === '+Inf' ? Number.POSITIVE_INFINITY : Number(m[1]), Number(m[2])] as [number, number],
+      );
     },
     async metric(name) {
       const m = new RegExp(`^${name} (\\S+)`, 'm').exec(await metrics());
@@ -288,7 +290,8 @@ function bucketQuantile(before: [number, number][], after: [number, number][], p
   const diff = after.map(([le, c], i) => [le, c - (before[i]?.[1] ?? 0)] as [number, number]);
   const total = diff.at(-1)?.[1] ?? 0;
   const b = diff.find(([, c]) => c >= p * total);
-  return b ? b[0] * 1000 : Number.NaN;
+  // past the last finite bucket (1 s): reported as -1, "more than a second"
+  return b && Number.isFinite(b[0]) ? b[0] * 1000 : -1;
 }
 
 async function mode(
@@ -318,6 +321,7 @@ async function mode(
     let t0 = 0;
     let loading = true;
     let rssMax = 0;
+    let rssConnected = 0;
     let during: ReturnType<typeof putLatency> | undefined;
     const sampler = setInterval(() => {
       rssMax = Math.max(rssMax, memory(d.pid).rss);
@@ -328,6 +332,8 @@ async function mode(
       onStart: () => {
         r0 = d.committed();
         t0 = performance.now();
+        // every device connected, none publishing yet
+        rssConnected = memory(d.pid).rss;
         during = putLatency(d.etcd, () => !loading);
       },
       onStop: () => {
@@ -352,6 +358,7 @@ async function mode(
             latency: 'arrival-to-commit ms, histogram bucket upper bound',
           }),
       cpu: res.cpu,
+      daemonRssConnectedMB: rssConnected,
       daemonRssMB: rssMax,
       daemonPeakRssMB: memory(d.pid).hwm,
       daemonEventLoopP99Ms: loopP99 * 1000,
@@ -362,7 +369,12 @@ async function mode(
 
     // half the ceiling, paced
     const hh0 = await d.latencyBuckets();
+    let halfRss = 0;
+    const halfSampler = setInterval(() => {
+      halfRss = Math.max(halfRss, memory(d.pid).rss);
+    }, 200);
     const half = await load(build, port, n, { rate: raw1.rate / 2, watch });
+    clearInterval(halfSampler);
     const hh1 = await d.latencyBuckets();
     out({
       bench: peer === 'aedes' ? 'ingest.embedded_half_rate' : 'ingest.external_half_rate',
@@ -378,6 +390,7 @@ async function mode(
             latency: 'arrival-to-commit at half the raw rate, histogram bucket upper bound',
           }),
       cpu: half.cpu,
+      daemonRssMB: halfRss,
     });
   } finally {
     await d.stop();
