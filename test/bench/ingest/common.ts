@@ -152,7 +152,8 @@ async function rawRate(
   brokerPid: number,
 ): Promise<{ rate: number; cpu: Record<string, number> }> {
   const counter = spawnNode(build, join(here, 'counter.ts'), [
-    JSON.stringify({ url: `mqtt://127.0.0.1:${port}`, protocolVersion }),
+    // external mode's Receive Maximum at the default batchMax (500): 4 batches
+    JSON.stringify({ url: `mqtt://127.0.0.1:${port}`, protocolVersion, receiveMaximum: 2000 }),
   ]);
   const replies = lines(counter);
   const next = () => new Promise<string>((r) => replies.once('line', r));
