@@ -279,7 +279,11 @@ export class SyncUploadError extends EdgeError {
 /** `GET /frame.png?size=` or `edgekeeper frame --size` named a size edgekeeper does not lay out. */
 export class FrameSizeError extends EdgeError {
   constructor(size: string, valid: readonly string[]) {
-    super('EDGE_ERR_FRAME_SIZE', `frame size ${JSON.stringify(size.slice(0, 32))} is not one of ${valid.join(', ')}`, 400);
+    super(
+      'EDGE_ERR_FRAME_SIZE',
+      `frame size ${JSON.stringify(size.slice(0, 32))} is not one of ${valid.join(', ')}`,
+      400,
+    );
   }
 }
 

@@ -101,13 +101,22 @@ function showDefault(spec: Exclude<FieldSpec, { type: 'renamed' }>): string {
 }
 
 function showDuration(ms: number): string {
-  const units: [string, number][] = [['d', 86_400_000], ['h', 3_600_000], ['m', 60_000], ['s', 1000]];
+  const units: [string, number][] = [
+    ['d', 86_400_000],
+    ['h', 3_600_000],
+    ['m', 60_000],
+    ['s', 1000],
+  ];
   for (const [u, n] of units) if (ms >= n && ms % n === 0) return `${ms / n}${u}`;
   return `${ms}ms`;
 }
 
 function showBytes(b: number): string {
-  for (const [u, n] of [['GiB', 1024 ** 3], ['MiB', 1024 ** 2], ['KiB', 1024]] as const)
+  for (const [u, n] of [
+    ['GiB', 1024 ** 3],
+    ['MiB', 1024 ** 2],
+    ['KiB', 1024],
+  ] as const)
     if (b >= n && ((b / n) * 10) % 1 === 0) return `${b / n}${u}`;
   return `${b}`;
 }

@@ -2,7 +2,7 @@ import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { createLogger } from '../log.js';
 import type { CliCommand } from '../part.js';
-import { startFleetServer } from './receiver/server.js';
+import type { FleetServer } from './receiver/server.js';
 
 const FLEET_USAGE = `Usage: edgekeeper fleet-server --database postgres://USER@HOST:PORT/DB [options]
 
@@ -79,7 +79,7 @@ export const fleetServerCommand: CliCommand = {
       process.stderr.write(`--database is required\n\n${FLEET_USAGE}\n`);
       return 2;
     }
-    let server: Awaited<ReturnType<typeof startFleetServer>>;
+    let server: FleetServer;
     try {
       const { host, port } = parseHostPort(v.listen as string);
       const nodes = {
@@ -90,7 +90,7 @@ export const fleetServerCommand: CliCommand = {
       };
       if ((v['tls-cert'] === undefined) !== (v['tls-key'] === undefined))
         throw new Error('--tls-cert and --tls-key go together');
-      server = await startFleetServer({
+      server = await (await import('./receiver/server.js')).startFleetServer({
         database,
         host,
         port,

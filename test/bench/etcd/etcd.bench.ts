@@ -8,13 +8,14 @@
  * Prints one JSON line per measurement and server; the edgekeeper line carries the ratios.
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { EtcdClient } from '../../../src/etcd/cli.js';
 import { freePort, startRealEtcd } from '../../etcd/helpers.js';
 import { slowDisk } from '../../slowdisk.js';
+import { buildJs } from '../build.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const SLOW = process.env.EDGEKEEPER_BENCH_SLOWDISK === '1';
@@ -96,55 +97,14 @@ function rssMb(pid: number): { rss: number; hwm: number } {
   return { rss: Math.round(kb('VmRSS') / 102.4) / 10, hwm: Math.round(kb('VmHWM') / 102.4) / 10 };
 }
 
-/**
- * The daemon runs compiled JavaScript under plain node, not tsx: transpile src/ and serve.ts
- * file by file (esbuild, no bundling, so the store's worker entry and our .proto files keep
- * their relative paths) into a temp dir whose node_modules points at the project's.
- */
-function buildServer(): { entry: string; cleanup(): void } {
-  const root = join(here, '..', '..', '..');
-  const out = mkdtempSync(join(tmpdir(), 'ek-bench-js-'));
-  const files = [...walk(join(root, 'src')), join(here, 'serve.ts')];
-  const r = spawnSync(
-    join(root, 'node_modules', '.bin', 'esbuild'),
-    [
-      ...files,
-      `--outdir=${out}`,
-      `--outbase=${root}`,
-      '--format=esm',
-      '--platform=node',
-      '--target=node20',
-      '--log-level=error',
-    ],
-    { encoding: 'utf8' },
-  );
-  if (r.status !== 0) throw new Error(`esbuild failed: ${r.stderr}`);
-  cpSync(join(root, 'src', 'etcd', 'proto'), join(out, 'src', 'etcd', 'proto'), { recursive: true });
-  writeFileSync(join(out, 'package.json'), '{"type":"module"}');
-  symlinkSync(join(root, 'node_modules'), join(out, 'node_modules'));
-  return {
-    entry: join(out, 'test', 'bench', 'etcd', 'serve.js'),
-    cleanup: () => rmSync(out, { recursive: true, force: true }),
-  };
-}
-
-function walk(dir: string): string[] {
-  const out: string[] = [];
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    const p = join(dir, e.name);
-    if (e.isDirectory()) out.push(...walk(p));
-    else if (e.name.endsWith('.ts') && !e.name.endsWith('.d.ts')) out.push(p);
-  }
-  return out;
-}
-
 async function startEdgekeeper(): Promise<Target> {
   const dir = mkdtempSync(join(tmpdir(), 'ek-bench-'));
   const port = await freePort();
-  const build = buildServer();
+  // The daemon runs compiled JavaScript under plain node, not tsx.
+  const build = buildJs([join(here, 'serve.ts')]);
   // The daemon's V8 flags (EDGEKEEPER_BENCH_NODE_FLAGS, e.g. --max-semi-space-size=4) apply here too.
   const flags = (process.env.EDGEKEEPER_BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean);
-  const node = [process.execPath, ...flags, build.entry, dir, String(port)];
+  const node = [process.execPath, ...flags, build.js(join(here, 'serve.ts')), dir, String(port)];
   const argv = SLOW ? [...STRACE, ...node] : node;
   const proc: ChildProcess = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'inherit'] });
   await new Promise<void>((resolve, reject) => {
