@@ -286,6 +286,29 @@ async function putLatency(
   };
 }
 
+/**
+ * A phase's latency fields: embedded mode times publish-to-PUBACK at the devices (the PUBACK
+ * follows the commit); external mode reads arrival-to-commit from the daemon's histogram.
+ */
+function latencyFields(
+  peer: string,
+  measured: { p50: number; p99: number },
+  before: [number, number][],
+  after: [number, number][],
+  when: string,
+): { p50: number; p99: number; latency: string } {
+  if (peer === 'aedes') {
+    return { ...pick(measured), latency: `publish-to-PUBACK ms (PUBACK follows the commit)${when}` };
+  }
+  return {
+    p50: bucketQuantile(before, after, 0.5),
+    p99: bucketQuantile(before, after, 0.99),
+    latency: `arrival-to-commit ms${when}, histogram bucket upper bound`,
+  };
+}
+
+const pick = ({ p50, p99 }: { p50: number; p99: number }) => ({ p50, p99 });
+
 /** Quantile of a histogram difference, as its bucket's upper bound in ms. */
 function bucketQuantile(before: [number, number][], after: [number, number][], p: number): number {
   const diff = after.map(([le, c], i) => [le, c - (before[i]?.[1] ?? 0)] as [number, number]);
@@ -351,13 +374,7 @@ async function mode(
       unit: 'reports/s',
       peer,
       devices: n,
-      ...(peer === 'aedes'
-        ? { p50: res.p50, p99: res.p99, latency: 'publish-to-PUBACK ms (PUBACK follows the commit)' }
-        : {
-            p50: bucketQuantile(h0, h1, 0.5),
-            p99: bucketQuantile(h0, h1, 0.99),
-            latency: 'arrival-to-commit ms, histogram bucket upper bound',
-          }),
+      ...latencyFields(peer, res, h0, h1, ''),
       cpu: res.cpu,
       daemonRssConnectedMB: rssConnected,
       daemonRssMB: rssMax,
@@ -383,13 +400,7 @@ async function mode(
       peer,
       devices: n,
       rate: half.acked / half.elapsed,
-      ...(peer === 'aedes'
-        ? { p50: half.p50, p99: half.p99, latency: 'publish-to-commit (PUBACK) at half the raw rate' }
-        : {
-            p50: bucketQuantile(hh0, hh1, 0.5),
-            p99: bucketQuantile(hh0, hh1, 0.99),
-            latency: 'arrival-to-commit at half the raw rate, histogram bucket upper bound',
-          }),
+      ...latencyFields(peer, half, hh0, hh1, ' at half the raw rate'),
       cpu: half.cpu,
       daemonRssMB: halfRss,
     });
