@@ -6,7 +6,7 @@
  * node_modules, assets and bpf linked and the proto files copied.
  */
 import { spawnSync } from 'node:child_process';
-import { copyFileSync, cpSync, mkdtempSync, readdirSync, rmSync, symlinkSync } from 'node:fs';
+import { copyFileSync, cpSync, mkdtempSync, readdirSync, readFileSync, rmSync, symlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -45,6 +45,14 @@ export function buildJs(extraEntries: string[] = []): JsBuild {
       join(out, relative(root, tsFile.startsWith('/') ? tsFile : join(root, tsFile)).replace(/\.ts$/, '.js')),
     cleanup: () => rmSync(out, { recursive: true, force: true }),
   };
+}
+
+/** The environment the systemd unit gives the daemon (its `Environment=` lines), over ours. */
+export function unitEnvironment(): NodeJS.ProcessEnv {
+  const unit = readFileSync(join(root, 'systemd', 'edgekeeper.service'), 'utf8');
+  const env: NodeJS.ProcessEnv = { ...process.env };
+  for (const m of unit.matchAll(/^Environment=([A-Za-z_][A-Za-z0-9_]*)=(.*)$/gm)) env[m[1]!] = m[2]!;
+  return env;
 }
 
 function walk(dir: string): string[] {

@@ -15,7 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { EtcdClient } from '../../../src/etcd/cli.js';
 import { freePort, startRealEtcd } from '../../etcd/helpers.js';
 import { slowDisk } from '../../slowdisk.js';
-import { buildJs } from '../build.js';
+import { buildJs, unitEnvironment } from '../build.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const SLOW = process.env.EDGEKEEPER_BENCH_SLOWDISK === '1';
@@ -106,7 +106,10 @@ async function startEdgekeeper(): Promise<Target> {
   const flags = (process.env.EDGEKEEPER_BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean);
   const node = [process.execPath, ...flags, build.js(join(here, 'serve.ts')), dir, String(port)];
   const argv = SLOW ? [...STRACE, ...node] : node;
-  const proc: ChildProcess = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'inherit'] });
+  const proc: ChildProcess = spawn(argv[0]!, argv.slice(1), {
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: unitEnvironment(),
+  });
   await new Promise<void>((resolve, reject) => {
     let out = '';
     proc.stdout?.on('data', (d: Buffer) => {

@@ -28,7 +28,7 @@ import { fileURLToPath } from 'node:url';
 import Database from 'better-sqlite3';
 import { Etcd3 } from 'etcd3';
 import { freePort, startMosquitto } from '../../ingest/mosquitto.js';
-import { buildJs, type JsBuild } from '../build.js';
+import { buildJs, type JsBuild, unitEnvironment } from '../build.js';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
 const SECONDS = Number(process.env.EDGEKEEPER_BENCH_SECONDS ?? 4);
@@ -80,9 +80,16 @@ function memory(pid: number): { rss: number; hwm: number } {
   return { rss: kb('VmRSS') / 1024, hwm: kb('VmHWM') / 1024 };
 }
 
-function spawnNode(build: JsBuild, ts: string, args: string[], flags: string[] = []): ChildProcess {
+function spawnNode(
+  build: JsBuild,
+  ts: string,
+  args: string[],
+  flags: string[] = [],
+  env: NodeJS.ProcessEnv = process.env,
+): ChildProcess {
   return spawn(process.execPath, [...flags, build.js(ts), ...args], {
     stdio: ['pipe', 'pipe', 'inherit'],
+    env,
   });
 }
 
@@ -209,7 +216,13 @@ async function startDaemon(build: JsBuild, mqtt: Record<string, unknown>): Promi
     probes: { enabled: [] },
   };
   writeFileSync(join(dir, 'config.json'), JSON.stringify(config));
-  const proc = spawnNode(build, 'src/main.ts', ['run', '--config', join(dir, 'config.json')], NODE_FLAGS);
+  const proc = spawnNode(
+    build,
+    'src/main.ts',
+    ['run', '--config', join(dir, 'config.json')],
+    NODE_FLAGS,
+    unitEnvironment(),
+  );
   // the logs are the daemon's production output (level info); read and dropped
   lines(proc).on('line', () => undefined);
   const base = `http://127.0.0.1:${httpPort}`;
