@@ -8,7 +8,7 @@ import { parseArgs } from 'node:util';
 import type { CliCommand } from '../part.js';
 import type { Store } from '../store/types.js';
 import { addDevice, type DeviceInfo, listDevices, removeDevice, rotateDevice } from './devices.js';
-import { DeadLetters } from './rejects.js';
+import { DeadLetters, type RejectRow } from './rejects.js';
 import { ingestMigrations } from './schema.js';
 
 const DEVICE_USAGE = `Usage: edgekeeper device <add|list|remove|rotate> [ID] [--http HOST:PORT | --data-dir DIR] [--json]
@@ -167,16 +167,9 @@ async function ingestMain(args: string[]): Promise<number> {
     return values.help ? 0 : 2;
   }
   const limit = Math.min(1000, Math.max(1, Number(values.limit) || 50));
-  type Row = {
-    id: number;
-    ts: number;
-    device: string | null;
-    topic: string | null;
-    reason: string;
-    detail: string | null;
-    size: number;
-    head: string | null;
-  };
+  // As served over HTTP: the first bytes hex-encoded.
+  type Row = Omit<RejectRow, 'head'> & { head: string | null };
+
   const rows: Row[] = values['data-dir']
     ? await withStore(values['data-dir'], async (s) =>
         DeadLetters.list(s, limit).map((r) => ({

@@ -24,34 +24,14 @@ import type { Report } from './payload.js';
 // etcd's default --max-txn-ops is 128; stay below it with room for nothing else
 const PUTS_PER_TXN = 100;
 
-export interface DeviceState {
+/** The JSON under /edgekeeper/devices/<id>. */
+export interface DeviceDoc {
   id: string;
-  firstSeen: number;
-  lastSeen: number;
-  reports: number;
   online: boolean;
   /** When `online` last changed. */
   since: number;
   /** Why the device is offline: disconnect, will, keepalive, silence, restart, status. */
   reason?: string;
-  lastSeq: number | null;
-  lastTs: number | null;
-  metrics?: Record<string, number>;
-  state?: Record<string, unknown>;
-  tags?: Record<string, string>;
-  rejects: number;
-  mirroredAt: number;
-  dirty: boolean;
-  urgent: boolean;
-  pendingEvent?: { kind: 'device.online' | 'device.offline'; ts: number; reason: string };
-}
-
-/** The JSON under /edgekeeper/devices/<id>. */
-export interface DeviceDoc {
-  id: string;
-  online: boolean;
-  since: number;
-  reason?: string;
   firstSeen: number;
   lastSeen: number;
   reports: number;
@@ -61,6 +41,14 @@ export interface DeviceDoc {
   state?: Record<string, unknown>;
   tags?: Record<string, string>;
   rejects: number;
+}
+
+/** A device as the registry tracks it: its document plus bookkeeping for the mirror. */
+export interface DeviceState extends DeviceDoc {
+  mirroredAt: number;
+  dirty: boolean;
+  urgent: boolean;
+  pendingEvent?: { kind: 'device.online' | 'device.offline'; ts: number; reason: string };
 }
 
 const UPSERT_STATE = `INSERT INTO ingest_device_state(id, first_seen, last_seen, reports, online, last)

@@ -60,6 +60,19 @@ function connectLevel(b: Buffer): number | undefined {
 
 type Pkt = Record<string, unknown> & { cmd: string };
 
+/** A PUBLISH with the fields both versions share: properties stay behind (see the README). */
+function publishFields(p: Pkt): Pkt {
+  return {
+    cmd: 'publish',
+    topic: p.topic,
+    payload: p.payload,
+    qos: p.qos,
+    retain: p.retain,
+    dup: p.dup,
+    messageId: p.messageId,
+  };
+}
+
 function bridge(sock: net.Socket, first: Buffer): Duplex {
   const fromDevice = mqttPacket.parser({ protocolVersion: 5 });
   const fromBroker = mqttPacket.parser({ protocolVersion: 4 });
@@ -123,15 +136,7 @@ function bridge(sock: net.Socket, first: Buffer): Duplex {
       }
       case 'publish':
         if (p.properties?.topicAlias !== undefined) return close();
-        toBroker({
-          cmd: 'publish',
-          topic: p.topic,
-          payload: p.payload,
-          qos: p.qos,
-          retain: p.retain,
-          dup: p.dup,
-          messageId: p.messageId,
-        });
+        toBroker(publishFields(p));
         return;
       case 'subscribe':
         toBroker({
@@ -180,15 +185,7 @@ function bridge(sock: net.Socket, first: Buffer): Duplex {
         });
         return;
       case 'publish':
-        toDevice({
-          cmd: 'publish',
-          topic: p.topic,
-          payload: p.payload,
-          qos: p.qos,
-          retain: p.retain,
-          dup: p.dup,
-          messageId: p.messageId,
-        });
+        toDevice(publishFields(p));
         return;
       case 'suback':
         toDevice({

@@ -7,7 +7,7 @@
  * EDGEKEEPER_BENCH_SLOWDISK=1 runs both under the slow-disk strace recipe (every fsync +15 ms).
  * Prints one JSON line per measurement and server; the edgekeeper line carries the ratios.
  */
-import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -16,6 +16,7 @@ import { EtcdClient } from '../../../src/etcd/cli.js';
 import { freePort, startRealEtcd } from '../../etcd/helpers.js';
 import { slowDisk } from '../../slowdisk.js';
 import { buildJs, unitEnvironment } from '../build.js';
+import { cpuMs, memoryMb } from '../proc.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const SLOW = process.env.EDGEKEEPER_BENCH_SLOWDISK === '1';
@@ -91,12 +92,6 @@ function leafPid(pid: number, comm: string): number {
   return 0;
 }
 
-function rssMb(pid: number): { rss: number; hwm: number } {
-  const s = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const kb = (k: string) => Number(new RegExp(`${k}:\\s+(\\d+)`).exec(s)?.[1] ?? 0);
-  return { rss: Math.round(kb('VmRSS') / 102.4) / 10, hwm: Math.round(kb('VmHWM') / 102.4) / 10 };
-}
-
 async function startEdgekeeper(): Promise<Target> {
   const dir = mkdtempSync(join(tmpdir(), 'ek-bench-'));
   const port = await freePort();
@@ -156,13 +151,6 @@ type Measures = Record<
   Result & { rssMb?: number; peakRssMb?: number; serverCpuUsPerOp?: number; clientCpuUsPerOp?: number }
 >;
 
-/** CPU time (user + system, all threads) a process has used, in microseconds. */
-function cpuUs(pid: number): number {
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return ((Number(fields[11]) + Number(fields[12])) * 1e6) / CLK_TCK;
-}
-const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
-
 /**
  * Run one phase and add each measure's CPU cost per operation on both sides: the client shares
  * the machine's cores with the server, so a phase where the client is saturated says more about
@@ -170,10 +158,10 @@ const CLK_TCK = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).s
  */
 async function measured(t: Target, phase: Phase, c: EtcdClient): Promise<Measures> {
   const pid = t.pid();
-  const s0 = cpuUs(pid);
+  const s0 = cpuMs(pid);
   const c0 = process.cpuUsage();
   const m = await phase(c);
-  const server = cpuUs(pid) - s0;
+  const server = (cpuMs(pid) - s0) * 1000;
   const cu = process.cpuUsage(c0);
   const ops = Object.values(m).reduce((a, r) => a + r.n, 0);
   for (const r of Object.values(m)) {
@@ -296,7 +284,8 @@ export default async function run(): Promise<void> {
         Object.assign(results[targets[i]!.name]!, await measured(targets[i]!, phase, clients[i]!));
     }
     for (const t of targets) {
-      const mem = rssMb(t.pid());
+      const m = memoryMb(t.pid());
+      const mem = { rss: Math.round(m.rss * 10) / 10, hwm: Math.round(m.hwm * 10) / 10 };
       results[t.name]!['server.rss'] = {
         p50: mem.rss,
         p99: mem.hwm,

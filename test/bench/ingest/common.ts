@@ -20,7 +20,7 @@
  * EDGEKEEPER_BENCH_NODE_FLAGS adds node flags to the daemon (e.g. --max-semi-space-size=4).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface, type Interface } from 'node:readline';
@@ -29,6 +29,7 @@ import Database from 'better-sqlite3';
 import { Etcd3 } from 'etcd3';
 import { freePort, startMosquitto } from '../../ingest/mosquitto.js';
 import { buildJs, type JsBuild, unitEnvironment } from '../build.js';
+import { cpuMs, memoryMb } from '../proc.js';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
 const SECONDS = Number(process.env.EDGEKEEPER_BENCH_SECONDS ?? 4);
@@ -36,7 +37,6 @@ const SECONDS = Number(process.env.EDGEKEEPER_BENCH_SECONDS ?? 4);
 const IN_FLIGHT = 1000;
 const NODE_FLAGS = (process.env.EDGEKEEPER_BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean);
 // Linux reports process CPU time in clock ticks of 1/100 s
-const TICK_S = 0.01;
 
 interface LoadResult {
   elapsed: number;
@@ -59,25 +59,6 @@ function round(v: unknown): unknown {
   if (v && typeof v === 'object' && !Array.isArray(v))
     return Object.fromEntries(Object.entries(v).map(([k, x]) => [k, round(x)]));
   return v;
-}
-
-/** CPU seconds (user + system, all threads) a process has used so far. */
-function cpuSeconds(pid: number): number {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    // fields 14 and 15 (utime, stime), counted from after the command name
-    return (Number(f[11]) + Number(f[12])) * TICK_S;
-  } catch {
-    return Number.NaN;
-  }
-}
-
-/** VmRSS and VmHWM (peak) of a process in MB. */
-function memory(pid: number): { rss: number; hwm: number } {
-  const s = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const kb = (k: string) => Number(new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(s)?.[1] ?? Number.NaN);
-  return { rss: kb('VmRSS') / 1024, hwm: kb('VmHWM') / 1024 };
 }
 
 function spawnNode(
@@ -135,13 +116,13 @@ function load(
     lines(child).on('line', (line) => {
       const m = JSON.parse(line) as { phase: string } & LoadResult;
       if (m.phase === 'start') {
-        c0 = Object.fromEntries(Object.entries(pids).map(([k, p]) => [k, cpuSeconds(p)]));
+        c0 = Object.fromEntries(Object.entries(pids).map(([k, p]) => [k, cpuMs(p) / 1000]));
         t0 = performance.now();
         hooks = hooks.then(opts.onStart);
       }
       if (m.phase === 'stopped') {
         const dt = (performance.now() - t0) / 1000;
-        cpu = Object.fromEntries(Object.entries(pids).map(([k, p]) => [k, (cpuSeconds(p) - c0[k]!) / dt]));
+        cpu = Object.fromEntries(Object.entries(pids).map(([k, p]) => [k, (cpuMs(p) / 1000 - c0[k]!) / dt]));
         hooks = hooks.then(opts.onStop);
       }
       if (m.phase === 'end') hooks.then(() => resolve({ ...m, cpu }), reject);
@@ -361,7 +342,7 @@ async function mode(
     let rssConnected = 0;
     let during: ReturnType<typeof putLatency> | undefined;
     const sampler = setInterval(() => {
-      rssMax = Math.max(rssMax, memory(d.pid).rss);
+      rssMax = Math.max(rssMax, memoryMb(d.pid).rss);
     }, 200);
     const h0 = await d.latencyBuckets();
     const res = await load(build, port, n, {
@@ -370,7 +351,7 @@ async function mode(
         r0 = d.committed();
         t0 = performance.now();
         // every device connected, none publishing yet
-        rssConnected = memory(d.pid).rss;
+        rssConnected = memoryMb(d.pid).rss;
         during = putLatency(d.etcd, () => !loading);
       },
       onStop: () => {
@@ -391,7 +372,7 @@ async function mode(
       cpu: res.cpu,
       daemonRssConnectedMB: rssConnected,
       daemonRssMB: rssMax,
-      daemonPeakRssMB: memory(d.pid).hwm,
+      daemonPeakRssMB: memoryMb(d.pid).hwm,
       daemonEventLoopP99Ms: loopP99 * 1000,
       putIdleP99: idle.p99,
       putDuringP99: put.p99,
@@ -402,7 +383,7 @@ async function mode(
     const hh0 = await d.latencyBuckets();
     let halfRss = 0;
     const halfSampler = setInterval(() => {
-      halfRss = Math.max(halfRss, memory(d.pid).rss);
+      halfRss = Math.max(halfRss, memoryMb(d.pid).rss);
     }, 200);
     const half = await load(build, port, n, { rate: raw1.rate / 2, watch });
     clearInterval(halfSampler);

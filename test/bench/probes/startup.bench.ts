@@ -5,7 +5,8 @@
  */
 import { cpus, loadavg } from 'node:os';
 import { PROBE_NAMES } from '../../../src/probes/catalog.js';
-import { median, quantile, rssMb, startProbes } from './util.js';
+import { memoryMb } from '../proc.js';
+import { median, quantile, startProbes } from './util.js';
 
 export default async function run(): Promise<void> {
   const starts: number[] = [];
@@ -17,7 +18,7 @@ export default async function run(): Promise<void> {
     starts.push(r.startMs);
     announced.push(r.announcedMs);
     cpu.push(r.cpuMs);
-    rss.push(rssMb(r.child.pid!));
+    rss.push(memoryMb(r.child.pid!).rss);
     await r.stop();
   }
   console.log(
@@ -50,7 +51,7 @@ export default async function run(): Promise<void> {
   // One process per probe, started one after another (as the supervisor would), all alive.
   const each = [];
   for (const p of PROBE_NAMES) each.push(await startProbes([p]));
-  const per = each.map((r) => rssMb(r.child.pid!));
+  const per = each.map((r) => memoryMb(r.child.pid!).rss);
   for (const r of each) await r.stop();
   const sum = per.reduce((a, b) => a + b, 0);
   console.log(

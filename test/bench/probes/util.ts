@@ -1,6 +1,7 @@
 /** Shared by the probes benches: start a probe set in bpftrace and wait until it is attached. */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { readdirSync, readFileSync, readlinkSync, writeFileSync } from 'node:fs';
+import { cpuMs } from '../proc.js';
 import { composeProgram, type ProbeName, READY_LINE } from '../../../src/probes/catalog.js';
 
 export interface Running {
@@ -59,7 +60,7 @@ export async function startProbes(
     child,
     startMs,
     announcedMs,
-    cpuMs: cpuMsOf(child.pid!),
+    cpuMs: cpuMs(child.pid!),
     stop: () =>
       new Promise<void>((resolve) => {
         if (child.exitCode !== null || child.signalCode !== null) return resolve();
@@ -67,12 +68,6 @@ export async function startProbes(
         child.kill('SIGKILL');
       }),
   };
-}
-
-/** Resident set size of a process in MB (VmRSS). */
-export function rssMb(pid: number): number {
-  const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return m ? Number(m[1]) / 1024 : Number.NaN;
 }
 
 export function median(xs: number[]): number {
@@ -133,11 +128,4 @@ export function bpfRunTime(pid: number): { ns: number; runs: number } {
     }
   }
   return { ns, runs };
-}
-
-/** utime + stime of a process in ms (USER_HZ = 100). */
-export function cpuMsOf(pid: number): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return (Number(rest[11]) + Number(rest[12])) * 10;
 }
