@@ -34,6 +34,9 @@ const SESSION_EXPIRY_S = 7 * 86_400;
 // keep the writer busy; a larger window only moves the broker's queue into our memory (with
 // 65535, 1,000 devices flat out queued ~60,000 reports here: a second of latency and +150 MB).
 const RECEIVE_BATCHES = 4;
+// MQTT.js handles every packet of a socket read (up to 64 KB, hundreds of reports) before the
+// event loop turns; yielding after this many lets etcd requests in between.
+const YIELD_EVERY = 64;
 
 export class ExternalSubscriber implements CommandDelivery {
   // biome-ignore lint/suspicious/noExplicitAny: MQTT.js's client type is only used through a few calls
@@ -42,6 +45,7 @@ export class ExternalSubscriber implements CommandDelivery {
   private raw: any;
   private generation = 0;
   private corked = false;
+  private sinceYield = 0;
   private readonly held = new Map<number, { gen: number; done: Promise<unknown> }>();
   onReachable?: (device: string) => void;
   private connectedOnce!: Promise<void>;
@@ -95,7 +99,11 @@ export class ExternalSubscriber implements CommandDelivery {
         this.held.set(packet.messageId, { gen: this.generation, done });
       // failures are handled where the held PUBACK is released
       done.catch(() => undefined);
-      callback();
+      if (++this.sinceYield < YIELD_EVERY) callback();
+      else {
+        this.sinceYield = 0;
+        setImmediate(callback);
+      }
     };
     const orig = (this.raw._sendPacket as SendPacket).bind(client);
     const wrapped: SendPacket = (packet, cb, cbStorePut, noStore) => {

@@ -8,8 +8,9 @@
  * Two classes share the writer. Bulk appends (SQL ops with `rows`: device reports, probe
  * samples) are throughput work; everything else (etcd writes, leases, cursors) is interactive and
  * someone is waiting on it. Each batch takes every queued interactive request first and then bulk
- * requests up to `bulkRowsPerBatch` rows (at least one bulk request, so bulk never starves).
- * That bounds how long an etcd put can wait behind report batches: one bounded transaction.
+ * requests up to `bulkRowsPerBatch` rows (a quarter of it when interactive requests are in the
+ * batch; bulk never starves, see `take`). That bounds how long an etcd put can wait behind
+ * report batches: one bounded transaction, and its own carries few rows.
  * Order is kept within a class, not across classes; no caller relies on cross-class order.
  *
  * On a slow disk, right after a commit, the writer lingers before starting a batch that would be
@@ -141,6 +142,8 @@ export class Writer {
   private interactive: Pending[] = [];
   private bulk: Pending[] = [];
   private inFlight = false;
+  /** The last transaction left bulk requests queued (see take). */
+  private bulkSkipped = false;
   private closed = false;
   private scheduled = false;
   private lingerTimer?: ReturnType<typeof setTimeout>;
@@ -202,7 +205,12 @@ export class Writer {
     void this.flush();
   }
 
-  /** The next transaction: interactive requests first, then bulk ones within the row budget. */
+  /**
+   * The next transaction: interactive requests first, then bulk ones within the row budget.
+   * Next to interactive requests bulk gets a quarter of the budget: a put then commits with
+   * little besides it. So that a steady stream of interactive writes cannot starve bulk, a
+   * transaction that left bulk waiting makes the next one take bulk in full (at least one request).
+   */
   private take(): Pending[] {
     const max = this.opts.maxBatch;
     const head = this.interactive[0] ?? this.bulk[0]!;
@@ -210,15 +218,17 @@ export class Writer {
     let n = 0;
     while (n < this.interactive.length && n < max && !isBarrier(this.interactive[n]!.req)) n++;
     const take = this.interactive.splice(0, n);
+    const shared = take.length > 0 && !this.bulkSkipped;
+    const budget = shared ? Math.floor(this.opts.bulkRowsPerBatch / 4) : this.opts.bulkRowsPerBatch;
     let rows = 0;
     let b = 0;
     while (b < this.bulk.length && take.length + b < max) {
       const next = this.bulk[b]!;
-      if (b > 0 && rows + next.rows > this.opts.bulkRowsPerBatch) break;
-      if (b === 0 && take.length > 0 && next.rows > this.opts.bulkRowsPerBatch) break;
+      if (rows + next.rows > budget && (b > 0 || shared)) break;
       rows += next.rows;
       b++;
     }
+    this.bulkSkipped = b === 0 && this.bulk.length > 0;
     if (b > 0) take.push(...this.bulk.splice(0, b));
     return take;
   }

@@ -76,16 +76,53 @@ test('interactive writes commit before bulk appends queued ahead of them', async
   });
 });
 
-test('bulk requests share a transaction up to the row budget and keep their order', async () => {
+test('bulk requests share a transaction up to the row budget, next to puts only a quarter of it', async () => {
   await withWriter(100, async (w, batches) => {
-    const reqs = [bulk(40, 1), bulk(40, 2), bulk(40, 3), put('/p'), bulk(40, 4), bulk(40, 5)];
+    const reqs = [bulk(40, 1), bulk(20, 2), bulk(40, 3), put('/p'), bulk(40, 4), bulk(40, 5), bulk(40, 6)];
     const results = await Promise.all(reqs.map((r) => w.submit(r)));
     assert.ok(results.every((r) => r.ok));
+    // Next to the put a 40-row request is over a quarter of the budget (25): the put commits
+    // alone; then bulk fills whole budgets in order.
     assert.deepEqual(batches, [
-      ['put:/p', 'bulk:40#1', 'bulk:40#2'],
-      ['bulk:40#3', 'bulk:40#4'],
-      ['bulk:40#5'],
+      ['put:/p'],
+      ['bulk:40#1', 'bulk:20#2', 'bulk:40#3'],
+      ['bulk:40#4', 'bulk:40#5'],
+      ['bulk:40#6'],
     ]);
+  });
+});
+
+test('small bulk requests join a put within a quarter of the budget', async () => {
+  await withWriter(100, async (w, batches) => {
+    const reqs = [bulk(10, 1), bulk(10, 2), bulk(10, 3), put('/p')];
+    const results = await Promise.all(reqs.map((r) => w.submit(r)));
+    assert.ok(results.every((r) => r.ok));
+    assert.deepEqual(batches, [['put:/p', 'bulk:10#1', 'bulk:10#2'], ['bulk:10#3']]);
+  });
+});
+
+test('a steady stream of puts does not starve bulk appends', async () => {
+  await withWriter(100, async (w, batches) => {
+    // every committed transaction brings a new put, so interactive work is always queued
+    const more: Promise<unknown>[] = [];
+    let i = 0;
+    const feed = () => {
+      if (i < 6) more.push(w.submit(put(`/k${i++}`)).then(feed));
+    };
+    const first = [w.submit(bulk(500, 1)), w.submit(bulk(500, 2)), w.submit(put('/a'))];
+    feed();
+    await Promise.all(first);
+    while (more.length < 6) await new Promise((r) => setImmediate(r));
+    await Promise.all(more);
+    const at = (tag: string) => batches.findIndex((b) => b.includes(tag));
+    // each oversized bulk request commits at most one transaction after one that skipped it
+    assert.ok(at('bulk:500#1') <= 1, batches.map((b) => b.join(',')).join(' | '));
+    assert.ok(at('bulk:500#2') <= at('bulk:500#1') + 2, batches.map((b) => b.join(',')).join(' | '));
+    // and is the only bulk request in its transaction (the budget is 100 rows)
+    assert.deepEqual(
+      batches[at('bulk:500#1')]!.filter((d) => d.startsWith('bulk:')),
+      ['bulk:500#1'],
+    );
   });
 });
 

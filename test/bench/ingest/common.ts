@@ -17,6 +17,7 @@
  * The CPU each process used in each phase is printed, to show which side was the bottleneck.
  * Embedded latency is publish-to-PUBACK at the device (PUBACK follows the commit); external
  * latency is arrival-to-commit from the daemon's histogram (bucket upper bounds).
+ * EDGEKEEPER_BENCH_MODES=embedded or =external runs one mode only.
  * EDGEKEEPER_BENCH_NODE_FLAGS adds node flags to the daemon (e.g. --max-semi-space-size=4).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
@@ -35,6 +36,8 @@ const here = fileURLToPath(new URL('.', import.meta.url));
 const SECONDS = Number(process.env.EDGEKEEPER_BENCH_SECONDS ?? 4);
 // total reports in flight across all devices
 const IN_FLIGHT = 1000;
+// EDGEKEEPER_BENCH_MODES=embedded (or external) runs one mode only
+const MODES = (process.env.EDGEKEEPER_BENCH_MODES ?? 'embedded,external').split(',');
 const NODE_FLAGS = (process.env.EDGEKEEPER_BENCH_NODE_FLAGS ?? '').split(' ').filter(Boolean);
 // Linux reports process CPU time in clock ticks of 1/100 s
 
@@ -167,14 +170,30 @@ async function rawRate(
   return { rate: (b.n - a.n) / ((b.t - a.t) / 1000), cpu: res.cpu };
 }
 
+class Scrape {
+  constructor(private readonly text: string) {}
+
+  /** A histogram's buckets (le -> cumulative count); by default the ingest commit latency. */
+  buckets(name = 'edgekeeper_ingest_commit_latency_seconds'): [number, number][] {
+    const re = new RegExp(`^${name}_bucket\\{le="([^"]+)"\\} (\\d+)`, 'gm');
+    return [...this.text.matchAll(re)].map(
+      (m) => [m[1] === '+Inf' ? Number.POSITIVE_INFINITY : Number(m[1]), Number(m[2])] as [number, number],
+    );
+  }
+
+  value(name: string): number {
+    const m = new RegExp(`^${name} (\\S+)`, 'm').exec(this.text);
+    return Number(m?.[1] ?? Number.NaN);
+  }
+}
+
 interface Daemon {
   pid: number;
   mqttPort: number;
   etcd: Etcd3;
   committed(): number;
-  /** edgekeeper_ingest_commit_latency_seconds buckets (le -> cumulative count). */
-  latencyBuckets(): Promise<[number, number][]>;
-  metric(name: string): Promise<number>;
+  /** One read of /metrics (prom-client resets the event-loop delay histogram on every read). */
+  scrape(): Promise<Scrape>;
   stop(): Promise<void>;
 }
 
@@ -226,16 +245,8 @@ async function startDaemon(build: JsBuild, mqtt: Record<string, unknown>): Promi
     mqttPort,
     etcd,
     committed: () => maxId.get() as number,
-    async latencyBuckets() {
-      const text = await metrics();
-      const re = /^edgekeeper_ingest_commit_latency_seconds_bucket\{le="([^"]+)"\} (\d+)/gm;
-      return [...text.matchAll(re)].map(
-        (m) => [m[1] === '+Inf' ? Number.POSITIVE_INFINITY : Number(m[1]), Number(m[2])] as [number, number],
-      );
-    },
-    async metric(name) {
-      const m = new RegExp(`^${name} (\\S+)`, 'm').exec(await metrics());
-      return Number(m?.[1] ?? Number.NaN);
+    async scrape() {
+      return new Scrape(await metrics());
     },
     async stop() {
       etcd.close();
@@ -301,6 +312,8 @@ function latencyFields(
   };
 }
 
+const COMMIT = 'edgekeeper_store_commit_seconds';
+
 const pick = ({ p50, p99 }: { p50: number; p99: number }) => ({ p50, p99 });
 
 /** Quantile of a histogram difference, as its bucket's upper bound in ms. */
@@ -344,7 +357,7 @@ async function mode(
     const sampler = setInterval(() => {
       rssMax = Math.max(rssMax, memoryMb(d.pid).rss);
     }, 200);
-    const h0 = await d.latencyBuckets();
+    const s0 = await d.scrape();
     const res = await load(build, port, n, {
       watch,
       onStart: () => {
@@ -360,34 +373,36 @@ async function mode(
       },
     });
     clearInterval(sampler);
-    const h1 = await d.latencyBuckets();
+    const s1 = await d.scrape();
     const put = await during!;
-    const loopP99 = await d.metric('nodejs_eventloop_lag_p99_seconds');
     flat = {
       bench: peer === 'aedes' ? 'ingest.embedded' : 'ingest.external',
       unit: 'reports/s',
       peer,
       devices: n,
-      ...latencyFields(peer, res, h0, h1, ''),
+      ...latencyFields(peer, res, s0.buckets(), s1.buckets(), ''),
       cpu: res.cpu,
       daemonRssConnectedMB: rssConnected,
       daemonRssMB: rssMax,
       daemonPeakRssMB: memoryMb(d.pid).hwm,
-      daemonEventLoopP99Ms: loopP99 * 1000,
+      daemonEventLoopP99Ms: s1.value('nodejs_eventloop_lag_p99_seconds') * 1000,
+      daemonEventLoopMaxMs: s1.value('nodejs_eventloop_lag_max_seconds') * 1000,
+      storeCommitP99Ms: bucketQuantile(s0.buckets(COMMIT), s1.buckets(COMMIT), 0.99),
+      storeCommitMaxMs: bucketQuantile(s0.buckets(COMMIT), s1.buckets(COMMIT), 1),
       putIdleP99: idle.p99,
       putDuringP99: put.p99,
       putRatio: put.p99 / Math.max(0.001, idle.p99),
     };
 
     // half the ceiling, paced
-    const hh0 = await d.latencyBuckets();
+    const hh0 = (await d.scrape()).buckets();
     let halfRss = 0;
     const halfSampler = setInterval(() => {
       halfRss = Math.max(halfRss, memoryMb(d.pid).rss);
     }, 200);
     const half = await load(build, port, n, { rate: raw1.rate / 2, watch });
     clearInterval(halfSampler);
-    const hh1 = await d.latencyBuckets();
+    const hh1 = (await d.scrape()).buckets();
     out({
       bench: peer === 'aedes' ? 'ingest.embedded_half_rate' : 'ingest.external_half_rate',
       unit: 'ms',
@@ -431,16 +446,19 @@ export async function runIngestBench(n: number): Promise<void> {
   const build = buildJs([join(here, 'load.ts'), join(here, 'counter.ts'), join(here, 'aedes-raw.ts')]);
   try {
     // embedded: aedes alone vs the daemon's embedded broker
-    const aedes = spawnNode(build, join(here, 'aedes-raw.ts'), []);
-    try {
-      const port = await new Promise<number>((r) =>
-        lines(aedes).once('line', (l) => r((JSON.parse(l) as { port: number }).port)),
-      );
-      await mode(build, n, 'aedes', { port, pid: aedes.pid!, protocolVersion: 4 }, { mode: 'embedded' });
-    } finally {
-      aedes.kill('SIGTERM');
-      await exited(aedes);
+    if (MODES.includes('embedded')) {
+      const aedes = spawnNode(build, join(here, 'aedes-raw.ts'), []);
+      try {
+        const port = await new Promise<number>((r) =>
+          lines(aedes).once('line', (l) => r((JSON.parse(l) as { port: number }).port)),
+        );
+        await mode(build, n, 'aedes', { port, pid: aedes.pid!, protocolVersion: 4 }, { mode: 'embedded' });
+      } finally {
+        aedes.kill('SIGTERM');
+        await exited(aedes);
+      }
     }
+    if (!MODES.includes('external')) return;
 
     // external: mosquitto alone vs the daemon subscribed to it (external mode's defaults: MQTT 5)
     const m = await startMosquitto();
