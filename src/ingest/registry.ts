@@ -23,6 +23,9 @@ import type { Report } from './payload.js';
 
 // etcd's default --max-txn-ops is 128; stay below it with room for nothing else
 const PUTS_PER_TXN = 100;
+// Online/offline changes logged one line each per second; more (a broker restart brings back
+// every device at once) are summed into one line: the watch and the events table have each.
+const CHANGE_LINES_PER_SECOND = 10;
 
 /** The JSON under /edgekeeper/devices/<id>. */
 export interface DeviceDoc {
@@ -65,6 +68,10 @@ export class DeviceRegistry {
   private again = false;
   private immediate = false;
   private stopped = false;
+  /** Devices online now (kept as they change: a full count per change was O(devices²) in a burst). */
+  private online = 0;
+  /** This second's change lines, and the changes not logged one by one. */
+  private changeLog = { second: 0, lines: 0, online: 0, offline: 0 };
 
   constructor(
     private readonly store: Store,
@@ -113,6 +120,7 @@ export class DeviceRegistry {
         urgent: false,
       };
       this.devices.set(r.id, d);
+      if (d.online) this.online++;
       if (d.online && resetOnline) this.setOnline(r.id, false, 'restart', now);
     }
     this.updateGauges();
@@ -122,6 +130,8 @@ export class DeviceRegistry {
     const tick = Math.min(1000, Math.max(100, Math.floor(this.opts.mirrorInterval / 2) || 100));
     const loop = () => {
       if (this.stopped) return;
+      const second = Math.floor(this.clock.now() / 1000);
+      if (second !== this.changeLog.second) this.flushChangeLog(second);
       void this.kick();
       this.tickTimer = this.clock.setTimeout(loop, tick);
     };
@@ -191,12 +201,13 @@ export class DeviceRegistry {
     if (online) d.lastSeen = now;
     if (d.online === online) return;
     d.online = online;
+    this.online += online ? 1 : -1;
     d.since = now;
     d.reason = online ? undefined : reason;
     d.dirty = true;
     d.urgent = true;
     d.pendingEvent = { kind: online ? 'device.online' : 'device.offline', ts: now, reason };
-    this.log.info({ device: id, reason }, online ? 'device online' : 'device offline');
+    this.logChange(id, online, reason, now);
     this.updateGauges();
     if (!this.immediate) {
       this.immediate = true;
@@ -207,16 +218,37 @@ export class DeviceRegistry {
     }
   }
 
+  private logChange(id: string, online: boolean, reason: string, now: number): void {
+    const second = Math.floor(now / 1000);
+    if (second !== this.changeLog.second) this.flushChangeLog(second);
+    if (this.changeLog.lines < CHANGE_LINES_PER_SECOND) {
+      this.changeLog.lines++;
+      this.log.info({ device: id, reason }, online ? 'device online' : 'device offline');
+    } else if (online) this.changeLog.online++;
+    else this.changeLog.offline++;
+  }
+
+  /** Log the changes of the past second that were not logged one by one, and start `second`. */
+  private flushChangeLog(second: number): void {
+    const { online, offline } = this.changeLog;
+    if (online + offline > 0)
+      this.log.info(
+        { online, offline, devicesOnline: this.online },
+        'more devices changed state than are logged one by one; each change is under /edgekeeper/devices/ and in the events table',
+      );
+    this.changeLog = { second, lines: 0, online: 0, offline: 0 };
+  }
+
   forget(id: string): void {
+    const d = this.devices.get(id);
+    if (d?.online) this.online--;
     this.devices.delete(id);
     this.updateGauges();
   }
 
   private updateGauges(): void {
-    let on = 0;
-    for (const d of this.devices.values()) if (d.online) on++;
-    this.metrics.devices.set({ state: 'online' }, on);
-    this.metrics.devices.set({ state: 'offline' }, this.devices.size - on);
+    this.metrics.devices.set({ state: 'online' }, this.online);
+    this.metrics.devices.set({ state: 'offline' }, this.devices.size - this.online);
   }
 
   sweepSilence(now = this.clock.now()): void {
@@ -329,12 +361,11 @@ export class DeviceRegistry {
     this.stopped = true;
     this.tickTimer?.cancel();
     this.sweepTimer?.cancel();
+    this.flushChangeLog(0);
     await this.flushAll();
   }
 
   counts(): { online: number; offline: number } {
-    let online = 0;
-    for (const d of this.devices.values()) if (d.online) online++;
-    return { online, offline: this.devices.size - online };
+    return { online: this.online, offline: this.devices.size - this.online };
   }
 }

@@ -19,7 +19,8 @@
  */
 import type { Clock } from '../clock.js';
 import type { Logger } from '../log.js';
-import type { Store } from '../store/types.js';
+import { blobColumn } from '../store/index.js';
+import type { SqlOp, Store } from '../store/types.js';
 import type { IngestMetrics } from './metrics.js';
 
 const MAX_INFLIGHT = 2;
@@ -55,9 +56,7 @@ export interface ReportRow {
   body: Buffer;
 }
 
-interface Pending {
-  /** The statement's parameters, built once (a literal, not a spread: one hidden class for all). */
-  row: Record<string, unknown> & ReportRow & { since: number };
+interface Pending extends ReportRow {
   qos: number;
   t0: number;
   resolve: () => void;
@@ -87,15 +86,13 @@ export class ReportWriter {
   /** Resolves after the row (or its earlier copy) is committed. */
   add(row: ReportRow, qos: number, t0: number): Promise<void> {
     return new Promise((resolve, reject) => {
+      // a literal, not a spread: one hidden class for every pending report
       this.queue.push({
-        row: {
-          device: row.device,
-          receivedAt: row.receivedAt,
-          ts: row.ts,
-          seq: row.seq,
-          body: row.body,
-          since: row.receivedAt - this.opts.dedupeWindow,
-        },
+        device: row.device,
+        receivedAt: row.receivedAt,
+        ts: row.ts,
+        seq: row.seq,
+        body: row.body,
         qos,
         t0,
         resolve,
@@ -142,10 +139,10 @@ export class ReportWriter {
   /** How many queued reports the next batch takes: at most batchMax, at most BATCH_MAX_BYTES (at least one). */
   private batchLength(): number {
     const max = Math.min(this.queue.length, this.opts.batchMax);
-    let bytes = this.queue[0]!.row.body.length;
+    let bytes = this.queue[0]!.body.length;
     let n = 1;
     while (n < max) {
-      bytes += this.queue[n]!.row.body.length;
+      bytes += this.queue[n]!.body.length;
       if (bytes > BATCH_MAX_BYTES) break;
       n++;
     }
@@ -154,7 +151,7 @@ export class ReportWriter {
 
   private async writeBatch(batch: Pending[]): Promise<void> {
     try {
-      const res = await this.store.write({ sql: [{ sql: INSERT_REPORT, rows: batch.map((p) => p.row) }] });
+      const res = await this.store.write({ sql: [this.insert(batch)] });
       const inserted = res.sql[0]?.changes ?? 0;
       const now = this.clock.monotonic();
       this.metrics.batch.observe(batch.length);
@@ -177,6 +174,26 @@ export class ReportWriter {
       );
       for (const p of batch) p.reject(err as Error);
     }
+  }
+
+  /** The batch's INSERT_REPORT, by column (see SqlOp). */
+  private insert(batch: Pending[]): SqlOp {
+    const n = batch.length;
+    const device = new Array<string>(n);
+    const receivedAt = new Array<number>(n);
+    const ts = new Array<number | null>(n);
+    const seq = new Array<number | null>(n);
+    const since = new Array<number>(n);
+    for (let i = 0; i < n; i++) {
+      const p = batch[i]!;
+      device[i] = p.device;
+      receivedAt[i] = p.receivedAt;
+      ts[i] = p.ts;
+      seq[i] = p.seq;
+      since[i] = p.receivedAt - this.opts.dedupeWindow;
+    }
+    const body = blobColumn(batch.map((p) => p.body));
+    return { sql: INSERT_REPORT, columns: { device, receivedAt, ts, seq, since, body }, count: n };
   }
 
   private release(batch: Pending[]): void {

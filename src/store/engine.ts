@@ -21,6 +21,7 @@ import { interval } from './keys.js';
 import { KvReader } from './sql/kvread.js';
 import { migrate } from './sql/schema.js';
 import type {
+  BlobColumn,
   Compare,
   DeleteRangeRequest,
   Durability,
@@ -415,6 +416,7 @@ export class Engine {
     }
     const run = (p: unknown) =>
       p === undefined ? s!.run() : Array.isArray(p) ? s!.run(...p) : s!.run(p as Record<string, unknown>);
+    if ('columns' in op) return this.runColumns(s, op.columns, op.count);
     if ('rows' in op) {
       let changes = 0;
       let last = 0;
@@ -427,6 +429,31 @@ export class Engine {
     }
     const r = run(op.params);
     return { changes: r.changes, lastInsertRowid: Number(r.lastInsertRowid) };
+  }
+
+  private runColumns(
+    s: Database.Statement,
+    columns: Record<string, unknown[] | BlobColumn>,
+    count: number,
+  ): SqlResult {
+    const names = Object.keys(columns);
+    const params: Record<string, unknown> = {};
+    let changes = 0;
+    let last = 0;
+    for (let i = 0; i < count; i++) {
+      for (const name of names) {
+        const c = columns[name]!;
+        if (Array.isArray(c)) params[name] = c[i];
+        else {
+          const start = i === 0 ? 0 : c.ends[i - 1]!;
+          params[name] = Buffer.from(c.bytes.buffer, c.bytes.byteOffset + start, c.ends[i]! - start);
+        }
+      }
+      const r = s.run(params);
+      changes += r.changes;
+      last = Number(r.lastInsertRowid);
+    }
+    return { changes, lastInsertRowid: last };
   }
 
   // --- etcd verbs inside the writer -----------------------------------------------------------

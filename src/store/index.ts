@@ -4,4 +4,5 @@
  */
 export { openStore, pendingWrites } from './store.js';
 export { prefixEnd } from './keys.js';
+export { blobColumn } from './columns.js';
 export type * from './types.js';

@@ -244,18 +244,31 @@ export interface WatchHandle {
 
 // --- generic writes for the other parts -------------------------------------------------------
 
+/** The blobs of many rows in one buffer: row i is `bytes[ends[i - 1] ?? 0, ends[i])`. */
+export interface BlobColumn {
+  bytes: Uint8Array;
+  ends: Uint32Array;
+}
+
 /**
- * A statement the writer runs inside the group transaction. `rows` runs the statement once per
- * parameter set (for batched appends). SQL text is prepared once and cached by the writer.
+ * A statement the writer runs inside the group transaction. SQL text is prepared once and
+ * cached by the writer.
+ *   `params`  runs it once;
+ *   `rows`    runs it once per parameter set (batched appends);
+ *   `columns` is `rows` of named parameters given by column: row i (of `count`) binds each name
+ *             to `columns[name][i]`. Handing a batch to the writer thread then costs far less
+ *             than one object per row (500 report rows: 0.4 against 3.5 µs a row to clone).
+ * `rows` and `columns` are bulk appends for the writer's scheduling (see writer.ts).
  */
 export type SqlOp =
   | { sql: string; params?: unknown[] | Record<string, unknown> }
-  | { sql: string; rows: (unknown[] | Record<string, unknown>)[] };
+  | { sql: string; rows: (unknown[] | Record<string, unknown>)[] }
+  | { sql: string; columns: Record<string, unknown[] | BlobColumn>; count: number };
 
 export interface SqlResult {
-  /** Rows changed, summed over `rows`. */
+  /** Rows changed, summed over `rows` (or `columns`). */
   changes: number;
-  /** The last inserted rowid (of the last row for `rows`). */
+  /** The last inserted rowid (of the last row for `rows` or `columns`). */
   lastInsertRowid: number;
 }
 

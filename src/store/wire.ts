@@ -10,6 +10,8 @@ export function revive<T>(v: T): T {
   if (v instanceof Uint8Array) {
     return (Buffer.isBuffer(v) ? v : Buffer.from(v.buffer, v.byteOffset, v.byteLength)) as T;
   }
+  // other typed arrays (a BlobColumn's ends) hold numbers only
+  if (ArrayBuffer.isView(v)) return v;
   if (Array.isArray(v)) {
     for (let i = 0; i < v.length; i++) v[i] = revive(v[i]);
     return v;

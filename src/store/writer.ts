@@ -49,11 +49,14 @@ const LINGER_MIN_COMMIT_MS = 2;
 /** The longest a batch waits for stragglers, however slow the disk. */
 const LINGER_MAX_MS = 10;
 
-/** Rows appended by a bulk request (SQL `rows` ops without an etcd txn); 0 when interactive. */
+/** Rows appended by a bulk request (SQL `rows`/`columns` ops without an etcd txn); 0 when interactive. */
 function bulkRows(req: EngineRequest): number {
   if (req.t !== 'txn' || req.txn || !req.sql) return 0;
   let rows = 0;
-  for (const op of req.sql) if ('rows' in op) rows += op.rows.length;
+  for (const op of req.sql) {
+    if ('rows' in op) rows += op.rows.length;
+    else if ('columns' in op) rows += op.count;
+  }
   return rows;
 }
 

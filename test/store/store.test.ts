@@ -282,3 +282,36 @@ test('a watcher whose listener throws is cancelled; the write and other watchers
     assert.equal(s.stats().watchers, 1);
   });
 });
+
+test('a columns op appends the same rows as one object per row, through the writer thread', async () => {
+  const migrations = [
+    { part: 'cols', version: 1, sql: 'CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT, n INTEGER, b BLOB)' },
+  ];
+  const { blobColumn } = await import('../../src/store/index.js');
+  await withStore({ migrations }, async (s) => {
+    // blobs as views into a larger buffer (as a decoder hands them out), one empty
+    const backing = Buffer.from('xxabcdefghyy');
+    const blobs = [backing.subarray(2, 5), backing.subarray(5, 5), backing.subarray(5, 10)];
+    const res = await s.write({
+      sql: [
+        {
+          sql: 'INSERT INTO t(name, n, b) VALUES (@name, @n, @b)',
+          columns: { name: ['a', 'b', 'c'], n: [1, null, 3], b: blobColumn(blobs) },
+          count: 3,
+        },
+      ],
+    });
+    assert.equal(res.sql[0]!.changes, 3);
+    const rows = s
+      .query<{ name: string; n: number | null; b: Buffer }>('SELECT name, n, b FROM t ORDER BY id')
+      .all();
+    assert.deepEqual(
+      rows.map((r) => [r.name, r.n, Buffer.from(r.b).toString()]),
+      [
+        ['a', 1, 'abc'],
+        ['b', null, ''],
+        ['c', 3, 'defgh'],
+      ],
+    );
+  });
+});
