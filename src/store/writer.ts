@@ -144,7 +144,10 @@ export class Writer {
   private readonly backend: Backend;
   private interactive: Pending[] = [];
   private bulk: Pending[] = [];
-  private inFlight = false;
+  /** Batches sent to the backend and not yet settled: 0, 1, or 2 with a follower (see canFollow). */
+  private inFlight = 0;
+  /** The batch in flight appends bulk rows. */
+  private bulkAhead = false;
   /** The last transaction left bulk requests queued (see take). */
   private bulkSkipped = false;
   private closed = false;
@@ -183,12 +186,16 @@ export class Writer {
   }
 
   private schedule() {
-    if (this.scheduled || this.inFlight || this.lingerTimer) return;
+    if (this.scheduled || this.lingerTimer || (this.inFlight > 0 && !this.canFollow())) return;
     this.scheduled = true;
     // setImmediate lets every request issued in this turn of the event loop join the batch.
     setImmediate(() => {
       this.scheduled = false;
-      if (this.inFlight || this.lingerTimer) return;
+      if (this.lingerTimer) return;
+      if (this.inFlight > 0) {
+        if (this.canFollow()) void this.flush(true);
+        return;
+      }
       const { size, commitMs, endedAt } = this.last;
       // Only right after a commit: a request arriving after a quiet spell goes at once.
       const recent = performance.now() - endedAt < commitMs;
@@ -198,14 +205,41 @@ export class Writer {
         this.lingerTimer = setTimeout(() => this.flushNow(), Math.min(LINGER_MAX_MS, commitMs / 2));
         return;
       }
-      void this.flush();
+      void this.flush(false);
     });
+  }
+
+  /**
+   * While a transaction with bulk rows commits, queued interactive requests are sent to the
+   * writer thread as the next transaction at once (one follower at most), so they start the
+   * moment it ends instead of after its reply has crossed this thread's event loop, which under
+   * ingest load can take tens of milliseconds. Only behind bulk: between interactive batches
+   * the wait is what grows the next group commit.
+   */
+  private canFollow(): boolean {
+    return (
+      this.inFlight === 1 &&
+      this.bulkAhead &&
+      this.interactive.length > 0 &&
+      !isBarrier(this.interactive[0]!.req)
+    );
+  }
+
+  get inFlightBatches(): number {
+    return this.inFlight;
   }
 
   private flushNow() {
     clearTimeout(this.lingerTimer);
     this.lingerTimer = undefined;
-    void this.flush();
+    void this.flush(false);
+  }
+
+  /** A follower: interactive requests only, up to the first barrier. */
+  private takeInteractive(): Pending[] {
+    let n = 0;
+    while (n < this.interactive.length && n < this.opts.maxBatch && !isBarrier(this.interactive[n]!.req)) n++;
+    return this.interactive.splice(0, n);
   }
 
   /**
@@ -236,13 +270,14 @@ export class Writer {
     return take;
   }
 
-  private async flush(): Promise<void> {
-    if (this.inFlight || this.pending === 0) {
-      if (!this.inFlight && this.pending === 0) for (const w of this.idleWaiters.splice(0)) w();
+  private async flush(follow: boolean): Promise<void> {
+    if (follow ? !this.canFollow() : this.inFlight > 0 || this.pending === 0) {
+      if (this.inFlight === 0 && this.pending === 0) for (const w of this.idleWaiters.splice(0)) w();
       return;
     }
-    this.inFlight = true;
-    const take = this.take();
+    this.inFlight++;
+    const take = follow ? this.takeInteractive() : this.take();
+    if (!follow) this.bulkAhead = take.some((p) => p.rows > 0);
     const reqs = take.map((p) => p.req);
     try {
       const batch = await this.backend.run(reqs, this.wantPrev());
@@ -252,17 +287,18 @@ export class Writer {
     } catch (e) {
       for (const p of take) p.reject(e as Error);
     } finally {
-      this.inFlight = false;
+      this.inFlight--;
+      if (!follow) this.bulkAhead = false;
     }
     if (this.pending > 0) this.schedule();
-    else for (const w of this.idleWaiters.splice(0)) w();
+    else if (this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
   }
 
   /** Refuse new requests, wait for queued ones to commit, close the database. */
   async close(): Promise<void> {
     this.closed = true;
     if (this.lingerTimer) this.flushNow();
-    if (this.pending > 0 || this.inFlight) await new Promise<void>((r) => this.idleWaiters.push(r));
+    if (this.pending > 0 || this.inFlight > 0) await new Promise<void>((r) => this.idleWaiters.push(r));
     await this.backend.close();
   }
 }
