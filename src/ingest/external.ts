@@ -44,7 +44,8 @@ export class ExternalSubscriber implements CommandDelivery {
   // biome-ignore lint/suspicious/noExplicitAny: reaching MQTT.js's private _sendPacket (see above)
   private raw: any;
   private generation = 0;
-  private corked = false;
+  /** Message ids whose PUBACK is due, written together at the end of this tick. */
+  private acks: number[] = [];
   private sinceYield = 0;
   private readonly held = new Map<number, { gen: number; done: Promise<unknown> }>();
   onReachable?: (device: string) => void;
@@ -120,16 +121,7 @@ export class ExternalSubscriber implements CommandDelivery {
       h.done.then(
         () => {
           if (h.gen !== this.generation || !client.connected) return;
-          // a committed batch releases many PUBACKs in one turn: one socket write for all of them
-          if (!this.corked && client.stream) {
-            this.corked = true;
-            client.stream.cork();
-            process.nextTick(() => {
-              this.corked = false;
-              client.stream?.uncork();
-            });
-          }
-          orig(packet);
+          this.ack(packet.messageId!);
         },
         (err: Error) => {
           // not committed: never acknowledge; reconnecting makes the broker redeliver
@@ -166,6 +158,29 @@ export class ExternalSubscriber implements CommandDelivery {
         'external MQTT broker unreachable; the broker keeps our session while we reconnect',
       ),
     );
+  }
+
+  /**
+   * PUBACK for `messageId`, written with the others released in this tick as one socket write
+   * of bare 4-byte PUBACKs (type 4, remaining length 2, packet id). MQTT 5 allows that form for
+   * reason code Success without properties (3.4.2.1), so it serves both versions, and skips
+   * MQTT.js's packet encoder and a stream write per acknowledgement.
+   */
+  private ack(messageId: number): void {
+    if (this.acks.push(messageId) > 1) return;
+    process.nextTick(() => {
+      const ids = this.acks;
+      this.acks = [];
+      const stream = this.client?.stream;
+      if (!stream || !this.client.connected) return;
+      const buf = Buffer.allocUnsafe(4 * ids.length);
+      for (let i = 0; i < ids.length; i++) {
+        buf[4 * i] = 0x40;
+        buf[4 * i + 1] = 2;
+        buf.writeUInt16BE(ids[i]!, 4 * i + 2);
+      }
+      stream.write(buf);
+    });
   }
 
   /** Resolves once connected and subscribed for the first time. */
