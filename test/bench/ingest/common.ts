@@ -7,9 +7,11 @@
  * Per mode (embedded: aedes; external: mosquitto):
  *   1. raw: the broker alone with a subscriber that only counts (MQTT.js with external mode's
  *      session options): the broker's QoS 1 delivery rate, the ceiling;
- *   2. ingest flat out: `edgekeeper run` (embedded broker, or subscribed to mosquitto) with the
- *      same devices: committed reports/s, publish-to-commit p50/p99, the daemon's RSS and CPU,
- *      and the etcd API's put p99 (gRPC, one put every 5 ms) idle and during the load;
+ *   2. `edgekeeper run` (embedded broker, or subscribed to mosquitto) with the same devices, first
+ *      steady (each device reports once a second for 30 s: the daemon's RSS over the last 10 s,
+ *      once V8 has settled), then flat out: committed reports/s, publish-to-commit p50/p99, the
+ *      daemon's RSS and CPU, and the etcd API's put p99 (gRPC, one put every 5 ms) idle and
+ *      during the load;
  *   3. ingest paced at half of (1): publish-to-commit p50/p99;
  *   4. raw again, the daemon stopped: the ratio is taken to the mean of (1) and (4), so
  *      background load that drifts during the run (the machine is shared) weighs on both sides.
@@ -34,6 +36,8 @@ import { cpuMs, memoryMb } from '../proc.js';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
 const SECONDS = Number(process.env.EDGEKEEPER_BENCH_SECONDS ?? 4);
+// the steady phase (one report a second per device), long enough for V8's heap to settle
+const STEADY_SECONDS = Number(process.env.EDGEKEEPER_BENCH_STEADY_SECONDS ?? 30);
 // total reports in flight across all devices
 const IN_FLIGHT = 1000;
 // EDGEKEEPER_BENCH_MODES=embedded (or external) runs one mode only
@@ -96,6 +100,7 @@ function load(
   n: number,
   opts: {
     rate?: number;
+    seconds?: number;
     watch: Record<string, number>;
     onStart?: () => void | Promise<void>;
     onStop?: () => void | Promise<void>;
@@ -104,7 +109,7 @@ function load(
   const cfg = {
     port,
     n,
-    seconds: SECONDS,
+    seconds: opts.seconds ?? SECONDS,
     window: Math.max(1, Math.round(IN_FLIGHT / n)),
     rate: opts.rate,
     prefix: 'b',
@@ -347,6 +352,22 @@ async function mode(
     const idleEnd = performance.now() + 1500;
     const idle = await putLatency(d.etcd, () => performance.now() > idleEnd);
 
+    // steady: every device reports once a second; RSS over the last third, once V8 has settled
+    let steadyRss = 0;
+    let steadyFrom = Number.POSITIVE_INFINITY;
+    const steadySampler = setInterval(() => {
+      if (performance.now() >= steadyFrom) steadyRss = Math.max(steadyRss, memoryMb(d.pid).rss);
+    }, 200);
+    await load(build, port, n, {
+      rate: n,
+      seconds: STEADY_SECONDS,
+      watch,
+      onStart: () => {
+        steadyFrom = performance.now() + (STEADY_SECONDS * 2000) / 3;
+      },
+    });
+    clearInterval(steadySampler);
+
     // flat out
     let r0 = 0;
     let t0 = 0;
@@ -383,6 +404,7 @@ async function mode(
       ...latencyFields(peer, res, s0.buckets(), s1.buckets(), ''),
       cpu: res.cpu,
       daemonRssConnectedMB: rssConnected,
+      daemonRssSteadyMB: steadyRss,
       daemonRssMB: rssMax,
       daemonPeakRssMB: memoryMb(d.pid).hwm,
       daemonEventLoopP99Ms: s1.value('nodejs_eventloop_lag_p99_seconds') * 1000,
