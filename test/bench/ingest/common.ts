@@ -409,6 +409,11 @@ async function mode(
       daemonPeakRssMB: memoryMb(d.pid).hwm,
       daemonEventLoopP99Ms: s1.value('nodejs_eventloop_lag_p99_seconds') * 1000,
       daemonEventLoopMaxMs: s1.value('nodejs_eventloop_lag_max_seconds') * 1000,
+      meanBatchReports:
+        (s1.value('edgekeeper_ingest_batch_size_reports_sum') -
+          s0.value('edgekeeper_ingest_batch_size_reports_sum')) /
+        (s1.value('edgekeeper_ingest_batch_size_reports_count') -
+          s0.value('edgekeeper_ingest_batch_size_reports_count')),
       storeCommitP99Ms: bucketQuantile(s0.buckets(COMMIT), s1.buckets(COMMIT), 0.99),
       storeCommitMaxMs: bucketQuantile(s0.buckets(COMMIT), s1.buckets(COMMIT), 1),
       putIdleP99: idle.p99,
