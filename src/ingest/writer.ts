@@ -8,8 +8,9 @@
  *
  * Release: a committed batch's reports are resolved (acknowledged) `RELEASE_SLICE` at a time, one
  * slice per turn of the event loop. Each acknowledgement is a socket write and, in embedded mode,
- * frees its device to send the next report; releasing 500 at once made one turn of ~15 ms and
- * the next, full of the devices' answers, longer still, while etcd requests waited behind both.
+ * frees its device to send the next report; releasing a whole batch (hundreds) at once made one
+ * long turn and the next, full of the devices' answers, longer still, while etcd requests waited
+ * behind both.
  *
  * Admission: while `admit()` returns false (the fleet sync's disk budget is full and its policy
  * is to stop acknowledging) nothing is written and nothing is acknowledged; the queue is

@@ -110,4 +110,30 @@ describe('report writer', () => {
       assert.ok(body.bytes.length <= BATCH_MAX_BYTES);
     }
   });
+
+  it('acknowledges a committed batch at most 64 reports per turn of the event loop', async () => {
+    let turn = 0;
+    let counting = true;
+    const tick = () => {
+      turn++;
+      if (counting) setImmediate(tick);
+    };
+    setImmediate(tick);
+    const perTurn = new Map<number, number>();
+    const t = Date.now();
+    await Promise.all(
+      Array.from({ length: 200 }, (_, i) =>
+        writer
+          .add({ device: 'w4', receivedAt: t, ts: null, seq: i, body: Buffer.from([0xa0]) }, 1, 0)
+          .then(() => perTurn.set(turn, (perTurn.get(turn) ?? 0) + 1)),
+      ),
+    );
+    counting = false;
+    assert.equal(rows('w4').length, 200);
+    assert.equal(
+      [...perTurn.values()].reduce((a, b) => a + b, 0),
+      200,
+    );
+    assert.ok(Math.max(...perTurn.values()) <= 64, JSON.stringify([...perTurn]));
+  });
 });
