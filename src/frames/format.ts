@@ -4,10 +4,22 @@ export const UNKNOWN = 'unknown';
 
 const isNum = (v: number | undefined): v is number => typeof v === 'number' && Number.isFinite(v);
 
-/** 1234567 -> "1,234,567"; undefined -> "unknown". */
+/**
+ * 1234567 -> "1,234,567"; undefined -> "unknown". By hand, not toLocaleString: that pulls ICU's
+ * number and locale data into memory, ~6 MB of the daemon's RSS for a comma.
+ */
 export function fmtInt(v: number | undefined): string {
   if (!isNum(v)) return UNKNOWN;
-  return Math.round(v).toLocaleString('en-US');
+  const n = Math.round(v);
+  const digits = String(Math.abs(n));
+  // past 1e21 String() switches to exponent notation; nothing on a frame gets there
+  if (digits.includes('e')) return String(n);
+  let out = '';
+  for (let i = 0; i < digits.length; i++) {
+    if (i > 0 && (digits.length - i) % 3 === 0) out += ',';
+    out += digits[i];
+  }
+  return n < 0 ? `-${out}` : out;
 }
 
 /** 1234 -> "1.2k", 2_500_000 -> "2.5M": for narrow slots. */
@@ -74,13 +86,21 @@ export function fmtTemp(v: number | undefined): string {
 
 const clockFormats = new Map<string, Intl.DateTimeFormat>();
 
-/** "14:05" in `timeZone` (or the process's zone). */
+const two = (n: number) => (n < 10 ? `0${n}` : String(n));
+
+/**
+ * "14:05" in `timeZone`, or in the process's zone. Intl only for a configured zone: its
+ * formatter loads ICU data (~2 MB of RSS) that the process's own zone does not need.
+ */
 export function fmtClock(ms: number, timeZone?: string): string {
-  const key = timeZone ?? '';
-  let f = clockFormats.get(key);
+  if (!timeZone) {
+    const d = new Date(ms);
+    return `${two(d.getHours())}:${two(d.getMinutes())}`;
+  }
+  let f = clockFormats.get(timeZone);
   if (!f) {
     f = new Intl.DateTimeFormat('en-GB', { hour: '2-digit', minute: '2-digit', hour12: false, timeZone });
-    clockFormats.set(key, f);
+    clockFormats.set(timeZone, f);
   }
   return f.format(ms);
 }
