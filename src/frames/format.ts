@@ -86,8 +86,6 @@ export function fmtTemp(v: number | undefined): string {
 
 const clockFormats = new Map<string, Intl.DateTimeFormat>();
 
-const two = (n: number) => (n < 10 ? `0${n}` : String(n));
-
 /**
  * "14:05" in `timeZone`, or in the process's zone. Intl only for a configured zone: its
  * formatter loads ICU data (~2 MB of RSS) that the process's own zone does not need.
@@ -95,7 +93,7 @@ const two = (n: number) => (n < 10 ? `0${n}` : String(n));
 export function fmtClock(ms: number, timeZone?: string): string {
   if (!timeZone) {
     const d = new Date(ms);
-    return `${two(d.getHours())}:${two(d.getMinutes())}`;
+    return `${String(d.getHours()).padStart(2, '0')}:${String(d.getMinutes()).padStart(2, '0')}`;
   }
   let f = clockFormats.get(timeZone);
   if (!f) {

@@ -130,8 +130,7 @@ export class DeviceRegistry {
     const tick = Math.min(1000, Math.max(100, Math.floor(this.opts.mirrorInterval / 2) || 100));
     const loop = () => {
       if (this.stopped) return;
-      const second = Math.floor(this.clock.now() / 1000);
-      if (second !== this.changeLog.second) this.flushChangeLog(second);
+      this.rollChangeLog(this.clock.now());
       void this.kick();
       this.tickTimer = this.clock.setTimeout(loop, tick);
     };
@@ -219,13 +218,17 @@ export class DeviceRegistry {
   }
 
   private logChange(id: string, online: boolean, reason: string, now: number): void {
-    const second = Math.floor(now / 1000);
-    if (second !== this.changeLog.second) this.flushChangeLog(second);
+    this.rollChangeLog(now);
     if (this.changeLog.lines < CHANGE_LINES_PER_SECOND) {
       this.changeLog.lines++;
       this.log.info({ device: id, reason }, online ? 'device online' : 'device offline');
     } else if (online) this.changeLog.online++;
     else this.changeLog.offline++;
+  }
+
+  private rollChangeLog(now: number): void {
+    const second = Math.floor(now / 1000);
+    if (second !== this.changeLog.second) this.flushChangeLog(second);
   }
 
   /** Log the changes of the past second that were not logged one by one, and start `second`. */

@@ -414,9 +414,9 @@ export class Engine {
       s = this.db.prepare(op.sql);
       this.sqlCache.set(op.sql, s);
     }
+    if ('columns' in op) return this.runColumns(s, op.columns, op.count);
     const run = (p: unknown) =>
       p === undefined ? s!.run() : Array.isArray(p) ? s!.run(...p) : s!.run(p as Record<string, unknown>);
-    if ('columns' in op) return this.runColumns(s, op.columns, op.count);
     if ('rows' in op) {
       let changes = 0;
       let last = 0;

@@ -5,7 +5,7 @@
  * per commit when idle, hundreds when the disk is slow. A request's promise settles only after
  * its batch has committed.
  *
- * Two classes share the writer. Bulk appends (SQL ops with `rows`: device reports, probe
+ * Two classes share the writer. Bulk appends (SQL ops with `rows` or `columns`: device reports, probe
  * samples) are throughput work; everything else (etcd writes, leases, cursors) is interactive and
  * someone is waiting on it. Each batch takes every queued interactive request first and then bulk
  * requests up to `bulkRowsPerBatch` rows (a quarter of it when interactive requests are in the
@@ -235,7 +235,7 @@ export class Writer {
     void this.flush(false);
   }
 
-  /** A follower: interactive requests only, up to the first barrier. */
+  /** Queued interactive requests up to the first barrier (all of a follower). */
   private takeInteractive(): Pending[] {
     let n = 0;
     while (n < this.interactive.length && n < this.opts.maxBatch && !isBarrier(this.interactive[n]!.req)) n++;
@@ -252,9 +252,7 @@ export class Writer {
     const max = this.opts.maxBatch;
     const head = this.interactive[0] ?? this.bulk[0]!;
     if (isBarrier(head.req)) return (this.interactive[0] ? this.interactive : this.bulk).splice(0, 1);
-    let n = 0;
-    while (n < this.interactive.length && n < max && !isBarrier(this.interactive[n]!.req)) n++;
-    const take = this.interactive.splice(0, n);
+    const take = this.takeInteractive();
     const shared = take.length > 0 && !this.bulkSkipped;
     const budget = shared ? Math.floor(this.opts.bulkRowsPerBatch / 4) : this.opts.bulkRowsPerBatch;
     let rows = 0;
