@@ -1,29 +1,31 @@
 /**
- * One code path after the socket: both the embedded broker and the external subscriber hand
- * every PUBLISH to `IngestCore`, which checks, rate-limits, decodes, batches and commits, and
- * tells the caller when the acknowledgement may be sent.
+ * The main thread's side of ingest: commits the ingest thread's report batches, keeps the
+ * device registry and the dead letters from its events, and checks device passwords for it.
  */
 import type { Clock } from '../clock.js';
 import type { Logger } from '../log.js';
 import type { Store } from '../store/types.js';
-import { RateLimiter } from './bucket.js';
+import { VerifiedCache, verifySecret } from './auth.js';
+import { ReportCommitter } from './commit.js';
 import type { IngestOptions } from './config.js';
+import { secretHashOf } from './devices.js';
+import type { EdgeEvent, PasswordCheck } from './edge.js';
 import type { IngestMetrics } from './metrics.js';
-import { decodeReport, type RejectReason } from './payload.js';
 import { DeviceRegistry } from './registry.js';
 import { DeadLetters } from './rejects.js';
-import { ReportWriter } from './writer.js';
-
-export type ReportOutcome = 'stored' | RejectReason;
 
 export class IngestCore {
-  readonly writer: ReportWriter;
+  readonly committer: ReportCommitter;
   readonly registry: DeviceRegistry;
   readonly rejects: DeadLetters;
-  private readonly limiter: RateLimiter;
+  private readonly verified = new VerifiedCache();
   /** Reports committed per minute, the last 10 minutes (index = minute % 10). */
   private readonly perMinute = new Array<number>(10).fill(0);
   private readonly minuteOf = new Array<number>(10).fill(-1);
+  /** Embedded: devices subscribed to their command topic. External: whether the broker link is up. */
+  readonly reachable = new Set<string>();
+  linkUp = false;
+  connections = 0;
 
   constructor(
     readonly store: Store,
@@ -32,60 +34,68 @@ export class IngestCore {
     readonly log: Logger,
     readonly opts: IngestOptions,
   ) {
-    this.writer = new ReportWriter(store, clock, metrics, log, {
-      batchMax: opts.batchMax,
-      dedupeWindow: opts.dedupeWindow,
-      admit: opts.admit,
-    });
-    this.writer.onCommitted = (n) => this.countRate(n);
+    this.committer = new ReportCommitter(store, clock, metrics, log, opts.admit);
+    this.committer.onCommitted = (n) => this.countRate(n);
     this.registry = new DeviceRegistry(store, clock, metrics, log, {
       mirrorInterval: opts.mirrorInterval,
       silenceTimeout: opts.silenceTimeout,
     });
     this.rejects = new DeadLetters(store, clock, metrics, log, opts.rejectsMax);
-    this.limiter = new RateLimiter(clock, opts.ratePerSec, opts.rateBurst);
   }
 
-  reject(
-    reason: RejectReason,
-    info: { device?: string; topic?: string; payload?: Buffer; detail?: string },
-  ): void {
-    this.rejects.record(reason, info);
-    if (info.device) this.registry.rejected(info.device);
+  /** Apply the ingest thread's events, in order. `onReachable` hears devices that can take commands. */
+  apply(events: EdgeEvent[], onReachable: (device: string) => void): void {
+    for (const e of events) {
+      switch (e.t) {
+        case 'seen': {
+          const now = this.clock.now();
+          for (const s of e.sightings) this.registry.report(s.device, s.report, now, s.count);
+          break;
+        }
+        case 'reject':
+          this.rejects.record(e.reason, {
+            device: e.device,
+            topic: e.topic,
+            payload: e.head,
+            size: e.size,
+            detail: e.detail,
+          });
+          if (e.device) this.registry.rejected(e.device);
+          break;
+        case 'online':
+          this.registry.setOnline(e.device, e.online, e.via);
+          break;
+        case 'conn':
+          this.connections += e.delta;
+          this.metrics.connected.set(this.connections);
+          break;
+        case 'reach':
+          if (!e.on) this.reachable.delete(e.device);
+          else {
+            this.reachable.add(e.device);
+            onReachable(e.device);
+          }
+          break;
+        case 'link':
+          this.linkUp = e.up;
+          break;
+      }
+    }
   }
 
-  /**
-   * A report from `device` (already authorised for its topic). Resolves with 'stored' after the
-   * commit, or with the reject reason at once (recorded and counted; the caller acknowledges it
-   * anyway, so a device does not resend a poison message forever). Rejects only when the store
-   * refused the batch: then nothing may be acknowledged.
-   */
-  async report(
-    device: string,
-    topic: string,
-    payload: Buffer,
-    qos: number,
-    contentType?: string,
-  ): Promise<ReportOutcome> {
-    const t0 = this.clock.monotonic();
-    if (!this.limiter.take(device)) {
-      this.reject('rate', {
-        device,
-        topic,
-        payload,
-        detail: `over ${this.opts.ratePerSec}/s (burst ${this.opts.rateBurst})`,
-      });
-      return 'rate';
-    }
-    const d = decodeReport(payload, this.opts, contentType);
-    if (!d.ok) {
-      this.reject(d.reason, { device, topic, payload, detail: d.detail });
-      return d.reason;
-    }
-    const receivedAt = this.clock.now();
-    await this.writer.add({ device, receivedAt, ts: d.report.ts, seq: d.report.seq, body: d.body }, qos, t0);
-    this.registry.report(device, d.report, receivedAt);
-    return 'stored';
+  /** A device's password against the scrypt hash in the store (successes are cached). */
+  async checkPassword(device: string, password: Buffer): Promise<PasswordCheck> {
+    const stored = secretHashOf(this.store, device);
+    if (stored === undefined) return 'unknown';
+    if (this.verified.has(device, stored, password)) return 'ok';
+    if (!(await verifySecret(password, stored))) return 'wrong';
+    this.verified.add(device, stored, password);
+    return 'ok';
+  }
+
+  /** Forget the device's cached password check (after remove or rotate). */
+  forgetPassword(device: string): void {
+    this.verified.drop(device);
   }
 
   private countRate(n: number): void {

@@ -17,9 +17,17 @@
 import type { Clock, Timer } from '../clock.js';
 import type { Logger } from '../log.js';
 import type { KeyValue, Store, WatchHandle } from '../store/types.js';
-import type { CommandDelivery } from './embedded.js';
 import { COMMANDS_PREFIX, validCommandName, validDeviceId } from './ids.js';
 import type { IngestMetrics } from './metrics.js';
+
+export interface CommandDelivery {
+  /** True while the device has a connection subscribed to its command topic. */
+  reachable(device: string): boolean;
+  /** Publish QoS 1 and resolve when the device acknowledges (embedded) or the broker does (external). */
+  send(device: string, payload: Buffer, timeoutMs: number): Promise<'delivered' | 'published'>;
+  /** Called when a device becomes reachable (it subscribed to its command topic). */
+  onReachable?: (device: string) => void;
+}
 
 const ACK_TIMEOUT_MS = 30_000;
 const RETRY_MS = 10_000;

@@ -10,9 +10,9 @@
  * A failed commit calls back with an error: aedes closes the connection without a PUBACK and
  * the device resends.
  *
- * Access. username = device id, password checked against the scrypt hash in
- * `ingest_devices`; the client id must be the device id (or empty), so one device cannot take
- * over another's session. A device may publish only to its own `report`/`status` topics and
+ * Access. username = device id, password checked (by the main thread, see IngestCore) against
+ * the scrypt hash in `ingest_devices`; the client id must be the device id (or empty), so one
+ * device cannot take over another's session. A device may publish only to its own `report`/`status` topics and
  * subscribe only to its own `command` topic. Publishing elsewhere closes the connection
  * (MQTT-3.3.5-2 leaves the broker that choice and 3.1.1 has no negative PUBACK); a refused
  * subscription gets SUBACK 0x80.
@@ -30,11 +30,9 @@ import type {
   Subscription,
 } from 'aedes';
 import type { Logger } from '../log.js';
-import type { Store } from '../store/types.js';
-import { VerifiedCache, verifySecret } from './auth.js';
 import type { IngestOptions } from './config.js';
-import type { IngestCore } from './core.js';
-import { secretHashOf } from './devices.js';
+import type { CommandDelivery } from './downlink.js';
+import type { IngestEdge } from './edge.js';
 import { commandTopic, parseTopic, sanitize, statusTopic, validDeviceId } from './ids.js';
 import { parseStatus } from './payload.js';
 import { acceptConnection } from './v5bridge.js';
@@ -52,15 +50,6 @@ function authError(message: string, returnCode: 2 | 3 | 4 | 5): AuthenticateErro
   return Object.assign(new Error(message), { returnCode }) as AuthenticateError;
 }
 
-export interface CommandDelivery {
-  /** True while the device has a connection subscribed to its command topic. */
-  reachable(device: string): boolean;
-  /** Publish QoS 1 and resolve when the device acknowledges (embedded) or the broker does (external). */
-  send(device: string, payload: Buffer, timeoutMs: number): Promise<'delivered' | 'published'>;
-  /** Called when a device becomes reachable (it subscribed to its command topic). */
-  onReachable?: (device: string) => void;
-}
-
 export class EmbeddedBroker implements CommandDelivery {
   private broker!: Aedes;
   private servers: net.Server[] = [];
@@ -68,15 +57,12 @@ export class EmbeddedBroker implements CommandDelivery {
   private readonly conns = new Map<string, Set<Client>>();
   private readonly keepaliveExpired = new WeakSet<Client>();
   private readonly subscribed = new Set<string>();
-  private readonly verified = new VerifiedCache();
   private readonly waitingAck = new Map<string, () => void>();
   private readonly chains = new Map<string, Promise<void>>();
-  onReachable?: (device: string) => void;
   private addresses: { host: string; port: number; tls: boolean }[] = [];
 
   constructor(
-    private readonly core: IngestCore,
-    private readonly store: Store,
+    private readonly core: IngestEdge,
     private readonly opts: IngestOptions,
     private readonly log: Logger,
   ) {}
@@ -102,10 +88,8 @@ export class EmbeddedBroker implements CommandDelivery {
     b.on('ack', (packet, client) => this.acked(packet as PublishPacket | undefined, client));
     b.on('subscribe', (subs, client) => {
       const dev = this.deviceOf.get(client);
-      if (dev && subs.some((s) => s.topic === commandTopic(dev) && (s.qos as number) !== 128)) {
-        this.subscribed.add(dev);
-        this.onReachable?.(dev);
-      }
+      if (dev && subs.some((s) => s.topic === commandTopic(dev) && (s.qos as number) !== 128))
+        this.nowReachable(dev);
     });
 
     // MQTT 5 devices go through a bridge to aedes's 3.1.1 (see v5bridge.ts)
@@ -150,11 +134,6 @@ export class EmbeddedBroker implements CommandDelivery {
 
   address(): { host: string; port: number; tls: boolean }[] {
     return this.addresses;
-  }
-
-  /** The aedes instance, for the bench's raw-rate ceiling. */
-  get aedes(): Aedes {
-    return this.broker;
   }
 
   private authenticate(
@@ -206,30 +185,19 @@ export class EmbeddedBroker implements CommandDelivery {
       cb(authError('identifier rejected', 2), null);
       return;
     }
-    const stored = secretHashOf(this.store, username);
-    const pw = password ?? Buffer.alloc(0);
-    if (stored === undefined) {
-      this.core.reject('unknown_device', {
-        device: username,
-        detail: 'no such device; add it with `edgekeeper device add`',
-      });
-      cb(authError('bad user name or password', 4), null);
-      return;
-    }
-    if (this.verified.has(username, stored, pw)) {
-      this.deviceOf.set(client, username);
-      cb(null, true);
-      return;
-    }
-    verifySecret(pw, stored).then(
-      (ok) => {
-        if (ok) {
-          this.verified.add(username, stored, pw);
+    this.core.checkPassword(username, password ?? Buffer.alloc(0)).then(
+      (check) => {
+        if (check === 'ok') {
           this.deviceOf.set(client, username);
           cb(null, true);
           return;
         }
-        this.core.reject('auth', { device: username, detail: 'wrong password' });
+        if (check === 'unknown')
+          this.core.reject('unknown_device', {
+            device: username,
+            detail: 'no such device; add it with `edgekeeper device add`',
+          });
+        else this.core.reject('auth', { device: username, detail: 'wrong password' });
         cb(authError('bad user name or password', 4), null);
       },
       (err) => {
@@ -239,9 +207,8 @@ export class EmbeddedBroker implements CommandDelivery {
     );
   }
 
-  /** Forget cached verifications and close the device's connections (after remove/rotate). */
+  /** Close the device's connections (after remove/rotate). */
   revoke(device: string): void {
-    this.verified.drop(device);
     for (const c of this.conns.get(device) ?? []) c.close();
   }
 
@@ -303,12 +270,12 @@ export class EmbeddedBroker implements CommandDelivery {
       return;
     }
     if (online) {
-      this.core.registry.setOnline(dev, true, via);
+      this.core.setOnline(dev, true, via);
       return;
     }
     // a will of a connection that was taken over says nothing while another one is open
     const others = [...(this.conns.get(dev) ?? [])].filter((c) => c !== client);
-    if (others.length === 0) this.core.registry.setOnline(dev, false, via);
+    if (others.length === 0) this.core.setOnline(dev, false, via);
   }
 
   private authorizeSubscribe(
@@ -338,13 +305,16 @@ export class EmbeddedBroker implements CommandDelivery {
       this.conns.set(dev, set);
     }
     set.add(client);
-    this.core.metrics.connected.inc();
-    this.core.registry.setOnline(dev, true, 'connect');
+    this.core.connection(1);
+    this.core.setOnline(dev, true, 'connect');
     // a persistent session restores its subscriptions without a SUBSCRIBE
-    if ((client as unknown as { subscriptions: Record<string, unknown> }).subscriptions[commandTopic(dev)]) {
-      this.subscribed.add(dev);
-      this.onReachable?.(dev);
-    }
+    if ((client as unknown as { subscriptions: Record<string, unknown> }).subscriptions[commandTopic(dev)])
+      this.nowReachable(dev);
+  }
+
+  private nowReachable(dev: string): void {
+    this.subscribed.add(dev);
+    this.core.reachable(dev, true);
   }
 
   private disconnected(client: Client): void {
@@ -352,17 +322,11 @@ export class EmbeddedBroker implements CommandDelivery {
     if (!dev) return;
     const set = this.conns.get(dev);
     if (!set?.delete(client)) return;
-    this.core.metrics.connected.dec();
+    this.core.connection(-1);
     if (set.size > 0) return;
     this.conns.delete(dev);
-    this.subscribed.delete(dev);
-    this.core.registry.setOnline(dev, false, this.keepaliveExpired.has(client) ? 'keepalive' : 'disconnect');
-  }
-
-  connectionCount(): number {
-    let n = 0;
-    for (const s of this.conns.values()) n += s.size;
-    return n;
+    if (this.subscribed.delete(dev)) this.core.reachable(dev, false);
+    this.core.setOnline(dev, false, this.keepaliveExpired.has(client) ? 'keepalive' : 'disconnect');
   }
 
   // --- downlink ---------------------------------------------------------------------------------

@@ -16,8 +16,8 @@
 import { readFileSync } from 'node:fs';
 import type { Logger } from '../log.js';
 import type { IngestOptions } from './config.js';
-import type { IngestCore } from './core.js';
-import type { CommandDelivery } from './embedded.js';
+import type { CommandDelivery } from './downlink.js';
+import type { IngestEdge } from './edge.js';
 import { commandTopic, parseTopic, TOPIC_PREFIX } from './ids.js';
 import { parseStatus } from './payload.js';
 
@@ -48,11 +48,10 @@ export class ExternalSubscriber implements CommandDelivery {
   private acks: number[] = [];
   private sinceYield = 0;
   private readonly held = new Map<number, { gen: number; done: Promise<unknown> }>();
-  onReachable?: (device: string) => void;
   private connectedOnce!: Promise<void>;
 
   constructor(
-    private readonly core: IngestCore,
+    private readonly core: IngestEdge,
     private readonly opts: IngestOptions,
     private readonly log: Logger,
   ) {}
@@ -136,6 +135,7 @@ export class ExternalSubscriber implements CommandDelivery {
     this.connectedOnce = new Promise((resolve) => (subscribed = resolve));
     client.on('connect', (connack: { sessionPresent: boolean }) => {
       this.generation++;
+      this.core.linkUp(true);
       this.log.info(
         { url: this.opts.url, sessionPresent: connack.sessionPresent },
         'connected to the external MQTT broker',
@@ -149,6 +149,7 @@ export class ExternalSubscriber implements CommandDelivery {
         },
       );
     });
+    client.on('close', () => this.core.linkUp(false));
     client.on('error', (err: Error) =>
       this.log.warn({ err: err.message }, 'external MQTT broker error; reconnecting'),
     );
@@ -211,7 +212,7 @@ export class ExternalSubscriber implements CommandDelivery {
           });
         return;
       }
-      this.core.registry.setOnline(t.device, online, 'status');
+      this.core.setOnline(t.device, online, 'status');
     }
   }
 
@@ -229,11 +230,6 @@ export class ExternalSubscriber implements CommandDelivery {
         err ? reject(err) : resolve('published'),
       );
     });
-  }
-
-  /** Remove a retained command from the broker. */
-  clear(device: string): void {
-    this.client?.publish(commandTopic(device), Buffer.alloc(0), { qos: 1, retain: true });
   }
 
   async stop(): Promise<void> {

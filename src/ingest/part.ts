@@ -1,6 +1,7 @@
 /**
- * The ingest part: wires the core (checks, batching, registry, dead letters) to the embedded
- * broker or the external subscriber, the downlink, retention, the HTTP routes and the metrics.
+ * The ingest part: the ingest thread (the embedded broker or the external subscriber, with the
+ * report path) and, on the main thread, the core (commits, registry, dead letters), the
+ * downlink, retention, the HTTP routes and the metrics.
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { InvalidArgumentError, RequestTooLargeError } from '../errors.js';
@@ -9,24 +10,21 @@ import type { IngestOptions } from './config.js';
 import { IngestCore } from './core.js';
 import { addDevice, listDevices, removeDevice, rotateDevice } from './devices.js';
 import { Downlink } from './downlink.js';
-import { EmbeddedBroker } from './embedded.js';
-import { ExternalSubscriber } from './external.js';
 import { createMetrics } from './metrics.js';
 import { DeadLetters } from './rejects.js';
 import { Retention, type RetentionResult } from './retention.js';
+import { type Address, IngestThread } from './thread.js';
 import type { Timer } from '../clock.js';
 
 export interface IngestPart extends Part {
   /** Embedded listeners (port 0 in the options resolves to the real port here). */
-  addresses(): { host: string; port: number; tls: boolean }[];
+  addresses(): Address[];
   /** Run retention now (it also runs every retentionInterval). */
   runRetention(): Promise<RetentionResult>;
   /** Write the device mirror and dead letters now (tests, shutdown). */
   flush(): Promise<void>;
   /** Resolves when reports can flow: listening (embedded) or connected and subscribed (external). */
   ready(): Promise<void>;
-  /** The embedded aedes broker, when in embedded mode (benchmarks). */
-  readonly embedded: EmbeddedBroker | undefined;
 }
 
 const MAX_BODY = 4096;
@@ -71,10 +69,15 @@ export function createIngestPart(ctx: PartContext, opts: IngestOptions): IngestP
   const log = ctx.logger.child({ part: 'ingest' });
   const metrics = createMetrics(ctx.registry);
   const core = new IngestCore(ctx.store, ctx.clock, metrics, log, options);
-  const embedded =
-    options.mode === 'embedded' ? new EmbeddedBroker(core, ctx.store, options, log) : undefined;
-  const external = options.mode === 'external' ? new ExternalSubscriber(core, options, log) : undefined;
-  const transport = (embedded ?? external)!;
+  let thread: IngestThread | undefined;
+  let addresses: Address[] = [];
+  // the downlink's transport is the thread, made at start
+  const transport = {
+    reachable: (device: string) => thread?.reachable(device) ?? false,
+    send: (device: string, payload: Buffer, timeoutMs: number) =>
+      thread ? thread.send(device, payload, timeoutMs) : Promise.reject(new Error('ingest is not started')),
+    onReachable: undefined as ((device: string) => void) | undefined,
+  };
   const downlink = new Downlink(ctx.store, ctx.clock, transport, metrics, log, options.commandTtl);
   const retention = new Retention(ctx.store, ctx.clock, metrics, log, options);
   let retentionTimer: Timer | undefined;
@@ -97,13 +100,13 @@ export function createIngestPart(ctx: PartContext, opts: IngestOptions): IngestP
   ctx.http.add('POST', '/v1/devices/rotate', async (req, res, url) => {
     const id = idFrom(await readJson(req), url);
     const secret = await rotateDevice(ctx.store, id, ctx.clock.now());
-    embedded?.revoke(id);
+    thread?.revoke(id);
     send(res, 200, { id, secret });
   });
   const remove = async (req: IncomingMessage, res: ServerResponse, url: URL) => {
     const id = idFrom(req.method === 'DELETE' ? {} : await readJson(req), url);
     const removed = await removeDevice(ctx.store, id);
-    embedded?.revoke(id);
+    thread?.revoke(id);
     core.registry.forget(id);
     send(res, removed ? 200 : 404, { id, removed });
   };
@@ -122,22 +125,21 @@ export function createIngestPart(ctx: PartContext, opts: IngestOptions): IngestP
   });
 
   ctx.addReadinessCheck('ingest', () => {
+    if (thread?.failed) return `the ingest thread stopped: ${thread.failed.message}`;
     if (!started) return 'ingest is not started';
-    if (core.writer.queued > 50_000) return `ingest has ${core.writer.queued} reports waiting to be stored`;
+    if (thread && thread.queued > 50_000) return `ingest has ${thread.queued} reports waiting to be stored`;
     return undefined;
   });
 
   return {
     name: 'ingest',
-    embedded,
     async start() {
       core.registry.load(options.mode === 'embedded');
       core.registry.start();
-      if (embedded) await embedded.start();
-      if (external) {
-        await external.start();
-        // not waiting for the first connect: a missing broker must not stop the daemon; it retries
-      }
+      thread = new IngestThread(core, options, log);
+      thread.onReachable = (device) => transport.onReachable?.(device);
+      // external: not waiting for the first connect; a missing broker must not stop the daemon
+      addresses = await thread.start();
       downlink.start();
       const loop = () => {
         retention.run().then(
@@ -155,13 +157,8 @@ export function createIngestPart(ctx: PartContext, opts: IngestOptions): IngestP
         retentionTimer?.cancel();
         downlink.stop();
         // reports held by admission were never acknowledged: devices resend them
-        if (options.admit && !options.admit()) core.writer.failHeld(new Error('ingest stopping'));
-        // embedded: close the clients first, then let their in-flight reports commit (their
-        // PUBACKs go nowhere, devices resend and seq de-duplicates); external: commit first so
-        // the held PUBACKs still reach the broker, then disconnect
-        if (embedded) await embedded.stop();
-        await core.writer.drain();
-        if (external) await external.stop();
+        core.committer.failHeld(new Error('ingest stopping'));
+        await thread?.stop();
         await core.registry.stop();
         await core.rejects.settle();
         started = false;
@@ -179,18 +176,19 @@ export function createIngestPart(ctx: PartContext, opts: IngestOptions): IngestP
       return {
         mode: options.mode,
         devices: { online, offline },
-        connections: embedded?.connectionCount() ?? null,
+        connections: options.mode === 'embedded' ? core.connections : null,
         attention,
         reportsPerMinute: core.ratePerMinute(),
         rejects: Object.fromEntries(core.rejects.counts),
-        queued: core.writer.queued,
+        queued: thread?.queued ?? 0,
         commandsPending: downlink.pendingCount(),
       };
     },
-    addresses: () => embedded?.address() ?? [],
-    ready: () => external?.ready() ?? Promise.resolve(),
+    addresses: () => addresses,
+    ready: () => thread?.ready() ?? Promise.reject(new Error('ingest is not started')),
     runRetention: () => retention.run(),
     async flush() {
+      await thread?.flush();
       await core.registry.flushAll();
       await core.rejects.settle();
     },

@@ -166,11 +166,11 @@ export class DeviceRegistry {
     return d;
   }
 
-  /** A report of this device was committed. */
-  report(id: string, r: Report, now = this.clock.now()): void {
+  /** `count` reports of this device were committed, `r` the last of them. */
+  report(id: string, r: Report, now = this.clock.now(), count = 1): void {
     const d = this.get(id, now);
     d.lastSeen = now;
-    d.reports++;
+    d.reports += count;
     d.lastSeq = r.seq;
     d.lastTs = r.ts;
     d.metrics = r.metrics;

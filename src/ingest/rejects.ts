@@ -12,7 +12,8 @@ import { sanitize } from './ids.js';
 import type { IngestMetrics } from './metrics.js';
 import type { RejectReason } from './payload.js';
 
-const HEAD_BYTES = 256;
+/** Bytes of a refused payload kept in its dead letter. */
+export const HEAD_BYTES = 256;
 const ROWS_PER_SEC = 50;
 
 const INSERT = `INSERT INTO ingest_rejects(ts, device, topic, reason, detail, size, head)
@@ -49,7 +50,7 @@ export class DeadLetters {
 
   record(
     reason: RejectReason,
-    info: { device?: string; topic?: string; payload?: Buffer; detail?: string },
+    info: { device?: string; topic?: string; payload?: Uint8Array; size?: number; detail?: string },
   ): void {
     this.metrics.rejects.inc({ reason });
     this.counts.set(reason, (this.counts.get(reason) ?? 0) + 1);
@@ -70,7 +71,7 @@ export class DeadLetters {
       topic: info.topic === undefined ? null : sanitize(info.topic, 200),
       reason,
       detail: info.detail === undefined ? null : sanitize(info.detail, 300),
-      size: info.payload?.length ?? 0,
+      size: info.size ?? info.payload?.length ?? 0,
       head: info.payload ? Buffer.from(info.payload.subarray(0, HEAD_BYTES)) : null,
     });
     if (!this.scheduled) {

@@ -1,6 +1,7 @@
 /**
- * Batches reports into `store.write` calls and resolves each report's promise only after the
- * transaction holding its row has committed: the caller sends the PUBACK from there.
+ * Batches reports into writes and resolves each report's promise only after the transaction
+ * holding its row has committed: the caller sends the PUBACK from there. This runs on the ingest
+ * thread next to the broker; `ReportCommitter` (commit.ts) does the write on the main thread.
  *
  * Batching: reports that arrive in the same event-loop turn go into one write; at most
  * `MAX_INFLIGHT` writes are outstanding, so under load the next batch grows while the store
@@ -9,24 +10,18 @@
  * Release: a committed batch's reports are resolved (acknowledged) `RELEASE_SLICE` at a time, one
  * slice per turn of the event loop. Each acknowledgement is a socket write and, in embedded mode,
  * frees its device to send the next report; releasing a whole batch (hundreds) at once made one
- * long turn and the next, full of the devices' answers, longer still, while etcd requests waited
- * behind both.
+ * long turn and the next, full of the devices' answers, longer still.
  *
- * Admission: while `admit()` returns false (the fleet sync's disk budget is full and its policy
- * is to stop acknowledging) nothing is written and nothing is acknowledged; the queue is
- * re-checked every `ADMIT_RECHECK_MS`. Devices keep their unacknowledged QoS 1 reports and the
- * brokers stop feeding us (aedes waits for each client's batch, MQTT brokers for their in-flight
- * window), which is what keeps this queue bounded.
+ * Backpressure: nothing here is bounded by count. aedes reads a client's next packets only when
+ * its current ones are acknowledged, and an external broker sends no more than its in-flight
+ * window, so the queue is bounded by devices x in-flight reports. While admission is closed the
+ * committer holds the writes and this queue stops moving, which stops the devices in turn.
  */
-import type { Clock } from '../clock.js';
-import type { Logger } from '../log.js';
-import { blobColumn } from '../store/index.js';
-import type { SqlOp, Store } from '../store/types.js';
-import type { IngestMetrics } from './metrics.js';
+import { blobColumn } from '../store/columns.js';
+import type { SqlOp } from '../store/types.js';
 
 const MAX_INFLIGHT = 2;
 const RELEASE_SLICE = 64;
-const ADMIT_RECHECK_MS = 500;
 // Bytes of report bodies in one write: with 64 KiB payloads, `batchMax` alone would allow tens
 // of MB in one transaction, holding the writer (and every etcd put behind it) for that long.
 export const BATCH_MAX_BYTES = 1024 * 1024;
@@ -57,6 +52,27 @@ export interface ReportRow {
   body: Buffer;
 }
 
+/**
+ * Milliseconds since the epoch, sub-millisecond and comparable between threads (each thread's
+ * `timeOrigin` is taken from the same clock): the commit latency runs from a report's arrival
+ * on the ingest thread to its commit seen on the main thread.
+ */
+export function arrivalTime(): number {
+  return performance.timeOrigin + performance.now();
+}
+
+/** One write: the batch's INSERT_REPORT by column, and what the committer counts. */
+export interface ReportBatch {
+  op: SqlOp;
+  /** Reports in the batch sent with QoS 0 (the rest are QoS 1). */
+  qos0: number;
+  /** Each report's `arrivalTime()`. */
+  arrived: Float64Array;
+}
+
+/** Commits a batch; resolves with the rows inserted (duplicates insert none). */
+export type CommitBatch = (batch: ReportBatch) => Promise<number>;
+
 interface Pending extends ReportRow {
   qos: number;
   t0: number;
@@ -68,23 +84,17 @@ export class ReportWriter {
   private queue: Pending[] = [];
   private scheduled = false;
   private inflight = 0;
-  private heldTimer: { cancel(): void } | undefined;
   private idle: (() => void)[] = [];
   /** Committed reports not yet resolved, oldest first, and where the next slice starts. */
   private releasing: Pending[] = [];
   private released = 0;
-  /** Committed reports, for the status rate. */
-  onCommitted?: (n: number) => void;
 
   constructor(
-    private readonly store: Store,
-    private readonly clock: Clock,
-    private readonly metrics: IngestMetrics,
-    private readonly log: Logger,
-    private readonly opts: { batchMax: number; dedupeWindow: number; admit?: () => boolean },
+    private readonly commit: CommitBatch,
+    private readonly opts: { batchMax: number; dedupeWindow: number },
   ) {}
 
-  /** Resolves after the row (or its earlier copy) is committed. */
+  /** Resolves after the row (or its earlier copy) is committed; `t0` is its `arrivalTime()`. */
   add(row: ReportRow, qos: number, t0: number): Promise<void> {
     return new Promise((resolve, reject) => {
       // a literal, not a spread: one hidden class for every pending report
@@ -103,12 +113,13 @@ export class ReportWriter {
     });
   }
 
+  /** Reports waiting for a write (not those in flight). */
   get queued(): number {
     return this.queue.length;
   }
 
   private schedule(): void {
-    if (this.scheduled || this.heldTimer) return;
+    if (this.scheduled) return;
     this.scheduled = true;
     setImmediate(() => {
       this.scheduled = false;
@@ -118,15 +129,6 @@ export class ReportWriter {
 
   private pump(): void {
     while (this.queue.length > 0 && this.inflight < MAX_INFLIGHT) {
-      if (this.opts.admit && !this.opts.admit()) {
-        this.metrics.held.set(this.queue.length);
-        this.heldTimer ??= this.clock.setTimeout(() => {
-          this.heldTimer = undefined;
-          this.pump();
-        }, ADMIT_RECHECK_MS);
-        return;
-      }
-      this.metrics.held.set(0);
       const batch = this.queue.splice(0, this.batchLength());
       this.inflight++;
       void this.writeBatch(batch).finally(() => {
@@ -151,30 +153,21 @@ export class ReportWriter {
   }
 
   private async writeBatch(batch: Pending[]): Promise<void> {
+    const arrived = new Float64Array(batch.length);
+    let qos0 = 0;
+    for (let i = 0; i < batch.length; i++) {
+      const p = batch[i]!;
+      arrived[i] = p.t0;
+      if (p.qos === 0) qos0++;
+    }
     try {
-      const res = await this.store.write({ sql: [this.insert(batch)] });
-      const inserted = res.sql[0]?.changes ?? 0;
-      const now = this.clock.monotonic();
-      this.metrics.batch.observe(batch.length);
-      if (inserted < batch.length) this.metrics.duplicates.inc(batch.length - inserted);
-      let q0 = 0;
-      for (const p of batch) {
-        if (p.qos === 0) q0++;
-        this.metrics.latency.observe((now - p.t0) / 1000);
-      }
-      this.release(batch);
-      if (q0) this.metrics.reports.inc({ qos: '0' }, q0);
-      if (batch.length - q0) this.metrics.reports.inc({ qos: '1' }, batch.length - q0);
-      this.onCommitted?.(batch.length);
+      await this.commit({ op: this.insert(batch), qos0, arrived });
     } catch (err) {
       // Not committed, so not acknowledged: the device (or the broker's session) resends.
-      this.metrics.writeErrors.inc();
-      this.log.warn(
-        { err, reports: batch.length },
-        'storing a batch of reports failed; they stay unacknowledged and devices will resend them',
-      );
       for (const p of batch) p.reject(err as Error);
+      return;
     }
+    this.release(batch);
   }
 
   /** The batch's INSERT_REPORT, by column (see SqlOp). */
@@ -221,18 +214,10 @@ export class ReportWriter {
       for (const f of this.idle.splice(0)) f();
   }
 
-  /** Resolves when nothing is queued or in flight (held reports are released as errors by `failHeld`). */
+  /** Resolves when nothing is queued, in flight or waiting to be released. */
   drain(): Promise<void> {
     if (this.queue.length === 0 && this.inflight === 0 && this.releasing.length === 0)
       return Promise.resolve();
     return new Promise((r) => this.idle.push(r));
-  }
-
-  /** On shutdown: give up on reports still held by admission; they were never acknowledged. */
-  failHeld(err: Error): void {
-    this.heldTimer?.cancel();
-    this.heldTimer = undefined;
-    for (const p of this.queue.splice(0)) p.reject(err);
-    this.checkIdle();
   }
 }

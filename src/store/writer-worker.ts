@@ -9,7 +9,7 @@ const port = parentPort!;
 port.on('message', (msg: { t: string; reqs?: EngineRequest[]; wantPrev?: boolean }) => {
   try {
     if (msg.t === 'open') {
-      engine = new Engine(workerData as EngineOptions);
+      engine = new Engine((workerData as { data: EngineOptions }).data);
       port.postMessage(engine.open());
     } else if (msg.t === 'batch') port.postMessage(engine!.runBatch(revive(msg.reqs!), msg.wantPrev!));
     else if (msg.t === 'close') {

@@ -23,7 +23,8 @@
  * that serves reads, watches and the network; `inline` runs it on the calling thread (tests and
  * one-shot CLI commands).
  */
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
+import { startThread } from '../thread.js';
 import { BusyError, StoreClosedError } from '../errors.js';
 import type {
   BatchResult,
@@ -89,16 +90,7 @@ class WorkerBackend implements Backend {
   private failed?: Error;
 
   constructor(opts: EngineOptions) {
-    // From source (tests run TypeScript through tsx) the worker must register tsx itself:
-    // loader hooks of the main thread do not reach worker threads on Node 20.
-    const fromSource = import.meta.url.endsWith('.ts');
-    const entry = new URL(`./writer-worker${fromSource ? '.ts' : '.js'}`, import.meta.url).href;
-    const boot = `const { workerData } = require('node:worker_threads');
-      (async () => {
-        if (workerData.fromSource) (await import('tsx/esm/api')).register();
-        await import(workerData.entry);
-      })().catch((e) => { throw e; });`;
-    this.worker = new Worker(boot, { eval: true, workerData: { ...opts, entry, fromSource } });
+    this.worker = startThread(import.meta.url, './writer-worker', opts);
     this.worker.on('message', (msg) => this.waiting.shift()?.(msg));
     this.worker.on('error', (e) => this.fail(e));
     this.worker.on('exit', (code) => this.fail(new Error(`store writer thread exited with code ${code}`)));

@@ -21,7 +21,11 @@ import {
 describe('ingest, bad input', () => {
   let h: Harness;
   const secrets: Record<string, string> = {};
-  const rejects = (reason: string) => metricValue(h.registry, 'edgekeeper_ingest_rejects_total', { reason });
+  // the ingest thread's events reach the counters on the main thread a turn later: flush first
+  const rejects = async (reason: string) => {
+    await h.part.flush();
+    return metricValue(h.registry, 'edgekeeper_ingest_rejects_total', { reason });
+  };
 
   before(async () => {
     h = await harness({ maxMetrics: 8, ratePerSec: 10, rateBurst: 30, rejectsMax: 20 });

@@ -6,7 +6,8 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
 import { encode } from 'cbor-x';
-import { decodeBody } from '../../src/ingest/index.js';
+import { Registry } from 'prom-client';
+import { createIngestPart, decodeBody, ingestDefaults } from '../../src/ingest/index.js';
 import {
   callRoute,
   device,
@@ -176,5 +177,17 @@ describe('ingest, embedded broker', () => {
         .status,
       400,
     );
+  });
+
+  it('fails to start with the listener error when the port is taken, and still stops cleanly', async () => {
+    const ctx = { ...h.ctx, registry: new Registry(), http: { add: () => undefined } };
+    const second = createIngestPart(ctx, ingestDefaults({ listen: `127.0.0.1:${h.port}` }));
+    await assert.rejects(second.start(), /EADDRINUSE/);
+    // the ingest thread is ended, not left running
+    await second.stop();
+    // the first part is unaffected
+    const c = await device(h.url, 'd1', secrets.d1);
+    await publish(c, 'edgekeeper/v1/devices/d1/report', '{"metrics":{"after":1}}', 1);
+    await endClient(c);
   });
 });

@@ -9,8 +9,9 @@ import { after, before, describe, it } from 'node:test';
 import { Registry } from 'prom-client';
 import { systemClock } from '../../src/clock.js';
 import { silentLogger } from '../../src/log.js';
+import { ReportCommitter } from '../../src/ingest/commit.js';
 import { createMetrics } from '../../src/ingest/metrics.js';
-import { BATCH_MAX_BYTES, ReportWriter } from '../../src/ingest/writer.js';
+import { arrivalTime, BATCH_MAX_BYTES, ReportWriter } from '../../src/ingest/writer.js';
 import type { BlobColumn, Store, WriteRequest } from '../../src/store/types.js';
 import { openTestStore, tempDir } from './helpers.js';
 
@@ -33,10 +34,8 @@ describe('report writer', () => {
       return store.write(req);
     };
     registry = new Registry();
-    writer = new ReportWriter(spy, systemClock, createMetrics(registry), silentLogger(), {
-      batchMax: 500,
-      dedupeWindow: HOUR,
-    });
+    const committer = new ReportCommitter(spy, systemClock, createMetrics(registry), silentLogger());
+    writer = new ReportWriter((b) => committer.commit(b), { batchMax: 500, dedupeWindow: HOUR });
   });
   after(async () => {
     await store.close();
@@ -135,5 +134,41 @@ describe('report writer', () => {
       200,
     );
     assert.ok(Math.max(...perTurn.values()) <= 64, JSON.stringify([...perTurn]));
+  });
+
+  it('holds batches while admission is closed, writes them when it opens, refuses them once stopping', async () => {
+    let admit = false;
+    const reg = new Registry();
+    const metrics = createMetrics(reg);
+    const committer = new ReportCommitter(store, systemClock, metrics, silentLogger(), () => admit);
+    const w = new ReportWriter((b) => committer.commit(b), { batchMax: 500, dedupeWindow: HOUR });
+    const t = Date.now();
+    const report = (seq: number) => ({
+      device: 'w5',
+      receivedAt: t,
+      ts: null,
+      seq,
+      body: Buffer.from([0xa0]),
+    });
+    let done = 0;
+    const first = Promise.all([1, 2, 3].map((i) => w.add(report(i), 1, arrivalTime()).then(() => done++)));
+    await new Promise((r) => setTimeout(r, 700));
+    assert.equal(done, 0, 'nothing acknowledged while admission is closed');
+    assert.equal(rows('w5').length, 0);
+    assert.equal((await metrics.held.get()).values[0]?.value, 3);
+    admit = true;
+    await first;
+    assert.equal(rows('w5').length, 3);
+    assert.equal((await metrics.held.get()).values[0]?.value, 0);
+
+    admit = false;
+    const held = w.add(report(4), 1, arrivalTime());
+    await new Promise((r) => setTimeout(r, 50));
+    committer.failHeld(new Error('ingest stopping'));
+    await assert.rejects(held, /ingest stopping/);
+    // a batch that comes after the shutdown began is refused at once, not held
+    await assert.rejects(w.add(report(5), 1, arrivalTime()), /ingest stopping/);
+    await w.drain();
+    assert.equal(rows('w5').length, 3);
   });
 });
