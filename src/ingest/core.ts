@@ -83,6 +83,20 @@ export class IngestCore {
     }
   }
 
+  /**
+   * The ingest thread ended: its connections and link went with it. Embedded devices were
+   * connected to it, so they are offline (reason `restart`) until they reconnect.
+   */
+  threadGone(embedded: boolean): void {
+    this.connections = 0;
+    this.metrics.connected.set(0);
+    this.reachable.clear();
+    this.linkUp = false;
+    if (!embedded) return;
+    for (const d of this.registry.devices.values())
+      if (d.online) this.registry.setOnline(d.id, false, 'restart');
+  }
+
   /** A device's password against the scrypt hash in the store (successes are cached). */
   async checkPassword(device: string, password: Buffer): Promise<PasswordCheck> {
     const stored = secretHashOf(this.store, device);

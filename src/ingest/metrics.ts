@@ -67,6 +67,11 @@ export function createMetrics(registry: Registry) {
       labelNames: ['state'] as const,
       registers,
     }),
+    threadRestarts: new Counter({
+      name: 'edgekeeper_ingest_thread_restarts_total',
+      help: 'Times the ingest thread (broker or subscriber) ended on its own and was started again.',
+      registers,
+    }),
     writeErrors: new Counter({
       name: 'edgekeeper_ingest_write_errors_total',
       help: 'Report batches the store refused (the reports stay unacknowledged).',

@@ -125,7 +125,7 @@ export function createIngestPart(ctx: PartContext, opts: IngestOptions): IngestP
   });
 
   ctx.addReadinessCheck('ingest', () => {
-    if (thread?.failed) return `the ingest thread stopped: ${thread.failed.message}`;
+    if (thread?.down) return `the ingest thread stopped (${thread.down.message}); starting it again`;
     if (!started) return 'ingest is not started';
     if (thread && thread.queued > 50_000) return `ingest has ${thread.queued} reports waiting to be stored`;
     return undefined;
@@ -136,7 +136,7 @@ export function createIngestPart(ctx: PartContext, opts: IngestOptions): IngestP
     async start() {
       core.registry.load(options.mode === 'embedded');
       core.registry.start();
-      thread = new IngestThread(core, options, log);
+      thread = new IngestThread(core, options, log, ctx.clock);
       thread.onReachable = (device) => transport.onReachable?.(device);
       // external: not waiting for the first connect; a missing broker must not stop the daemon
       addresses = await thread.start();

@@ -3,8 +3,14 @@
  * external subscriber and the report path (edge.ts). It answers the thread's calls (commit a
  * batch, check a password) through `IngestCore`, applies its events, and stands in for the
  * transport towards the downlink: `reachable` from the events, `send` as a call.
+ *
+ * A thread that ends on its own (an uncaught error in the broker, say) is started again after
+ * `RESTART_MS`, doubling up to `RESTART_MAX_MS` while it keeps failing to start. Nothing is
+ * lost: what it had not acknowledged, devices (or the external broker) send again, and `seq`
+ * de-duplicates what had committed. The etcd API is not affected meanwhile.
  */
 import type { Worker } from 'node:worker_threads';
+import type { Clock, Timer } from '../clock.js';
 import type { Logger } from '../log.js';
 import { startThread } from '../thread.js';
 import type { IngestOptions } from './config.js';
@@ -22,25 +28,39 @@ export interface ThreadData {
 
 export type Address = { host: string; port: number; tls: boolean };
 
+const RESTART_MS = 1000;
+const RESTART_MAX_MS = 30_000;
+
 export class IngestThread implements CommandDelivery {
-  private readonly worker: Worker;
-  private readonly peer: Peer;
+  private worker!: Worker;
+  private peer!: Peer;
+  private opts: IngestOptions;
   /** Reports waiting on the thread for a write, as it last said. */
   queued = 0;
-  /** Why the thread stopped when it was not asked to. */
-  failed: Error | undefined;
+  /** Why the thread ended on its own, until it runs again. */
+  down: Error | undefined;
+  /** Failed starts since the thread last ran, for the back-off. */
+  private failures = 0;
+  private restartTimer: Timer | undefined;
   private stopping = false;
   onReachable?: (device: string) => void;
 
   constructor(
     private readonly core: IngestCore,
-    private readonly opts: IngestOptions,
-    log: Logger,
+    opts: IngestOptions,
+    private readonly log: Logger,
+    private readonly clock: Clock,
   ) {
-    const { admit: _admit, ...plain } = opts;
-    const data: ThreadData = { opts: plain, level: log.level };
-    this.worker = startThread(import.meta.url, './thread-worker', data);
-    this.peer = new Peer(this.worker, {
+    this.opts = opts;
+    this.launch();
+  }
+
+  private launch(): void {
+    const { admit: _admit, ...plain } = this.opts;
+    const data: ThreadData = { opts: plain, level: this.log.level };
+    const worker = startThread(import.meta.url, './thread-worker', data);
+    const core = this.core;
+    const peer = new Peer(worker, {
       commit: (a: { batch: ReportBatch; queued: number }) => {
         this.setQueued(a.queued);
         return core.committer.commit(a.batch);
@@ -55,17 +75,48 @@ export class IngestThread implements CommandDelivery {
         core.apply(a.list, (device) => this.onReachable?.(device));
       },
     });
+    let ended = false;
+    // 'error' is followed by 'exit': handle the first
     const gone = (err: Error) => {
-      this.peer.fail(err);
-      if (this.stopping) return;
-      this.failed ??= err;
-      log.error(
-        { err },
-        'the ingest thread stopped: devices cannot report until edgekeeper is restarted (systemctl restart edgekeeper)',
-      );
+      if (ended) return;
+      ended = true;
+      peer.fail(err);
+      if (!this.stopping) this.crashed(err);
     };
-    this.worker.on('error', gone);
-    this.worker.on('exit', (code) => gone(new Error(`ingest thread exited with code ${code}`)));
+    worker.on('error', gone);
+    worker.on('exit', (code) => gone(new Error(`ingest thread exited with code ${code}`)));
+    this.worker = worker;
+    this.peer = peer;
+  }
+
+  private crashed(err: Error): void {
+    this.down = err;
+    this.setQueued(0);
+    this.core.threadGone(this.opts.mode === 'embedded');
+    this.core.metrics.threadRestarts.inc();
+    const delay = Math.min(RESTART_MAX_MS, RESTART_MS * 2 ** this.failures);
+    this.log.error(
+      { err, restartInMs: delay },
+      'the ingest thread stopped; starting it again (devices reconnect and resend what was not acknowledged)',
+    );
+    this.restartTimer = this.clock.setTimeout(() => void this.relaunch(), delay);
+  }
+
+  private async relaunch(): Promise<void> {
+    this.restartTimer = undefined;
+    if (this.stopping) return;
+    this.launch();
+    try {
+      await this.start();
+      this.failures = 0;
+      this.down = undefined;
+      this.log.info('the ingest thread runs again');
+    } catch (err) {
+      // ending it counts as another failure, which schedules the next try
+      this.failures++;
+      this.log.warn({ err }, 'starting the ingest thread again failed');
+      await this.worker.terminate();
+    }
   }
 
   private setQueued(n: number): void {
@@ -73,9 +124,22 @@ export class IngestThread implements CommandDelivery {
     this.core.committer.queued = n;
   }
 
-  /** Starts the broker (its listeners' addresses) or the subscriber. */
-  start(): Promise<Address[]> {
-    return this.peer.call<Address[]>('start');
+  /**
+   * Starts the broker (its listeners' addresses) or the subscriber. The addresses found are kept
+   * for a restart, so a listener on port 0 comes back on the same port.
+   */
+  async start(): Promise<Address[]> {
+    const addresses = await this.peer.call<Address[]>('start');
+    const at = (tls: boolean) => {
+      const a = addresses.find((x) => x.tls === tls);
+      return a && `${a.host.includes(':') ? `[${a.host}]` : a.host}:${a.port}`;
+    };
+    this.opts = {
+      ...this.opts,
+      listen: at(false) ?? this.opts.listen,
+      tlsListen: at(true) ?? this.opts.tlsListen,
+    };
+    return addresses;
   }
 
   /** External: resolves once connected and subscribed for the first time. */
@@ -99,15 +163,16 @@ export class IngestThread implements CommandDelivery {
 
   /** Resolves when the thread has sent every event it holds (sightings included). */
   flush(): Promise<void> {
-    return this.peer.call<void>('flush');
+    return this.down ? Promise.resolve() : this.peer.call<void>('flush');
   }
 
   /** Close the transport, let its reports commit, then end the thread. */
   async stop(): Promise<void> {
+    this.stopping = true;
+    this.restartTimer?.cancel();
     try {
-      if (!this.failed) await this.peer.call('stop');
+      if (!this.down) await this.peer.call('stop');
     } finally {
-      this.stopping = true;
       await this.worker.terminate();
     }
   }
