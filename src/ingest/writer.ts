@@ -17,6 +17,7 @@
  * window, so the queue is bounded by devices x in-flight reports. While admission is closed the
  * committer holds the writes and this queue stops moving, which stops the devices in turn.
  */
+// not the store's index: this module runs on the ingest thread, which has no business loading SQLite
 import { blobColumn } from '../store/columns.js';
 import type { SqlOp } from '../store/types.js';
 
