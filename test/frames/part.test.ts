@@ -141,11 +141,14 @@ const get = (path: string, headers: Record<string, string> = {}) =>
 
 test('the first tick draws every size into every sink', async () => {
   clock.advance(0);
+  const sizes = ['800x480', '480x320', '250x122'];
   await until(
     'first frames',
     async () => (await metric('edgekeeper_frames_rendered_total', { size: '250x122' })) >= 1,
   );
-  for (const s of ['800x480', '480x320', '250x122']) {
+  // a frame is counted when drawn; its file is renamed into place right after
+  await until('frame files', () => sizes.every((s) => existsSync(join(stateDir, `frame-${s}.png`))));
+  for (const s of sizes) {
     const png = await decodePng(readFileSync(join(stateDir, `frame-${s}.png`)));
     assert.equal(`${png.width}x${png.height}`, s);
   }
