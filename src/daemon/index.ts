@@ -2,6 +2,7 @@
  * The daemon: wiring, lifecycle, sd_notify and the watchdog, scheduled compaction and backups,
  * and the `run` loop with its signal handling. `src/main.ts` is its only user.
  */
+import { setFlagsFromString } from 'node:v8';
 import type { Config } from '../config/index.js';
 import { createLogger } from '../log.js';
 import { type Daemon, type DaemonOptions, startDaemon } from './daemon.js';
@@ -17,6 +18,14 @@ export { allFlags, allSections, type PartEntry, partCommands, parts } from './pa
 export { acquirePidFile, runningPid } from './pidfile.js';
 export { VERSION } from './version.js';
 
+// V8 lets a heap's old generation grow to up to 4x what survived the last full collection before
+// collecting again, a factor chosen for throughput. Under 1,000 reports/s the ingest thread's old
+// generation reached 40 MB between full collections that left 18 MB (70 MB flat out); growing by
+// 20% it stays at 19-31 MB: 17 MB less steady RSS with 1,000 devices, 35-48 MB less flat out, and
+// no CPU per report the ingest bench could tell apart. The flag is global to V8, so it applies to
+// every thread of the daemon; a --heap-growing-percent on node's command line wins.
+const HEAP_GROWING_PERCENT = 20;
+
 /**
  * `edgekeeper run`: starts the daemon and stays up until SIGTERM or SIGINT, then stops it
  * (stop taking work, stop parts, finish in-flight commits, close the database). Resolves with
@@ -28,6 +37,9 @@ export async function runDaemon(
   entries: PartEntry[],
   opts: DaemonOptions = {},
 ): Promise<number> {
+  if (!process.execArgv.some((a) => a.startsWith('--heap-growing-percent'))) {
+    setFlagsFromString(`--heap-growing-percent=${HEAP_GROWING_PERCENT}`);
+  }
   let daemon: Daemon | undefined;
   let signalled: NodeJS.Signals | undefined;
   let wake: (() => void) | undefined;
