@@ -8,8 +8,8 @@
  *   1. raw: the broker alone with a subscriber that only counts (MQTT.js with external mode's
  *      session options): the broker's QoS 1 delivery rate, the ceiling;
  *   2. `edgekeeper run` (embedded broker, or subscribed to mosquitto) with the same devices, first
- *      steady (each device reports once a second for 30 s: the daemon's RSS over the last 10 s,
- *      once V8 has settled), then flat out: committed reports/s, publish-to-commit p50/p99, the
+ *      steady (each device reports once a second for 30 s: the daemon's RSS once every device
+ *      has connected, and over the last 10 s, once V8 has settled), then flat out: committed reports/s, publish-to-commit p50/p99, the
  *      daemon's RSS and CPU, and the etcd API's put p99 (gRPC, one put every 5 ms) idle and
  *      during the load;
  *   3. ingest paced at half of (1): publish-to-commit p50/p99;
@@ -354,6 +354,7 @@ async function mode(
 
     // steady: every device reports once a second; RSS over the last third, once V8 has settled
     let steadyRss = 0;
+    let firstConnectRss = 0;
     let steadyFrom = Number.POSITIVE_INFINITY;
     const steadySampler = setInterval(() => {
       if (performance.now() >= steadyFrom) steadyRss = Math.max(steadyRss, memoryMb(d.pid).rss);
@@ -363,6 +364,8 @@ async function mode(
       seconds: STEADY_SECONDS,
       watch,
       onStart: () => {
+        // every device connected for the first time, none reporting yet
+        firstConnectRss = memoryMb(d.pid).rss;
         steadyFrom = performance.now() + (STEADY_SECONDS * 2000) / 3;
       },
     });
@@ -403,6 +406,7 @@ async function mode(
       devices: n,
       ...latencyFields(peer, res, s0.buckets(), s1.buckets(), ''),
       cpu: res.cpu,
+      daemonRssFirstConnectMB: firstConnectRss,
       daemonRssConnectedMB: rssConnected,
       daemonRssSteadyMB: steadyRss,
       daemonRssMB: rssMax,
