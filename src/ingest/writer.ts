@@ -29,7 +29,8 @@ export const BATCH_MAX_BYTES = 1024 * 1024;
 
 /**
  * A redelivered report (same device, seq and ts, received within the window: `since`) inserts
- * nothing; reports without seq are always inserted.
+ * nothing; reports without seq are always inserted. The lookup is one probe of the index
+ * reports_ts_device_seq (see the ingest schema for why ts leads it).
  *
  * Why a single-row INSERT with OR IGNORE and not `INSERT ... SELECT ... WHERE NOT EXISTS`: the
  * store runs every request inside a SAVEPOINT, and under it SQLite gives a statement that may
@@ -41,7 +42,7 @@ export const BATCH_MAX_BYTES = 1024 * 1024;
 export const INSERT_REPORT = `INSERT OR IGNORE INTO reports(device, received_at, ts, seq, body)
 VALUES (
   CASE WHEN @seq IS NOT NULL AND EXISTS (
-    SELECT 1 FROM reports WHERE device = @device AND seq = @seq AND ts IS @ts AND received_at >= @since)
+    SELECT 1 FROM reports WHERE ts IS @ts AND device = @device AND seq = @seq AND received_at >= @since)
   THEN NULL ELSE @device END,
   @receivedAt, @ts, @seq, @body)`;
 

@@ -1,17 +1,22 @@
 /**
  * The report writer on a real store: every body byte for byte and in order, de-duplication
- * inside one batch and across batches (within the window only, by device, seq and ts), reports
- * without seq always stored, and the bytes bound on one write.
+ * inside one batch and across batches (within the window only, by device, seq and ts, with and
+ * without ts) through one index probe, reports without seq always stored, and the bytes bound
+ * on one write.
  */
 import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
+import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Registry } from 'prom-client';
 import { systemClock } from '../../src/clock.js';
 import { silentLogger } from '../../src/log.js';
 import { ReportCommitter } from '../../src/ingest/commit.js';
 import { createMetrics } from '../../src/ingest/metrics.js';
-import { arrivalTime, BATCH_MAX_BYTES, ReportWriter } from '../../src/ingest/writer.js';
+import { ingestMigrations } from '../../src/ingest/schema.js';
+import { arrivalTime, BATCH_MAX_BYTES, INSERT_REPORT, ReportWriter } from '../../src/ingest/writer.js';
+import { blobColumn } from '../../src/store/columns.js';
+import { openStore } from '../../src/store/index.js';
 import type { BlobColumn, Store, WriteRequest } from '../../src/store/types.js';
 import { openTestStore, tempDir } from './helpers.js';
 
@@ -92,6 +97,58 @@ describe('report writer', () => {
     assert.equal(rows('w2').length, 1);
     await writer.add({ ...r, receivedAt: t + 2 * HOUR }, 1, 0);
     assert.equal(rows('w2').length, 2);
+    // without ts: the same device and seq is the same report
+    const bare = { device: 'w2', ts: null, seq: 2, body: Buffer.from([0xa0]) };
+    await writer.add({ ...bare, receivedAt: t }, 1, 0);
+    await writer.add({ ...bare, receivedAt: t + 1 }, 1, 0);
+    assert.equal(rows('w2').length, 3);
+  });
+
+  it('keeps recognising reports stored before the index changed (schema 1 to 2)', async () => {
+    const old = tempDir();
+    const file = join(old, 'edgekeeper.db');
+    const first = ingestMigrations.filter((m) => m.version === 1);
+    const s1 = await openStore({ file, migrations: first, durability: 'relaxed' });
+    const t = Date.now();
+    const report = {
+      device: 'u1',
+      receivedAt: t,
+      ts: 5,
+      seq: 9,
+      since: t - HOUR,
+      body: blobColumn([Buffer.from([1])]),
+    };
+    const columns = Object.fromEntries(
+      Object.entries(report).map(([k, v]) => [k, k === 'body' ? v : [v]]),
+    ) as Record<string, unknown[] | BlobColumn>;
+    await s1.write({ sql: [{ sql: INSERT_REPORT, columns, count: 1 }] });
+    await s1.close();
+    const s2 = await openStore({ file, migrations: ingestMigrations, durability: 'relaxed' });
+    try {
+      const indexes = s2
+        .query<{ name: string }>(
+          "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'reports'",
+        )
+        .all()
+        .map((r) => r.name);
+      assert.deepEqual(indexes, ['reports_ts_device_seq']);
+      const res = await s2.write({ sql: [{ sql: INSERT_REPORT, columns, count: 1 }] });
+      assert.equal(res.sql[0]!.changes, 0, 'the redelivery is recognised');
+    } finally {
+      await s2.close();
+      rmSync(old, { recursive: true, force: true });
+    }
+  });
+
+  it('finds a redelivered report with one probe of the (ts, device, seq) index', () => {
+    const plan = store
+      .query<{ detail: string }>(`EXPLAIN QUERY PLAN ${INSERT_REPORT}`)
+      .all({ device: 'x', receivedAt: 1, ts: 1, seq: 1, since: 0, body: Buffer.alloc(1) })
+      .map((r) => r.detail);
+    assert.ok(
+      plan.some((d) => d.includes('USING INDEX reports_ts_device_seq (ts=? AND device=? AND seq=?)')),
+      plan.join('; '),
+    );
   });
 
   it('bounds the body bytes of one write', async () => {

@@ -21,6 +21,7 @@
  * latency is arrival-to-commit from the daemon's histogram (bucket upper bounds).
  * EDGEKEEPER_BENCH_MODES=embedded or =external runs one mode only.
  * EDGEKEEPER_BENCH_NODE_FLAGS adds node flags to the daemon (e.g. --max-semi-space-size=4).
+ * EDGEKEEPER_BENCH_REPORT_TS=0 sends reports without `ts` (see load.ts).
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
