@@ -427,14 +427,16 @@ async function mode(
     };
 
     // half the ceiling, paced
-    const hh0 = (await d.scrape()).buckets();
+    const h0 = await d.scrape();
+    const hh0 = h0.buckets();
     let halfRss = 0;
     const halfSampler = setInterval(() => {
       halfRss = Math.max(halfRss, memoryMb(d.pid).rss);
     }, 200);
     const half = await load(build, port, n, { rate: raw1.rate / 2, watch });
     clearInterval(halfSampler);
-    const hh1 = (await d.scrape()).buckets();
+    const h1 = await d.scrape();
+    const hh1 = h1.buckets();
     out({
       bench: peer === 'aedes' ? 'ingest.embedded_half_rate' : 'ingest.external_half_rate',
       unit: 'ms',
@@ -442,6 +444,8 @@ async function mode(
       devices: n,
       rate: half.acked / half.elapsed,
       ...latencyFields(peer, half, hh0, hh1, ' at half the raw rate'),
+      // the disk's share of the latency: a report waits for its batch's commit
+      storeCommitP99Ms: bucketQuantile(h0.buckets(COMMIT), h1.buckets(COMMIT), 0.99),
       cpu: half.cpu,
       daemonRssMB: halfRss,
     });
