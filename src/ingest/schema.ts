@@ -58,8 +58,8 @@ CREATE TABLE IF NOT EXISTS ingest_rejects(
     // each report's index entry went to its own device's corner of the index, so a commit of N
     // reports from N devices dirtied about N index pages, each written whole to the WAL. Led by
     // the device clock, reports that carry `ts` land next to each other: with 200,000 reports
-    // stored, 6-7 µs of CPU and 0.5 KB written per report against 25-36 µs and 10 KB without
-    // `ts` (npm run bench -- report-insert, three runs). Reports without `ts` cost what they cost before.
+    // stored, 9-12 µs of CPU and 0.5 KB written per report against 31-46 µs and 10 KB without
+    // `ts` (npm run bench -- report-insert, three runs). Without `ts` nothing changed.
     sql: `
 DROP INDEX IF EXISTS reports_device_seq;
 CREATE INDEX IF NOT EXISTS reports_ts_device_seq ON reports(ts, device, seq) WHERE seq IS NOT NULL;

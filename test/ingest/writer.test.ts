@@ -15,12 +15,18 @@ import { ReportCommitter } from '../../src/ingest/commit.js';
 import { createMetrics } from '../../src/ingest/metrics.js';
 import { ingestMigrations } from '../../src/ingest/schema.js';
 import { arrivalTime, BATCH_MAX_BYTES, INSERT_REPORT, ReportWriter } from '../../src/ingest/writer.js';
-import { blobColumn } from '../../src/store/columns.js';
 import { openStore } from '../../src/store/index.js';
 import type { BlobColumn, Store, WriteRequest } from '../../src/store/types.js';
 import { openTestStore, tempDir } from './helpers.js';
 
 const HOUR = 3_600_000;
+
+/** A report writer straight on `store` (no committer, no metrics). */
+const writerOn = (store: Store) =>
+  new ReportWriter((b) => store.write({ sql: [b.op] }).then((r) => r.sql[0]?.changes ?? 0), {
+    batchMax: 500,
+    dedupeWindow: HOUR,
+  });
 
 describe('report writer', () => {
   let dir: string;
@@ -109,19 +115,8 @@ describe('report writer', () => {
     const file = join(old, 'edgekeeper.db');
     const first = ingestMigrations.filter((m) => m.version === 1);
     const s1 = await openStore({ file, migrations: first, durability: 'relaxed' });
-    const t = Date.now();
-    const report = {
-      device: 'u1',
-      receivedAt: t,
-      ts: 5,
-      seq: 9,
-      since: t - HOUR,
-      body: blobColumn([Buffer.from([1])]),
-    };
-    const columns = Object.fromEntries(
-      Object.entries(report).map(([k, v]) => [k, k === 'body' ? v : [v]]),
-    ) as Record<string, unknown[] | BlobColumn>;
-    await s1.write({ sql: [{ sql: INSERT_REPORT, columns, count: 1 }] });
+    const report = { device: 'u1', receivedAt: Date.now(), ts: 5, seq: 9, body: Buffer.from([1]) };
+    await writerOn(s1).add(report, 1, 0);
     await s1.close();
     const s2 = await openStore({ file, migrations: ingestMigrations, durability: 'relaxed' });
     try {
@@ -132,8 +127,9 @@ describe('report writer', () => {
         .all()
         .map((r) => r.name);
       assert.deepEqual(indexes, ['reports_ts_device_seq']);
-      const res = await s2.write({ sql: [{ sql: INSERT_REPORT, columns, count: 1 }] });
-      assert.equal(res.sql[0]!.changes, 0, 'the redelivery is recognised');
+      await writerOn(s2).add(report, 1, 0);
+      const n = s2.query<{ n: number }>("SELECT count(*) AS n FROM reports WHERE device = 'u1'").get()!.n;
+      assert.equal(n, 1, 'the redelivery is recognised');
     } finally {
       await s2.close();
       rmSync(old, { recursive: true, force: true });

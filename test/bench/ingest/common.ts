@@ -9,9 +9,9 @@
  *      session options): the broker's QoS 1 delivery rate, the ceiling;
  *   2. `edgekeeper run` (embedded broker, or subscribed to mosquitto) with the same devices, first
  *      steady (each device reports once a second for 30 s: the daemon's RSS once every device
- *      has connected, and over the last 10 s, once V8 has settled), then flat out: committed reports/s, publish-to-commit p50/p99, the
- *      daemon's RSS and CPU, and the etcd API's put p99 (gRPC, one put every 5 ms) idle and
- *      during the load;
+ *      has connected, and over the last 10 s, once V8 has settled), then flat out: committed
+ *      reports/s, publish-to-commit p50/p99, the daemon's RSS and CPU, and the etcd API's put
+ *      p99 (gRPC, one put every 5 ms) idle and during the load;
  *   3. ingest paced at half of (1): publish-to-commit p50/p99;
  *   4. raw again, the daemon stopped: the ratio is taken to the mean of (1) and (4), so
  *      background load that drifts during the run (the machine is shared) weighs on both sides.

@@ -3,10 +3,10 @@
  * what the upgrade to the (ts, device, seq) de-duplication index costs at start-up.
  *
  * Per case: a store (durability fsync) with 200,000 reports from 1,000 devices, then 300 writes
- * of 150 reports from random devices, each the report writer's INSERT by column, one after
- * another. Printed: the process's CPU per report (every thread: the store writer does the work)
- * and the bytes it wrote per report (wchar from /proc/self/io: mostly WAL frames, one whole page
- * for each page a commit dirtied).
+ * of 150 reports from random devices through the report writer, one after another. Printed: the
+ * process's CPU per report (every thread: the store writer does the work) and the bytes it
+ * wrote per report (wchar from /proc/self/io: mostly WAL frames, one whole page for each page a
+ * commit dirtied).
  *
  * Then the upgrade: a store created with the first ingest schema and 1,000,000 reports, opened
  * with the current one (which replaces the (device, seq) index): the time that open takes.
@@ -15,8 +15,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ingestMigrations } from '../../../src/ingest/schema.js';
-import { INSERT_REPORT } from '../../../src/ingest/writer.js';
-import { blobColumn } from '../../../src/store/columns.js';
+import { ReportWriter } from '../../../src/ingest/writer.js';
 import { openStore, type Store } from '../../../src/store/index.js';
 import type { Migration } from '../../../src/store/types.js';
 
@@ -35,7 +34,10 @@ function wchar(): number {
   return Number(m![1]);
 }
 
-/** Reports from `pick(i)`'s devices, received 1 ms apart from `clock.t` on; each device's seq counts up. */
+/**
+ * Reports from `pick(i)`'s devices through the report writer (one write), received 1 ms apart
+ * from `clock.t` on; each device's seq counts up.
+ */
 async function write(
   store: Store,
   n: number,
@@ -44,23 +46,19 @@ async function write(
   clock: { t: number },
   seqs: number[],
 ): Promise<void> {
-  const device: string[] = [];
-  const receivedAt: number[] = [];
-  const ts: (number | null)[] = [];
-  const seq: number[] = [];
-  const since: number[] = [];
+  const writer = new ReportWriter((b) => store.write({ sql: [b.op] }).then((r) => r.sql[0]?.changes ?? 0), {
+    batchMax: n,
+    dedupeWindow: HOUR,
+  });
+  const adds: Promise<void>[] = [];
   for (let i = 0; i < n; i++) {
     const d = pick(i);
     const t = clock.t++;
-    device.push(devices[d]!);
-    receivedAt.push(t);
     // device clocks within a second of ours
-    ts.push(withTs ? t - (d % 1000) : null);
-    seq.push(seqs[d]!++);
-    since.push(t - HOUR);
+    const ts = withTs ? t - (d % 1000) : null;
+    adds.push(writer.add({ device: devices[d]!, receivedAt: t, ts, seq: seqs[d]!++, body }, 1, 0));
   }
-  const columns = { device, receivedAt, ts, seq, since, body: blobColumn(device.map(() => body)) };
-  await store.write({ sql: [{ sql: INSERT_REPORT, columns, count: n }] });
+  await Promise.all(adds);
 }
 
 async function steadyCost(withTs: boolean): Promise<void> {
