@@ -1,13 +1,14 @@
 /**
  * Device load for the ingest benches, run as its own process. Config as JSON in argv[2]:
- *   {port, n, seconds, window, rate?, prefix}
+ *   {port, n, seconds, window, rate?, prefix, seqBase?}
  * Connects n MQTT 3.1.1 devices (client id = prefix + i, anonymous, clean session), prints
  * {"phase":"start"}, publishes QoS 1 reports for `seconds` (each device keeps `window` in flight,
  * or all devices together pace to `rate` per second), prints {"phase":"stopped"}, waits 0.5 s
  * for the last PUBACKs, prints {"phase":"end", acked, sent, elapsed, p50, p99} (publish-to-PUBACK
  * in ms) and exits. Each report carries `seq` and `ts` (the device's clock), as the README asks
  * of devices; EDGEKEEPER_BENCH_REPORT_TS=0 leaves `ts` out (de-duplication then costs more, see
- * the ingest schema).
+ * the ingest schema). `seq` counts from `seqBase`: the phases of a bench reuse the device ids,
+ * and a report repeating an earlier one's seq (and ts) would be taken as a redelivery.
  *
  * Why raw sockets and not MQTT.js: on the 2-core bench machine the devices share the CPU with
  * the broker. Real devices are other machines, so the generator should cost as little as
@@ -24,6 +25,7 @@ const cfg = JSON.parse(process.argv[2]!) as {
   window: number;
   rate?: number;
   prefix: string;
+  seqBase?: number;
 };
 
 const WITH_TS = process.env.EDGEKEEPER_BENCH_REPORT_TS !== '0';
@@ -62,7 +64,7 @@ class Device {
   private readonly topic: Buffer;
   private readonly t0 = new Float64Array(SLOTS);
   private nextId = 1;
-  private seq = 0;
+  private seq = cfg.seqBase ?? 0;
   outstanding = 0;
   private buf: Buffer = Buffer.alloc(0);
   private onConnack?: () => void;
