@@ -112,6 +112,7 @@ function load(
     onStop?: () => void | Promise<void>;
   },
 ): Promise<LoadResult> {
+  seqBase += SEQ_STRIDE;
   const cfg = {
     port,
     n,
@@ -119,7 +120,7 @@ function load(
     window: Math.max(1, Math.round(IN_FLIGHT / n)),
     rate: opts.rate,
     prefix: 'b',
-    seqBase: (seqBase += SEQ_STRIDE),
+    seqBase,
   };
   const child = spawnNode(build, join(here, 'load.ts'), [JSON.stringify(cfg)]);
   const pids = { ...opts.watch, devices: child.pid! };
