@@ -40,6 +40,10 @@ export async function runDaemon(
   if (!process.execArgv.some((a) => a.startsWith('--heap-growing-percent'))) {
     setFlagsFromString(`--heap-growing-percent=${HEAP_GROWING_PERCENT}`);
   }
+  // A --max-semi-space-size (the unit's NODE_OPTIONS) has sized the main thread's young
+  // generation by now. Cleared (0 is V8's "unset"), so that the worker threads' own young
+  // generations apply (store/writer.ts, ingest/thread.ts): the flag would win over them.
+  setFlagsFromString('--max-semi-space-size=0');
   let daemon: Daemon | undefined;
   let signalled: NodeJS.Signals | undefined;
   let wake: (() => void) | undefined;
