@@ -13,6 +13,7 @@ import {
   ingestDefaults,
   ingestMigrations,
 } from '../../src/ingest/index.js';
+import { ReportWriter } from '../../src/ingest/writer.js';
 import { silentLogger } from '../../src/log.js';
 import type { PartContext, RouteHandler } from '../../src/part.js';
 import { openStore } from '../../src/store/index.js';
@@ -227,4 +228,12 @@ export async function metricValue(
     }
   }
   return sum;
+}
+
+/** A report writer straight on `store` (no committer, no metrics), de-duplicating over an hour. */
+export function writerOn(store: Store, batchMax = 500): ReportWriter {
+  return new ReportWriter((b) => store.write({ sql: [b.op] }).then((r) => r.sql[0]?.changes ?? 0), {
+    batchMax,
+    dedupeWindow: 3_600_000,
+  });
 }

@@ -17,16 +17,9 @@ import { ingestMigrations } from '../../src/ingest/schema.js';
 import { arrivalTime, BATCH_MAX_BYTES, INSERT_REPORT, ReportWriter } from '../../src/ingest/writer.js';
 import { openStore } from '../../src/store/index.js';
 import type { BlobColumn, Store, WriteRequest } from '../../src/store/types.js';
-import { openTestStore, tempDir } from './helpers.js';
+import { openTestStore, tempDir, writerOn } from './helpers.js';
 
 const HOUR = 3_600_000;
-
-/** A report writer straight on `store` (no committer, no metrics). */
-const writerOn = (store: Store) =>
-  new ReportWriter((b) => store.write({ sql: [b.op] }).then((r) => r.sql[0]?.changes ?? 0), {
-    batchMax: 500,
-    dedupeWindow: HOUR,
-  });
 
 describe('report writer', () => {
   let dir: string;

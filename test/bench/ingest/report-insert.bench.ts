@@ -15,9 +15,9 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ingestMigrations } from '../../../src/ingest/schema.js';
-import { ReportWriter } from '../../../src/ingest/writer.js';
 import { openStore, type Store } from '../../../src/store/index.js';
 import type { Migration } from '../../../src/store/types.js';
+import { writerOn } from '../../ingest/helpers.js';
 
 const DEVICES = 1000;
 const PREFILL = 200_000;
@@ -46,10 +46,7 @@ async function write(
   clock: { t: number },
   seqs: number[],
 ): Promise<void> {
-  const writer = new ReportWriter((b) => store.write({ sql: [b.op] }).then((r) => r.sql[0]?.changes ?? 0), {
-    batchMax: n,
-    dedupeWindow: HOUR,
-  });
+  const writer = writerOn(store, n);
   const adds: Promise<void>[] = [];
   for (let i = 0; i < n; i++) {
     const d = pick(i);
