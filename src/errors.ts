@@ -2,7 +2,7 @@
  * Every failure edgekeeper reports has a stable string code. Parts throw these classes; the
  * boundaries translate them: `src/etcd/` to etcd's gRPC status and exact message, `src/http/` to
  * an HTTP status with a JSON body `{code, message}`, MQTT to a reject reason. Codes never change
- * meaning once released; `test/errors.test.ts` checks each one is documented in README.md.
+ * meaning once released; `test/errors.test.ts` checks each one is documented in docs/errors.md.
  */
 export class EdgeError extends Error {
   readonly code: string;
@@ -167,7 +167,7 @@ export class StorageError extends EdgeError {
 /** No route has this path (HTTP 404). */
 export class RouteNotFoundError extends EdgeError {
   constructor(path: string) {
-    super('EDGE_ERR_NOT_FOUND', `no route for ${path}; see README.md "HTTP endpoints"`, 404);
+    super('EDGE_ERR_NOT_FOUND', `no route for ${path}; see docs/http.md`, 404);
   }
 }
 

@@ -59,7 +59,7 @@ function runUsage(): string {
     'SIGTERM or SIGINT stops it cleanly (exit 0). Invalid configuration exits with 78.',
     '',
     'Options:',
-    `${'  --config FILE'.padEnd(30)}JSON config file (see README.md "Configuration")`,
+    `${'  --config FILE'.padEnd(30)}JSON config file (see docs/configuration.md)`,
     ...lines,
     `${'  -h, --help'.padEnd(30)}show this help`,
   ].join('\n');

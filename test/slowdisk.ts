@@ -1,5 +1,5 @@
 /**
- * The slow-disk recipe (see the README's development notes): run a command under strace, which
+ * The slow-disk recipe (see docs/development.md): run a command under strace, which
  * delays every fsync and fdatasync by `delayMs` and leaves other syscalls alone, as an SD card.
  */
 export function slowDisk(delayMs = 15): string[] {

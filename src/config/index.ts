@@ -123,7 +123,7 @@ function showBytes(b: number): string {
 
 /**
  * A markdown reference of the sections (key, type, default, env variable, meaning), for the
- * README and `edgekeeper run --help`. Renamed keys are listed with their new name.
+ * documentation (docs/) and `edgekeeper run --help`. Renamed keys are listed with their new name.
  */
 export function configReference(sections: ConfigSection[]): string {
   const out: string[] = [];

@@ -60,7 +60,7 @@ function connectLevel(b: Buffer): number | undefined {
 
 type Pkt = Record<string, unknown> & { cmd: string };
 
-/** A PUBLISH with the fields both versions share: properties stay behind (see the README). */
+/** A PUBLISH with the fields both versions share: properties stay behind (see docs/ingest.md). */
 function publishFields(p: Pkt): Pkt {
   return {
     cmd: 'publish',

@@ -1,7 +1,7 @@
 /**
  * The ingest bench (`npm run bench -- ingest`) end to end with short phases: real aedes, real
  * mosquitto, the daemon on compiled JavaScript and the raw-socket devices. Nothing here looks at
- * a timing; this proves that the bench still runs, prints every line the README's table is made
+ * a timing; this proves that the bench still runs, prints every line docs/ingest.md's table is made
  * from, and that its accounting holds (no report taken for a redelivery, reports in every phase).
  */
 import assert from 'node:assert/strict';

@@ -5,7 +5,7 @@
  * {"phase":"start"}, publishes QoS 1 reports for `seconds` (each device keeps `window` in flight,
  * or all devices together pace to `rate` per second), prints {"phase":"stopped"}, waits 0.5 s
  * for the last PUBACKs, prints {"phase":"end", acked, sent, elapsed, p50, p99} (publish-to-PUBACK
- * in ms) and exits. Each report carries `seq` and `ts` (the device's clock), as the README asks
+ * in ms) and exits. Each report carries `seq` and `ts` (the device's clock), as docs/ingest.md asks
  * of devices; EDGEKEEPER_BENCH_REPORT_TS=0 leaves `ts` out (de-duplication then costs more, see
  * the ingest schema). `seq` counts from `seqBase`: the phases of a bench reuse the device ids,
  * and a report repeating an earlier one's seq (and ts) would be taken as a redelivery.
