@@ -141,7 +141,7 @@ export const storeSection: ConfigSection = {
       type: 'duration',
       default: 50,
       min: 1,
-      doc: 'Readiness objective: /readyz fails while the p99 of the last 1,000 commits is above it.',
+      doc: "Readiness objective: /readyz fails while the p99 of the last minute's commits (at least 20 of them; at most the last 1,000) is above it.",
     },
     quotaBackendBytes: { type: 'renamed', to: 'quota' },
     autoCompactionMode: { type: 'renamed', to: 'compactionMode' },

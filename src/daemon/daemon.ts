@@ -34,8 +34,13 @@ export interface DaemonOptions {
   env?: Record<string, string | undefined>;
   logger?: Logger;
   clock?: Clock;
-  /** Run the store's writer on the main thread (tests); default false. */
+  /** Ignored (the store's writer always runs on the main thread); kept for callers. */
   inlineWriter?: boolean;
+  /**
+   * The store can no longer tell what is durable (a WAL sync failed; it already logged why).
+   * `runDaemon` exits so that systemd restarts the daemon on what the disk holds.
+   */
+  onStoreFatal?: (e: Error) => void;
 }
 
 export interface Daemon {
@@ -98,7 +103,7 @@ export async function startDaemon(
       watchBufferLimit: sc.watchBufferLimit,
       minLeaseTtl: Math.ceil(sc.minLeaseTtl / 1000),
       migrations: [...daemonMigrations, ...entries.flatMap((e) => e.migrations ?? [])],
-      inlineWriter: opts.inlineWriter ?? false,
+      onFatal: opts.onStoreFatal,
       clock,
       logger, // the store makes its own child logger
       registry,

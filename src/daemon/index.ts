@@ -25,6 +25,8 @@ export { VERSION } from './version.js';
 // no CPU per report the ingest bench could tell apart. The flag is global to V8, so it applies to
 // every thread of the daemon; a --heap-growing-percent on node's command line wins.
 const HEAP_GROWING_PERCENT = 20;
+/** Exit status after a failed WAL sync (EX_IOERR). */
+export const EXIT_IO_ERROR = 74;
 
 /**
  * `edgekeeper run`: starts the daemon and stays up until SIGTERM or SIGINT, then stops it
@@ -42,7 +44,7 @@ export async function runDaemon(
   }
   // A --max-semi-space-size (the unit's NODE_OPTIONS) has sized the main thread's young
   // generation by now. Cleared (0 is V8's "unset"), so that the worker threads' own young
-  // generations apply (store/writer.ts, ingest/thread.ts): the flag would win over them.
+  // generations apply (store/maintenance.ts, ingest/thread.ts): the flag would win over them.
   setFlagsFromString('--max-semi-space-size=0');
   let daemon: Daemon | undefined;
   let signalled: NodeJS.Signals | undefined;
@@ -66,8 +68,11 @@ export async function runDaemon(
   process.on('SIGTERM', onSignal);
   process.on('SIGINT', onSignal);
   process.on('uncaughtException', onCrash);
+  // A failed WAL sync: nothing can be acknowledged any more, and only a restart reads back what
+  // the disk really holds. 74 is EX_IOERR; the unit restarts on it.
+  const onStoreFatal = () => process.exit(EXIT_IO_ERROR);
   try {
-    daemon = await startDaemon(config, entries, opts);
+    daemon = await startDaemon(config, entries, { onStoreFatal, ...opts });
     if (!signalled) await new Promise<void>((r) => (wake = r));
     daemon.logger.info({ signal: signalled }, 'signal received; shutting down');
     await daemon.stop();

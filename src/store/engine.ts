@@ -1,8 +1,9 @@
 /**
- * The revision log's write side. It runs wherever the single writer runs (a worker thread, or
- * inline) and owns the writer connection. `runBatch` executes a group of requests in ONE SQLite
- * transaction (group commit): each request gets its own savepoint, so one failing request does
- * not fail its neighbours, and each write request takes its own revision.
+ * The revision log's write side: it owns the writer connection and the in-memory key index.
+ * `runBatch` executes a group of requests in ONE SQLite transaction (group commit): each
+ * request gets its own savepoint, so one failing request does not fail its neighbours, and each
+ * write request takes its own revision. It commits without syncing; the Writer makes the batch
+ * durable (fdatasync of the WAL) before anyone is told.
  */
 import { randomBytes } from 'node:crypto';
 import Database from 'better-sqlite3';
@@ -11,14 +12,17 @@ import {
   CorruptDatabaseError,
   EdgeError,
   FutureRevisionError,
+  InvalidArgumentError,
   KeyNotFoundError,
   LeaseExistsError,
   LeaseNotFoundError,
   NoSpaceError,
   StorageError,
 } from '../errors.js';
-import { interval } from './keys.js';
-import { KvReader } from './sql/kvread.js';
+import { interval, keyId } from './keys.js';
+import { type KeyEntry, KeySpace } from './keyspace.js';
+import { rangeAt } from './range.js';
+import { LogReader, type Version, versionToKv } from './sql/log.js';
 import { migrate } from './sql/schema.js';
 import type {
   BlobColumn,
@@ -38,6 +42,15 @@ import type {
 
 const EMPTY = Buffer.alloc(0);
 
+/**
+ * Page size of a new database. Small pages are what an SD card wants: a commit writes every page
+ * it dirtied to the WAL whole, and again at checkpoint. Measured on an ext4 loop device with 2 KB
+ * values: 1 KiB pages wrote 11 KB per single-put commit and 4.7 KB per put in 64-put commits,
+ * 4 KiB pages 21 KB and 8.4 KB (a 2 KB row fills a 4 KiB page alone). 512 bytes saved little
+ * more and makes every B-tree deeper.
+ */
+export const PAGE_SIZE = 1024;
+
 /** One change, as the watch hub needs it. */
 export interface ChangeEvent {
   type: 'PUT' | 'DELETE';
@@ -50,26 +63,19 @@ export type EngineRequest =
   | { t: 'grant'; id: bigint; ttl: number }
   | { t: 'revoke'; id: bigint; expired?: boolean }
   | { t: 'compact'; rev: number }
-  | { t: 'compactChunk'; rev: number; fromId: number; toId: number }
-  | { t: 'vacuum' }
-  | { t: 'checkpoint' };
+  | { t: 'compactChunk'; rev: number; fromId: number; toId: number };
 
 export type EngineResult =
   | { ok: true; value: unknown; rev: number; events?: ChangeEvent[] }
-  | { ok: false; error: WireError };
-
-export interface WireError {
-  code: string;
-  message: string;
-  data?: Record<string, unknown>;
-}
+  | { ok: false; error: EdgeError };
 
 export interface BatchResult {
   results: EngineResult[];
+  /** The revision after the batch. */
   revision: number;
   compactRevision: number;
-  /** Milliseconds the transaction took, commit included. */
-  commitMs: number;
+  /** Milliseconds the transaction took to execute and commit (not to sync). */
+  execMs: number;
   noSpace: boolean;
   keys: number;
 }
@@ -90,45 +96,39 @@ export interface EngineOptions {
   migrations: Migration[];
 }
 
-/** Serialise an error so it can cross to the main thread and be rebuilt as the same class. */
-export function toWireError(e: unknown): WireError {
-  if (e instanceof EdgeError) {
-    const data: Record<string, unknown> = {};
-    for (const [k, v] of Object.entries(e)) if (k !== 'code' && k !== 'status') data[k] = v;
-    return { code: e.code, message: e.message, data };
-  }
-  const msg = e instanceof Error ? e.message : String(e);
-  return { code: 'EDGE_ERR_STORAGE', message: msg };
-}
-
 function randomId(): bigint {
   // Positive int63, never 0 (etcd's lease and member IDs are positive int64).
   const id = randomBytes(8).readBigUInt64BE() & 0x7fffffffffffffffn;
   return id === 0n ? 1n : id;
 }
 
-export function openDatabase(file: string, durability: Durability): Database.Database {
+/**
+ * Open a connection with the store's settings. Commits are not synced by SQLite
+ * (`synchronous=NORMAL`): the writer syncs the WAL itself with fdatasync, off the event loop,
+ * before it acknowledges anything (see writer.ts for why that is as durable as FULL). SQLite
+ * still syncs the WAL before a checkpoint and the database after it, so a checkpoint never
+ * loses a committed frame. Nothing here checkpoints on its own (`wal_autocheckpoint=0`): the
+ * maintenance thread does, on its own connection, so a commit never waits for one.
+ */
+export function openDatabase(file: string): Database.Database {
   const db = new Database(file);
+  // Only an empty file takes a page size; WAL mode fixes it once set.
+  if ((db.pragma('page_count', { simple: true }) as number) === 0) db.pragma(`page_size = ${PAGE_SIZE}`);
   db.pragma('journal_mode = WAL');
-  // Checkpoint every ~40 MB of WAL instead of SQLite's 4 MB: a checkpoint adds fsyncs to the
-  // commit that runs it, and on an SD card those dominate p99 (measured: 64 writers on a 15 ms
-  // fsync disk, p99 56 ms -> 28 ms). The store still forces a truncating checkpoint past 64 MiB.
-  db.pragma('wal_autocheckpoint = 10000');
-  // fsync: every commit reaches the disk (like etcd). relaxed: WAL is synced at checkpoints only;
-  // a power cut can lose the last commits, a process crash cannot, and the file never corrupts.
-  db.pragma(`synchronous = ${durability === 'fsync' ? 'FULL' : 'NORMAL'}`);
+  db.pragma('synchronous = NORMAL');
+  db.pragma('wal_autocheckpoint = 0');
   db.pragma('busy_timeout = 5000');
   db.pragma('cache_size = -4096');
-  // Keep the WAL file from staying large after a burst.
-  db.pragma('journal_size_limit = 67108864');
+  // After a burst, a WAL larger than this is cut back when it restarts from its beginning.
+  db.pragma('journal_size_limit = 4194304');
   return db;
 }
 
 /** Open, then refuse a damaged file with a message that says what to do. */
-function openChecked(file: string, durability: Durability): Database.Database {
+function openChecked(file: string): Database.Database {
   let db: Database.Database | undefined;
   try {
-    db = openDatabase(file, durability);
+    db = openDatabase(file);
     const rows = db.pragma('quick_check') as { quick_check: string }[];
     const first = rows[0]?.quick_check;
     if (first !== 'ok')
@@ -150,21 +150,28 @@ function openChecked(file: string, durability: Durability): Database.Database {
   }
 }
 
+interface TxnContext {
+  rev: number;
+  wrote: boolean;
+  events: ChangeEvent[];
+}
+
 export class Engine {
   readonly db: Database.Database;
-  private readonly reader: KvReader;
+  readonly space = new KeySpace();
+  readonly log: LogReader;
   private rev = 1;
   private compactRev = 0;
-  private keyCount = 0;
   private readonly leases = new Map<bigint, number>();
   private readonly sqlCache = new Map<string, Database.Statement>();
   private readonly quota: number;
   private noSpace = false;
   private wantPrev = true;
+  /** Keeper row per key for the compaction in progress (see compactChunk). */
+  private keepers = { rev: 0, ids: new Map<string, number | null>() };
 
   private readonly insLog: Database.Statement;
-  private readonly upsertKv: Database.Statement;
-  private readonly delKv: Database.Statement;
+  private readonly delLog: Database.Statement;
   private readonly setMeta: Database.Statement;
   private readonly insLease: Database.Statement;
   private readonly delLease: Database.Statement;
@@ -172,21 +179,17 @@ export class Engine {
   private readonly pageCount: Database.Statement;
   private readonly freeCount: Database.Statement;
   private readonly pageSize: number;
-  private readonly compactDel: Database.Statement;
+  private readonly chunkRows: Database.Statement;
 
   constructor(opts: EngineOptions) {
-    this.db = openChecked(opts.file, opts.durability);
+    this.db = openChecked(opts.file);
     this.quota = opts.quotaBytes;
     migrate(this.db, opts.migrations);
-    this.reader = new KvReader(this.db);
+    this.log = new LogReader(this.db);
     this.insLog = this.db.prepare(
-      'INSERT INTO kv_log (rev, key, deleted, create_rev, version, lease, value) VALUES (?, ?, ?, ?, ?, ?, ?)',
+      'INSERT INTO kv_log (rev, key, deleted, create_rev, version, lease, prev_id, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
     );
-    this.upsertKv = this.db.prepare(
-      'INSERT INTO kv (key, log_id, create_rev, mod_rev, version, lease) VALUES (?, ?, ?, ?, ?, ?) ' +
-        'ON CONFLICT (key) DO UPDATE SET log_id = excluded.log_id, mod_rev = excluded.mod_rev, version = excluded.version, lease = excluded.lease',
-    );
-    this.delKv = this.db.prepare('DELETE FROM kv WHERE key = ?');
+    this.delLog = this.db.prepare('DELETE FROM kv_log WHERE id = ?');
     this.setMeta = this.db.prepare('INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)');
     this.insLease = this.db.prepare('INSERT INTO leases (id, ttl) VALUES (?, ?)');
     this.delLease = this.db.prepare('DELETE FROM leases WHERE id = ?');
@@ -194,13 +197,7 @@ export class Engine {
     this.pageCount = this.db.prepare('PRAGMA page_count').pluck();
     this.freeCount = this.db.prepare('PRAGMA freelist_count').pluck();
     this.pageSize = this.db.pragma('page_size', { simple: true }) as number;
-    // A row below the compact revision goes when a later row at or below it supersedes it, or
-    // when it is a tombstone (the key is absent at the compact revision either way).
-    this.compactDel = this.db.prepare(
-      `DELETE FROM kv_log WHERE id IN (
-         SELECT l.id FROM kv_log l WHERE l.id > ? AND l.id <= ? AND l.rev < ? AND
-           (l.deleted = 1 OR EXISTS (SELECT 1 FROM kv_log n WHERE n.key = l.key AND n.rev > l.rev AND n.rev <= ?)))`,
-    );
+    this.chunkRows = this.db.prepare('SELECT id, rev, key FROM kv_log WHERE id >= ? AND id < ? AND rev < ?');
   }
 
   /** Load state; called once after construction. */
@@ -213,7 +210,6 @@ export class Engine {
         }[]
       ).map((r) => [r.name, r.value]),
     );
-    this.rev = Number(meta.get('revision') ?? 1n);
     this.compactRev = Number(meta.get('compact_revision') ?? 0n);
     let clusterId = meta.get('cluster_id');
     let memberId = meta.get('member_id');
@@ -228,72 +224,108 @@ export class Engine {
       ttl: bigint;
     }[])
       this.leases.set(r.id, Number(r.ttl));
-    this.keyCount = this.db.prepare('SELECT count(*) FROM kv').pluck().get() as number;
+    this.loadKeys();
+    // The log's newest row carries the revision (compaction never removes it); meta keeps the
+    // revision recorded at the last compaction, for a log that has none.
+    this.rev = Math.max(Number(meta.get('revision') ?? 1n), this.log.bounds().rev ?? 1);
     this.checkSpace();
     return {
       revision: this.rev,
       compactRevision: this.compactRev,
       leases: [...this.leases],
-      keys: this.keyCount,
+      keys: this.space.size,
       clusterId,
       memberId,
     };
+  }
+
+  /** The newest row of every key; one scan of the log in SQLite, one row per key to JS. */
+  private loadKeys(): void {
+    const rows = this.db
+      .prepare(
+        `SELECT l.id, l.rev, l.key, l.deleted, l.create_rev, l.version,
+           l.lease >> 32 AS lease_hi, l.lease & 4294967295 AS lease_lo
+         FROM kv_log l JOIN (SELECT max(id) AS id FROM kv_log GROUP BY key) n ON n.id = l.id
+         ORDER BY l.key`,
+      )
+      .iterate() as IterableIterator<{
+      id: number;
+      rev: number;
+      key: Buffer;
+      deleted: number;
+      create_rev: number;
+      version: number;
+      lease_hi: number;
+      lease_lo: number;
+    }>;
+    for (const r of rows) {
+      // A key deleted below the compaction point is gone at every readable revision (an
+      // interrupted compaction may not have removed its rows yet).
+      if (r.deleted === 1 && r.rev < this.compactRev) continue;
+      const lease =
+        r.lease_hi === 0 && r.lease_lo === 0 ? 0n : (BigInt(r.lease_hi) << 32n) | BigInt(r.lease_lo);
+      this.space.load({
+        k: keyId(r.key),
+        id: r.id,
+        modRevision: r.rev,
+        createRevision: r.deleted ? 0 : r.create_rev,
+        version: r.deleted ? 0 : r.version,
+        lease: r.deleted ? 0n : lease,
+      });
+    }
   }
 
   close(): void {
     this.db.close();
   }
 
+  get revision(): number {
+    return this.rev;
+  }
+
+  get compactRevision(): number {
+    return this.compactRev;
+  }
+
+  /** Re-read the space in use (after a VACUUM on another connection). */
+  refreshSpace(): boolean {
+    this.checkSpace();
+    return this.noSpace;
+  }
+
   private checkSpace(): void {
-    const used = ((this.pageCount.get() as number) - (this.freeCount.get() as number)) * this.pageSize;
-    this.noSpace = used > this.quota;
+    this.noSpace = this.dbSizeInUse() > this.quota;
   }
 
   private dbSizeInUse(): number {
     return ((this.pageCount.get() as number) - (this.freeCount.get() as number)) * this.pageSize;
   }
 
-  /** Run a group of requests in one transaction. */
+  /** Run a group of requests in one transaction, committed but not yet synced. */
   runBatch(reqs: EngineRequest[], wantPrev: boolean): BatchResult {
     this.wantPrev = wantPrev;
     const start = performance.now();
     const results: EngineResult[] = [];
-    const special = reqs.length === 1 && (reqs[0]!.t === 'vacuum' || reqs[0]!.t === 'checkpoint');
-    if (special) {
-      try {
-        if (reqs[0]!.t === 'vacuum') this.db.exec('VACUUM');
-        else this.db.pragma('wal_checkpoint(TRUNCATE)');
-        results.push({ ok: true, value: undefined, rev: this.rev });
-      } catch (e) {
-        results.push({ ok: false, error: toWireError(new StorageError((e as Error).message)) });
-      }
-      this.checkSpace();
-      return this.finish(results, start);
-    }
-    const before = {
-      rev: this.rev,
-      compactRev: this.compactRev,
-      keys: this.keyCount,
-      leases: new Map(this.leases),
-    };
+    const before = { rev: this.rev, compactRev: this.compactRev, leases: new Map(this.leases) };
+    const mark = this.space.mark();
     try {
       this.db.exec('BEGIN IMMEDIATE');
       for (const req of reqs) results.push(this.runOne(req));
-      if (this.rev !== before.rev) this.setMeta.run('revision', this.rev);
       this.db.exec('COMMIT');
+      this.space.forget();
     } catch (e) {
       // The transaction as a whole failed (disk full, I/O error): nothing of it is kept.
       if (this.db.inTransaction) this.db.exec('ROLLBACK');
+      this.space.undo(mark);
+      this.space.forget();
       this.rev = before.rev;
       this.compactRev = before.compactRev;
-      this.keyCount = before.keys;
       this.leases.clear();
       for (const [k, v] of before.leases) this.leases.set(k, v);
-      const err = toWireError(
+      const err =
         (e as { code?: string }).code === 'SQLITE_FULL'
           ? new StorageError('disk full')
-          : new StorageError((e as Error).message),
-      );
+          : new StorageError((e as Error).message);
       return this.finish(
         reqs.map(() => ({ ok: false, error: err })),
         start,
@@ -308,16 +340,17 @@ export class Engine {
       results,
       revision: this.rev,
       compactRevision: this.compactRev,
-      commitMs: performance.now() - start,
+      execMs: performance.now() - start,
       noSpace: this.noSpace,
-      keys: this.keyCount,
+      keys: this.space.size,
     };
   }
 
   private runOne(req: EngineRequest): EngineResult {
     // Lease changes happen last in `apply`, after everything that can fail, so only the
-    // revision and key count need undoing here.
-    const saved = { rev: this.rev, keys: this.keyCount };
+    // revision and the key index need undoing here.
+    const savedRev = this.rev;
+    const mark = this.space.mark();
     this.sp[0]!.run();
     try {
       const r = this.apply(req);
@@ -326,21 +359,19 @@ export class Engine {
     } catch (e) {
       this.sp[2]!.run();
       this.sp[1]!.run();
-      this.rev = saved.rev;
-      this.keyCount = saved.keys;
-      if (e instanceof EdgeError) return { ok: false, error: toWireError(e) };
+      this.rev = savedRev;
+      this.space.undo(mark);
+      if (e instanceof EdgeError) return { ok: false, error: e };
       const code = (e as { code?: string }).code;
       if (
         typeof code === 'string' &&
         code.startsWith('SQLITE_') &&
         code !== 'SQLITE_FULL' &&
-        code !== 'SQLITE_IOERR'
+        code !== 'SQLITE_IOERR' &&
+        !code.startsWith('SQLITE_IOERR_')
       )
         // A part's SQL was wrong or violated a constraint: that request fails alone.
-        return {
-          ok: false,
-          error: { code: 'EDGE_ERR_INVALID_ARGUMENT', message: `${code}: ${(e as Error).message}` },
-        };
+        return { ok: false, error: new InvalidArgumentError(`${code}: ${(e as Error).message}`) };
       throw e;
     }
   }
@@ -353,13 +384,11 @@ export class Engine {
         const sql: SqlResult[] = [];
         for (const op of req.sql ?? []) sql.push(this.runSql(op));
         if (!req.txn) return { ok: true, value: { sql }, rev: this.rev };
-        const events: ChangeEvent[] = [];
-        const next = this.rev + 1;
-        const ctx = { rev: next, wrote: false, events };
+        const ctx: TxnContext = { rev: this.rev + 1, wrote: false, events: [] };
         const txn = this.txn(req.txn, ctx);
-        if (ctx.wrote) this.rev = next;
+        if (ctx.wrote) this.rev = ctx.rev;
         txn.header.revision = this.rev;
-        return { ok: true, value: { sql, txn }, rev: this.rev, events };
+        return { ok: true, value: { sql, txn }, rev: this.rev, events: ctx.events };
       }
       case 'grant': {
         if (this.noSpace) throw new NoSpaceError(this.dbSizeInUse(), this.quota);
@@ -372,10 +401,10 @@ export class Engine {
       case 'revoke': {
         if (!this.leases.has(req.id)) throw new LeaseNotFoundError(req.id);
         const events: ChangeEvent[] = [];
-        const keys = this.reader.leaseKeys(req.id);
+        const keys = this.space.leaseKeys(req.id);
         if (keys.length > 0) {
           const next = this.rev + 1;
-          for (const key of keys) this.deleteKey(key, next, events);
+          for (const k of keys) this.deleteEntry(this.space.get(k)!, next, events, this.wantPrev);
           this.rev = next;
         }
         this.delLease.run(req.id);
@@ -387,18 +416,45 @@ export class Engine {
         if (req.rev > this.rev) throw new FutureRevisionError(req.rev, this.rev);
         this.compactRev = req.rev;
         this.setMeta.run('compact_revision', req.rev);
-        const maxId = this.db.prepare('SELECT max(id) FROM kv_log WHERE rev < ?').pluck().get(req.rev) as
-          | number
-          | null;
-        return { ok: true, value: { maxId: maxId ?? 0 }, rev: this.rev };
+        this.setMeta.run('revision', this.rev);
+        const first = this.log.firstIdAtRev(req.rev);
+        const maxId = (first ?? (this.log.bounds().hi ?? 0) + 1) - 1;
+        return { ok: true, value: { maxId }, rev: this.rev };
       }
-      case 'compactChunk': {
-        const r = this.compactDel.run(req.fromId, req.toId, req.rev, req.rev);
-        return { ok: true, value: { deleted: r.changes }, rev: this.rev };
-      }
-      default:
-        throw new StorageError(`request ${req.t} must run alone`);
+      case 'compactChunk':
+        return {
+          ok: true,
+          value: { deleted: this.compactChunk(req.rev, req.fromId, req.toId) },
+          rev: this.rev,
+        };
     }
+  }
+
+  /**
+   * Remove the rows in ids [fromId, toId) below the compaction point `rev` that no read at or
+   * above it can need: every row of a key but its newest one at or below `rev`, and that one
+   * too when it is a tombstone. Keys deleted below `rev` leave the index.
+   */
+  private compactChunk(rev: number, fromId: number, toId: number): number {
+    if (this.keepers.rev !== rev) this.keepers = { rev, ids: new Map() };
+    const keepers = this.keepers.ids;
+    let deleted = 0;
+    const rows = this.chunkRows.all(fromId, toId, rev) as { id: number; rev: number; key: Buffer }[];
+    for (const r of rows) {
+      const k = keyId(r.key);
+      let keep = keepers.get(k);
+      if (keep === undefined) {
+        const e = this.space.get(k);
+        keep = e ? (this.log.at(e, rev)?.id ?? null) : null;
+        keepers.set(k, keep);
+      }
+      if (r.id === keep) continue;
+      this.delLog.run(r.id);
+      deleted++;
+      const e = this.space.get(k);
+      if (e && e.version === 0 && e.modRevision < rev) this.space.drop(k);
+    }
+    return deleted;
   }
 
   private freshLeaseId(): bigint {
@@ -458,7 +514,7 @@ export class Engine {
 
   // --- etcd verbs inside the writer -----------------------------------------------------------
 
-  private txn(req: TxnRequest, ctx: { rev: number; wrote: boolean; events: ChangeEvent[] }): TxnResponse {
+  private txn(req: TxnRequest, ctx: TxnContext): TxnResponse {
     const succeeded = (req.compare ?? []).every((c) => this.compare(c));
     const ops = (succeeded ? req.success : req.failure) ?? [];
     const responses: ResponseOp[] = [];
@@ -466,19 +522,20 @@ export class Engine {
     return { header: { revision: ctx.rev }, succeeded, responses };
   }
 
-  private op(op: RequestOp, ctx: { rev: number; wrote: boolean; events: ChangeEvent[] }): ResponseOp {
+  private op(op: RequestOp, ctx: TxnContext): ResponseOp {
     if ('range' in op) {
+      // etcd: txn ops are applied in order; a range sees the writes made before it.
       const view = ctx.wrote ? ctx.rev : ctx.rev - 1;
-      const r = this.reader.range(op.range, view, this.compactRev);
+      const r = rangeAt(this.space, this.log, op.range, view, this.compactRev);
       return { range: { header: { revision: view }, ...r } };
     }
     if ('put' in op) {
-      const prevKv = this.put(op.put, ctx.rev, ctx.events);
+      const prevKv = this.put(op.put, ctx);
       ctx.wrote = true;
       return { put: { header: { revision: ctx.rev }, ...(prevKv && op.put.prevKv ? { prevKv } : {}) } };
     }
     if ('deleteRange' in op) {
-      const prev = this.deleteRange(op.deleteRange, ctx.rev, ctx.events);
+      const prev = this.deleteRange(op.deleteRange, ctx);
       if (prev.length > 0) ctx.wrote = true;
       return {
         deleteRange: {
@@ -493,10 +550,30 @@ export class Engine {
     return { txn: inner };
   }
 
+  /** Live entries in a compare's or delete's interval, in key order. */
+  private liveIn(key: Buffer, rangeEnd: Buffer | undefined): KeyEntry[] {
+    const iv = interval(key, rangeEnd);
+    const out: KeyEntry[] = [];
+    for (const e of this.space.scan(keyId(iv.start), iv.end && keyId(iv.end), iv.single))
+      if (e.version > 0) out.push(e);
+    return out;
+  }
+
+  private entryKv(e: KeyEntry, withValue: boolean): KeyValue {
+    return {
+      key: Buffer.from(e.k, 'latin1'),
+      createRevision: e.createRevision,
+      modRevision: e.modRevision,
+      version: e.version,
+      value: withValue ? this.log.value(e.id) : EMPTY,
+      lease: e.lease,
+    };
+  }
+
   private compare(c: Compare): boolean {
-    const kvs = this.reader.currentIn(interval(c.key, c.rangeEnd), c.target === 'VALUE');
+    const entries = this.liveIn(c.key, c.rangeEnd);
     // etcd: a VALUE compare on missing keys always fails; other targets compare a zero KeyValue.
-    if (kvs.length === 0) {
+    if (entries.length === 0) {
       if (c.target === 'VALUE') return false;
       return compareOne(c, {
         key: c.key,
@@ -507,28 +584,27 @@ export class Engine {
         lease: 0n,
       });
     }
-    return kvs.every((kv) => compareOne(c, kv));
+    return entries.every((e) => compareOne(c, this.entryKv(e, c.target === 'VALUE')));
   }
 
-  /** Returns the previous key-value (with value when asked or needed). */
-  private put(p: PutRequest, rev: number, events: ChangeEvent[]): KeyValue | undefined {
-    const needValue = this.wantPrev || !!p.prevKv || !!p.ignoreValue;
-    const cur = this.reader.current(p.key, needValue);
+  /** Returns the previous key-value (with its value when asked or needed). */
+  private put(p: PutRequest, ctx: TxnContext): KeyValue | undefined {
+    const k = keyId(p.key);
+    const cur = this.space.current(k);
     if ((p.ignoreValue || p.ignoreLease) && !cur) throw new KeyNotFoundError();
     const lease = p.ignoreLease ? cur!.lease : (p.lease ?? 0n);
     if (lease !== 0n && !this.leases.has(lease)) throw new LeaseNotFoundError(lease);
-    const value = p.ignoreValue ? cur!.value : (p.value ?? EMPTY);
+    const prev = cur ? this.entryKv(cur, this.wantPrev || !!p.prevKv || !!p.ignoreValue) : undefined;
+    const value = p.ignoreValue ? prev!.value : (p.value ?? EMPTY);
+    const rev = ctx.rev;
     const createRev = cur ? cur.createRevision : rev;
     const version = cur ? cur.version + 1 : 1;
-    const logId = this.insLog.run(rev, p.key, 0, createRev, version, lease, value).lastInsertRowid;
-    this.upsertKv.run(p.key, logId, createRev, rev, version, lease);
-    if (!cur) this.keyCount++;
-    let prev: KeyValue | undefined;
-    if (cur) {
-      const { logId: _drop, ...kv } = cur;
-      prev = kv;
-    }
-    events.push({
+    const prevId = this.space.get(k)?.id ?? null;
+    const id = Number(
+      this.insLog.run(rev, p.key, 0, createRev, version, lease, prevId, value).lastInsertRowid,
+    );
+    this.space.set({ k, id, modRevision: rev, createRevision: createRev, version, lease });
+    ctx.events.push({
       type: 'PUT',
       kv: { key: p.key, createRevision: createRev, modRevision: rev, version, value, lease },
       ...(prev && this.wantPrev ? { prevKv: prev } : {}),
@@ -536,23 +612,36 @@ export class Engine {
     return prev;
   }
 
-  private deleteRange(d: DeleteRangeRequest, rev: number, events: ChangeEvent[]): KeyValue[] {
-    const kvs = this.reader.currentIn(interval(d.key, d.rangeEnd), this.wantPrev || !!d.prevKv);
-    for (const kv of kvs) {
-      this.insLog.run(rev, kv.key, 1, 0, 0, 0, EMPTY);
-      this.delKv.run(kv.key);
-      this.keyCount--;
-      events.push({
-        type: 'DELETE',
-        kv: { key: kv.key, createRevision: 0, modRevision: rev, version: 0, value: EMPTY, lease: 0n },
-        prevKv: kv,
-      });
-    }
-    return kvs;
+  private deleteRange(d: DeleteRangeRequest, ctx: TxnContext): KeyValue[] {
+    const prev: KeyValue[] = [];
+    const withValue = this.wantPrev || !!d.prevKv;
+    for (const e of this.liveIn(d.key, d.rangeEnd))
+      prev.push(this.deleteEntry(e, ctx.rev, ctx.events, withValue));
+    return prev;
   }
 
-  private deleteKey(key: Buffer, rev: number, events: ChangeEvent[]): void {
-    this.deleteRange({ key }, rev, events);
+  private deleteEntry(e: KeyEntry, rev: number, events: ChangeEvent[], withValue: boolean): KeyValue {
+    const prev = this.entryKv(e, withValue);
+    const id = Number(this.insLog.run(rev, prev.key, 1, 0, 0, 0, e.id, EMPTY).lastInsertRowid);
+    this.space.set({ k: e.k, id, modRevision: rev, createRevision: 0, version: 0, lease: 0n });
+    events.push({
+      type: 'DELETE',
+      kv: { key: prev.key, createRevision: 0, modRevision: rev, version: 0, value: EMPTY, lease: 0n },
+      prevKv: prev,
+    });
+    return prev;
+  }
+
+  /** The version of `key` at `rev` (for replayed watch events' prevKv and history reads). */
+  versionAt(key: Buffer, rev: number): Version | undefined {
+    const e = this.space.get(keyId(key));
+    return e ? this.log.at(e, rev) : undefined;
+  }
+
+  /** A key-value of `key` at `rev`, with its value, or undefined. */
+  kvAt(key: Buffer, rev: number): KeyValue | undefined {
+    const v = this.versionAt(key, rev);
+    return v ? versionToKv(key, v, this.log.value(v.id)) : undefined;
   }
 }
 

@@ -1,10 +1,22 @@
 /** The store's Prometheus metrics (`edgekeeper_store_*`). */
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
-import type { BatchResult } from './engine.js';
+import type { CheckpointResult } from './maintenance.js';
 import type { Store } from './types.js';
+import type { DurableBatch } from './writer.js';
+
+/** Seconds, from a tenth of a millisecond to over a second: fast disks to a stalled SD card. */
+const LATENCY_BUCKETS = [
+  0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+];
 
 export class StoreMetrics {
   private readonly commit: Histogram;
+  private readonly sync: Histogram;
+  private readonly stall: Gauge;
+  private readonly stallMax = new Map<string, number>();
+  private readonly checkpoint: Histogram;
+  private readonly checkpointPages: Counter;
+  private readonly walFrames: Gauge;
   private readonly group: Histogram;
   private readonly errors: Counter;
   private readonly compactedRows: Counter;
@@ -14,8 +26,36 @@ export class StoreMetrics {
     const registers = [registry];
     this.commit = new Histogram({
       name: 'edgekeeper_store_commit_seconds',
-      help: 'Time to run and commit one group transaction.',
-      buckets: [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1],
+      help: 'Time to run, commit and sync one group transaction.',
+      buckets: LATENCY_BUCKETS,
+      registers,
+    });
+    this.sync = new Histogram({
+      name: 'edgekeeper_store_sync_seconds',
+      help: 'Time the WAL fdatasync of one group transaction took.',
+      buckets: LATENCY_BUCKETS,
+      registers,
+    });
+    this.stall = new Gauge({
+      name: 'edgekeeper_store_commit_stall_max_seconds',
+      help: 'Longest WAL sync since start, by what else used the disk meanwhile: fsync (nothing), checkpoint, vacuum, backup.',
+      labelNames: ['cause'],
+      registers,
+    });
+    this.checkpoint = new Histogram({
+      name: 'edgekeeper_store_checkpoint_seconds',
+      help: 'Time one WAL checkpoint took (on the maintenance thread; commits do not wait for it).',
+      buckets: LATENCY_BUCKETS,
+      registers,
+    });
+    this.checkpointPages = new Counter({
+      name: 'edgekeeper_store_checkpoint_pages_total',
+      help: 'WAL frames copied into the database by checkpoints.',
+      registers,
+    });
+    this.walFrames = new Gauge({
+      name: 'edgekeeper_store_wal_frames',
+      help: 'Frames in the WAL at the last checkpoint.',
       registers,
     });
     this.group = new Histogram({
@@ -86,9 +126,21 @@ export class StoreMetrics {
     );
   }
 
-  onBatch(b: BatchResult, n: number): void {
+  onBatch(b: DurableBatch, n: number, cause: string): void {
     this.commit.observe(b.commitMs / 1000);
+    this.sync.observe(b.syncMs / 1000);
     this.group.observe(n);
+    const s = b.syncMs / 1000;
+    if (s > (this.stallMax.get(cause) ?? 0)) {
+      this.stallMax.set(cause, s);
+      this.stall.set({ cause }, s);
+    }
+  }
+
+  onCheckpoint(r: CheckpointResult): void {
+    this.checkpoint.observe(r.ms / 1000);
+    this.checkpointPages.inc(r.checkpointed);
+    this.walFrames.set(r.log);
   }
 
   error(code: string): void {

@@ -1,19 +1,24 @@
 /**
- * The store: etcd's verbs over the revision log. Reads run here, on a read-only connection;
- * writes go to the single group-committing writer; committed events go to the watch hub.
+ * The store: etcd's verbs over the revision log. Everything runs on the caller's thread: reads
+ * from the in-memory key index and the log, writes through the single group-committing writer
+ * (which syncs off the event loop), committed events to the watch hub; checkpoints and VACUUM on
+ * the maintenance thread.
+ *
+ * Reads see exactly the durable revisions: `rev` moves only when a batch's sync has returned, and
+ * a range at `rev` walks back past rows a newer, not yet durable batch has written.
  */
 import { createHash } from 'node:crypto';
 import { statSync } from 'node:fs';
 import type Database from 'better-sqlite3';
-import { type Clock, systemClock, type Timer } from '../clock.js';
+import { type Clock, systemClock } from '../clock.js';
 import { EdgeError, InvalidArgumentError, LeaseTtlTooLargeError } from '../errors.js';
 import { type Logger, silentLogger } from '../log.js';
-import type { BatchResult, ChangeEvent, EngineRequest, EngineResult } from './engine.js';
-import { openDatabase } from './engine.js';
+import type { ChangeEvent, Engine, EngineRequest, EngineResult } from './engine.js';
 import { Lessor } from './lessor.js';
+import { type CheckpointResult, Maintenance } from './maintenance.js';
 import { StoreMetrics } from './metrics.js';
+import { rangeAt } from './range.js';
 import { Recipes } from './recipes.js';
-import { KvReader } from './sql/kvread.js';
 import type {
   CompactResponse,
   DeleteRangeRequest,
@@ -42,16 +47,18 @@ import type {
 } from './types.js';
 import { checkKey, checkRevisionArg, checkSize, checkTxn, type Limits } from './validate.js';
 import { WatchHub } from './watch.js';
-import { fromWireError } from './wire.js';
-import { Writer } from './writer.js';
+import { type DurableBatch, Writer } from './writer.js';
 
 /** etcd's MaxLeaseTTL. */
 const MAX_LEASE_TTL = 9_000_000_000;
 /** Rows examined per physical compaction step; keeps each step's transaction short. */
 const COMPACT_STEP_IDS = 4096;
-/** Above this WAL size the writer forces a truncating checkpoint (constant writes can starve passive ones). */
-const WAL_CHECKPOINT_BYTES = 64 * 1024 * 1024;
-const WAL_CHECK_MS = 10_000;
+/** Commit latency percentiles cover at most this many recent commits... */
+const LATENCY_SAMPLES = 1000;
+/** ...made within this window, so one slow commit does not count for ever on an idle node... */
+const LATENCY_WINDOW_MS = 60_000;
+/** ...and need this many to say anything: two slow commits of ten are not a p99. */
+const LATENCY_MIN_SAMPLES = 20;
 
 export async function openStore(options: StoreOptions): Promise<Store> {
   const s = new SqliteStore(options);
@@ -68,20 +75,20 @@ class SqliteStore implements Store {
   private readonly lessor: Lessor;
   private readonly recipes: Recipes;
   private readonly metrics?: StoreMetrics;
-  private reader!: Database.Database;
-  private kv!: KvReader;
+  private readonly maintenance: Maintenance;
+  private readonly engine: Engine;
   private hub!: WatchHub;
   private rev = 1;
   private compactRev = 0;
   private keys = 0;
   private noSpace = false;
   private ids = { clusterId: 0n, memberId: 0n };
-  private readonly latencies = new Float64Array(1000);
+  /** The last commits' durations and (monotonic) times, for the latency window in stats(). */
+  private readonly latencies = new Float64Array(LATENCY_SAMPLES);
+  private readonly latencyAt = new Float64Array(LATENCY_SAMPLES);
   private latencyCount = 0;
   private readonly queries = new Map<string, Database.Statement>();
   private compaction: Promise<void> = Promise.resolve();
-  private walTimer?: Timer;
-  private revStmt!: Database.Statement;
   private closed = false;
 
   constructor(private readonly opts: StoreOptions) {
@@ -98,13 +105,20 @@ class SqliteStore implements Store {
         durability: opts.durability ?? 'fsync',
         quotaBytes: opts.quotaBytes ?? 2 * 1024 ** 3,
         migrations: opts.migrations ?? [],
-        inline: !!opts.inlineWriter,
         maxPending: 100_000,
         maxBatch: 2048,
         bulkRowsPerBatch: 1024,
       },
       (b, r) => this.onBatch(b, r),
       () => this.hub?.wantsPrev ?? false,
+      (e) => this.onFatal(e),
+    );
+    this.engine = this.writer.engine;
+    this.maintenance = new Maintenance(
+      opts.file,
+      this.log,
+      () => this.writer.active,
+      (r) => this.onCheckpoint(r),
     );
     this.lessor = new Lessor(this.clock, (id) => this.expire(id));
     this.recipes = new Recipes(this);
@@ -112,32 +126,28 @@ class SqliteStore implements Store {
   }
 
   async open(): Promise<void> {
-    let o: Awaited<ReturnType<Writer['open']>>;
+    let o: ReturnType<Writer['open']>;
     try {
-      o = await this.writer.open();
+      o = this.writer.open();
     } catch (e) {
-      // Stop the writer thread too, or it keeps the process alive.
-      await this.writer.close().catch(() => {});
+      // Stop the maintenance thread too, or it keeps the process alive.
+      await this.maintenance.close().catch(() => {});
+      this.engine.close();
       throw e;
     }
     this.rev = o.revision;
     this.compactRev = o.compactRevision;
     this.keys = o.keys;
     this.ids = { clusterId: o.clusterId, memberId: o.memberId };
-    this.reader = openDatabase(this.opts.file, this.opts.durability ?? 'fsync');
-    this.reader.pragma('query_only = 1');
-    this.revStmt = this.reader.prepare("SELECT value FROM meta WHERE name = 'revision'").pluck();
-    this.kv = new KvReader(this.reader);
     this.hub = new WatchHub(
-      this.reader,
+      this.engine.log,
       this.rev,
       () => this.compactRev,
       this.opts.watchBufferLimit ?? 10_000,
-      this.kv,
     );
     for (const [id, ttl] of o.leases) this.lessor.add(id, ttl);
     this.lessor.start();
-    this.armWalCheck();
+    this.maintenance.start();
     this.log.info(
       {
         file: this.opts.file,
@@ -152,7 +162,10 @@ class SqliteStore implements Store {
 
   // --- the writer's results -------------------------------------------------------------------
 
-  private onBatch(b: BatchResult, reqs: EngineRequest[]): void {
+  private onBatch(b: DurableBatch, reqs: EngineRequest[]): void {
+    this.maintenance.noteCommit();
+    const end = performance.now();
+    const cause = this.maintenance.causeDuring(end - b.syncMs, end) ?? 'fsync';
     const changes: { rev: number; events: ChangeEvent[] }[] = [];
     for (const r of b.results)
       if (r.ok && r.events && r.events.length > 0) changes.push({ rev: r.rev, events: r.events });
@@ -171,16 +184,31 @@ class SqliteStore implements Store {
     }
     this.hub.publish(changes, b.revision);
     if (compactMoved) this.hub.compacted();
-    this.latencies[this.latencyCount++ % this.latencies.length] = b.commitMs;
-    this.metrics?.onBatch(b, reqs.length);
+    const slot = this.latencyCount++ % LATENCY_SAMPLES;
+    this.latencies[slot] = b.commitMs;
+    this.latencyAt[slot] = this.clock.monotonic();
+    this.metrics?.onBatch(b, reqs.length, cause);
+  }
+
+  private onCheckpoint(r: CheckpointResult): void {
+    this.metrics?.onCheckpoint(r);
+  }
+
+  /** A WAL sync failed: nothing written after it can be acknowledged any more. */
+  private onFatal(e: Error): void {
+    this.log.fatal(
+      { err: e },
+      'the disk failed to sync the WAL: this process can no longer tell what is durable, so it accepts no more writes; restart it (under systemd this happens by itself) and check the disk',
+    );
+    this.metrics?.error('EDGE_ERR_STORAGE');
+    this.opts.onFatal?.(e);
   }
 
   private async submit(req: EngineRequest): Promise<EngineResult & { ok: true }> {
     const r = await this.writer.submit(req);
     if (!r.ok) {
-      const e = fromWireError(r.error);
-      this.metrics?.error(e.code);
-      throw e;
+      this.metrics?.error(r.error.code);
+      throw r.error;
     }
     return r;
   }
@@ -196,15 +224,8 @@ class SqliteStore implements Store {
     try {
       checkKey(req.key);
       checkRevisionArg('revision', req.revision);
-      // One read transaction: the revision and the rows come from the same snapshot.
-      this.reader.exec('BEGIN');
-      try {
-        const current = Number(this.revStmt.get());
-        const r = this.kv.range(req, current, this.compactRev);
-        return { header: { revision: current }, ...r };
-      } finally {
-        this.reader.exec('COMMIT');
-      }
+      const r = rangeAt(this.engine.space, this.engine.log, req, this.rev, this.compactRev);
+      return { header: { revision: this.rev }, ...r };
     } catch (e) {
       return this.fail(e);
     }
@@ -325,11 +346,21 @@ class SqliteStore implements Store {
         id,
         ttl: t.ttl,
         grantedTtl: t.granted,
-        keys: keys ? this.kv.leaseKeys(id) : [],
+        keys: keys ? this.leaseKeysAt(id) : [],
       };
     } catch (e) {
       return this.fail(e);
     }
+  }
+
+  /** Keys attached to a lease as of the durable revision. */
+  private leaseKeysAt(id: bigint): Buffer[] {
+    const out: Buffer[] = [];
+    for (const k of this.engine.space.leaseKeys(id)) {
+      const key = Buffer.from(k, 'latin1');
+      if (this.engine.versionAt(key, this.rev)?.lease === id) out.push(key);
+    }
+    return out;
   }
 
   leaseList(): bigint[] {
@@ -391,7 +422,11 @@ class SqliteStore implements Store {
   query<R = unknown>(sql: string): ReadStatement<R> {
     let s = this.queries.get(sql);
     if (!s) {
-      s = this.reader.prepare(sql);
+      s = this.engine.db.prepare(sql);
+      // The connection is the writer's: a part writes through write(), never here. (EXPLAIN
+      // reports the statement it explains as writing, but never runs it.)
+      if (!s.readonly && !/^\s*EXPLAIN\b/i.test(sql))
+        throw new InvalidArgumentError('store.query() takes statements that only read');
       this.queries.set(sql, s);
     }
     return s as unknown as ReadStatement<R>;
@@ -412,22 +447,27 @@ class SqliteStore implements Store {
   }
 
   stats(): StoreStats {
-    const pageSize = this.reader.pragma('page_size', { simple: true }) as number;
-    const pages = this.reader.pragma('page_count', { simple: true }) as number;
-    const free = this.reader.pragma('freelist_count', { simple: true }) as number;
+    const db = this.engine.db;
+    const pageSize = db.pragma('page_size', { simple: true }) as number;
+    const pages = db.pragma('page_count', { simple: true }) as number;
+    const free = db.pragma('freelist_count', { simple: true }) as number;
     let walSize = 0;
     try {
       walSize = statSync(`${this.opts.file}-wal`).size;
     } catch {
       // No WAL file yet.
     }
-    const n = Math.min(this.latencyCount, this.latencies.length);
+    const since = this.clock.monotonic() - LATENCY_WINDOW_MS;
+    const recent: number[] = [];
+    for (let i = Math.min(this.latencyCount, LATENCY_SAMPLES) - 1; i >= 0; i--)
+      if (this.latencyAt[i]! >= since) recent.push(this.latencies[i]!);
     let commitLatencyMs: StoreStats['commitLatencyMs'];
-    if (n > 0) {
-      const sorted = Array.from(this.latencies.subarray(0, n)).sort((a, b) => a - b);
+    if (recent.length >= LATENCY_MIN_SAMPLES) {
+      recent.sort((a, b) => a - b);
+      const n = recent.length;
       commitLatencyMs = {
-        p50: sorted[Math.floor(n * 0.5)]!,
-        p99: sorted[Math.min(n - 1, Math.floor(n * 0.99))]!,
+        p50: recent[Math.floor(n * 0.5)]!,
+        p99: recent[Math.min(n - 1, Math.floor(n * 0.99))]!,
       };
     }
     return {
@@ -466,44 +506,27 @@ class SqliteStore implements Store {
   }
 
   async backup(file: string): Promise<void> {
-    await this.reader.backup(file);
+    await this.maintenance.duringBackup(() => this.engine.db.backup(file));
   }
 
   async defragment(): Promise<void> {
     await this.compaction;
-    await this.submit({ t: 'vacuum' });
+    await this.writer.runExclusive(() => this.maintenance.vacuum());
+    const noSpace = this.engine.refreshSpace();
+    if (this.noSpace && !noSpace)
+      this.log.info('database is back under its quota after defragmentation: writes accepted again');
+    this.noSpace = noSpace;
   }
 
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    this.walTimer?.cancel();
     this.lessor.stop();
     this.hub.closeAll();
     await this.compaction;
+    await this.maintenance.close();
     await this.writer.close();
-    this.reader.close();
     this.log.info({ revision: this.rev }, 'store closed');
-  }
-
-  private armWalCheck(): void {
-    this.walTimer = this.clock.setTimeout(() => {
-      if (this.closed) return;
-      let size = 0;
-      try {
-        size = statSync(`${this.opts.file}-wal`).size;
-      } catch {
-        // no WAL
-      }
-      const done = () => this.armWalCheck();
-      if (size > WAL_CHECKPOINT_BYTES) {
-        this.log.info({ walBytes: size }, 'WAL is large: forcing a checkpoint');
-        this.submit({ t: 'checkpoint' }).then(done, (e) => {
-          this.log.warn({ err: e }, 'WAL checkpoint failed; retrying later');
-          done();
-        });
-      } else done();
-    }, WAL_CHECK_MS);
   }
 }
 

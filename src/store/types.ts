@@ -330,7 +330,10 @@ export interface StoreStats {
   watchers: number;
   /** True while the database is over its quota (etcd's NOSPACE alarm). */
   noSpace: boolean;
-  /** Commit latency over the last 1,000 commits (ms), undefined before the first commit. */
+  /**
+   * Commit latency (execute, commit and sync, ms) over the last minute's commits (at most the
+   * last 1,000); undefined with fewer than 20 of them, too few for a p99 to mean anything.
+   */
   commitLatencyMs?: { p50: number; p99: number };
 }
 
@@ -352,8 +355,13 @@ export interface StoreOptions {
   minLeaseTtl?: number;
   /** Other parts' tables. */
   migrations?: Migration[];
-  /** Run the writer on the calling thread (tests, CLI one-shots); default false (a worker thread). */
+  /** Ignored: the writer always runs on the calling thread now (it syncs off the event loop). */
   inlineWriter?: boolean;
+  /**
+   * Called once when a WAL sync fails: the store then refuses every write (it can no longer tell
+   * what is durable). The daemon exits so that systemd restarts it and recovery reads the disk.
+   */
+  onFatal?: (e: Error) => void;
   clock?: import('../clock.js').Clock;
   logger?: import('../log.js').Logger;
   /** Register the store's metrics here (prom-client Registry). */

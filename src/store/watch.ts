@@ -9,12 +9,13 @@
  * gap. A paused watcher buffers live events up to the limit and is then cancelled; a replaying
  * watcher that is paused simply stops reading.
  */
-import type Database from 'better-sqlite3';
 import { CompactedError, StoreClosedError, WatchOverflowError } from '../errors.js';
 import type { ChangeEvent } from './engine.js';
 import { contains, interval, type KeyInterval, keyId } from './keys.js';
-import { type KvReader, rowToKv } from './sql/kvread.js';
+import { type LogReader, type LogRow, versionToKv } from './sql/log.js';
 import type { KeyValue, WatchEvent, WatchHandle, WatchListener, WatchOptions } from './types.js';
+
+const EMPTY = Buffer.alloc(0);
 
 /** Rows read per replay step; bounds how long one step holds the event loop. */
 const REPLAY_CHUNK = 512;
@@ -28,22 +29,13 @@ interface Watcher {
   listener: WatchListener;
   /** Next revision this watcher must receive. */
   next: number;
+  /** While replaying: the log row to read next (found from `next` on the first step). */
+  cursor?: number;
   synced: boolean;
   paused: boolean;
   buffer: WatchEvent[];
   bufferRev: number;
   done: boolean;
-}
-
-interface LogRow {
-  id: bigint;
-  rev: bigint;
-  key: Buffer;
-  deleted: bigint;
-  create_rev: bigint;
-  version: bigint;
-  lease: bigint;
-  value: Buffer;
 }
 
 export class WatchHub {
@@ -54,16 +46,13 @@ export class WatchHub {
   private nextId = 1;
   private replayScheduled = false;
   private prevKvWatchers = 0;
-  private readonly stmts = new Map<string, Database.Statement>();
 
   constructor(
-    private readonly db: Database.Database,
+    private readonly log: LogReader,
     /** Last revision whose events were handed to the hub. */
     private delivered: number,
     private readonly compactRevision: () => number,
     private readonly bufferLimit: number,
-    /** Reads previous values for replayed events. */
-    private readonly kv: KvReader,
   ) {}
 
   get size(): number {
@@ -221,39 +210,27 @@ export class WatchHub {
         this.cancel(w, new CompactedError(compacted));
         continue;
       }
-      const rows = this.readLog(w, REPLAY_CHUNK);
-      let lastRev = this.delivered;
-      if (rows.length === REPLAY_CHUNK) {
-        // Stop at a revision boundary so a revision is never split between two steps.
-        const cut = Number(rows[rows.length - 1]!.rev);
-        const whole = rows.filter((r) => Number(r.rev) < cut);
-        if (whole.length > 0) {
-          rows.length = whole.length;
-          lastRev = cut - 1;
-        } else {
-          rows.push(...this.readRev(w, cut, rows[rows.length - 1]!.id));
-          lastRev = cut;
-        }
-        again = true;
-      }
+      const { rows, last } = this.readLog(w);
+      if (last < this.delivered) again = true;
       const events: WatchEvent[] = [];
       for (const r of rows) {
-        const deleted = r.deleted === 1n;
-        if (deleted ? w.noDelete : w.noPut) continue;
-        const rev = Number(r.rev);
-        const kv: KeyValue = deleted
-          ? { key: r.key, createRevision: 0, modRevision: rev, version: 0, value: Buffer.alloc(0), lease: 0n }
-          : rowToKv({ ...r, mod_rev: r.rev });
-        const ev: WatchEvent = { type: deleted ? 'DELETE' : 'PUT', kv };
-        if (w.prevKv) {
-          const p = this.kv.previous(r.key, rev);
-          if (p) ev.prevKv = p;
+        if (!contains(w.iv, r.key)) continue;
+        if (r.deleted ? w.noDelete : w.noPut) continue;
+        const kv: KeyValue = r.deleted
+          ? { key: r.key, createRevision: 0, modRevision: r.rev, version: 0, value: EMPTY, lease: 0n }
+          : versionToKv(r.key, r, r.value);
+        const ev: WatchEvent = { type: r.deleted ? 'DELETE' : 'PUT', kv };
+        if (w.prevKv && r.prevId !== null) {
+          const p = this.log.meta(r.prevId);
+          // The previous version, when it existed and compaction has not removed it.
+          if (p && !p.deleted) ev.prevKv = versionToKv(r.key, p, this.log.value(p.id));
         }
         events.push(ev);
       }
-      w.next = lastRev + 1;
+      w.next = last + 1;
       if (w.next > this.delivered) {
         w.synced = true;
+        w.cursor = undefined;
         this.replaying.delete(w);
       }
       if (events.length > 0) this.emit(w, events, this.delivered);
@@ -261,27 +238,41 @@ export class WatchHub {
     if (again || [...this.replaying].some((w) => !w.paused)) this.scheduleReplay();
   }
 
-  private readLog(w: Watcher, limit: number): LogRow[] {
-    const cond = w.iv.single ? 'key = ?' : w.iv.end === undefined ? 'key >= ?' : 'key >= ? AND key < ?';
-    const sql = `SELECT id, rev, key, deleted, create_rev, version, lease, value FROM kv_log WHERE ${cond} AND rev >= ? AND rev <= ? ORDER BY id LIMIT ?`;
-    const keys = w.iv.single || w.iv.end === undefined ? [w.iv.start] : [w.iv.start, w.iv.end];
-    return this.stmt(sql).all(...keys, w.next, this.delivered, limit) as LogRow[];
-  }
-
-  private readRev(w: Watcher, rev: number, afterId: bigint): LogRow[] {
-    const cond = w.iv.single ? 'key = ?' : w.iv.end === undefined ? 'key >= ?' : 'key >= ? AND key < ?';
-    const sql = `SELECT id, rev, key, deleted, create_rev, version, lease, value FROM kv_log WHERE ${cond} AND rev = ? AND id > ? ORDER BY id`;
-    const keys = w.iv.single || w.iv.end === undefined ? [w.iv.start] : [w.iv.start, w.iv.end];
-    return this.stmt(sql).all(...keys, rev, afterId) as LogRow[];
-  }
-
-  private stmt(sql: string): Database.Statement {
-    let s = this.stmts.get(sql);
-    if (!s) {
-      s = this.db.prepare(sql).safeIntegers(true);
-      this.stmts.set(sql, s);
+  /**
+   * The next rows for a replaying watcher: whole revisions from `w.next`, up to the hub's
+   * delivered revision, about REPLAY_CHUNK rows (a revision is never split between two steps).
+   * `last` is the revision the watcher has then seen everything of.
+   */
+  private readLog(w: Watcher): { rows: LogRow[]; last: number } {
+    w.cursor ??= this.log.firstIdAtRev(w.next) ?? Number.MAX_SAFE_INTEGER;
+    let rows = this.log.rows(w.cursor, Number.MAX_SAFE_INTEGER, REPLAY_CHUNK + 1);
+    // Rows of revisions not yet delivered (committed, not yet durable) wait for live delivery.
+    let end = rows.findIndex((r) => r.rev > this.delivered);
+    if (end < 0) end = rows.length;
+    let last = this.delivered;
+    if (end > REPLAY_CHUNK) {
+      // A full chunk: stop before the revision it ends in, unless it holds just that one.
+      const cut = rows[REPLAY_CHUNK]!.rev;
+      const whole = rows.findIndex((r) => r.rev === cut);
+      if (whole > 0) {
+        end = whole;
+        last = cut - 1;
+      } else {
+        // One revision holds the whole chunk (a large delete or txn): read on to its end.
+        rows.length = REPLAY_CHUNK + 1;
+        for (;;) {
+          const more = this.log.rows(rows[rows.length - 1]!.id + 1, Number.MAX_SAFE_INTEGER, REPLAY_CHUNK);
+          const same = more.findIndex((r) => r.rev !== cut);
+          rows.push(...(same < 0 ? more : more.slice(0, same)));
+          if (same >= 0 || more.length < REPLAY_CHUNK) break;
+        }
+        end = rows.length;
+        last = cut;
+      }
     }
-    return s;
+    rows = rows.slice(0, end);
+    if (rows.length > 0) w.cursor = rows[rows.length - 1]!.id + 1;
+    return { rows, last };
   }
 
   /** Cancel every watcher (store shutdown). */

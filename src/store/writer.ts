@@ -1,41 +1,50 @@
 /**
  * The single writer and its group commit. Requests queue here; whenever the writer is idle,
- * queued requests go to it as one batch, executed in one SQLite transaction. While a batch
- * commits (fsync), the next one gathers, so the batch size follows the disk's speed: one request
- * per commit when idle, hundreds when the disk is slow. A request's promise settles only after
- * its batch has committed.
+ * queued requests run as one batch in one SQLite transaction on this thread, and the batch is
+ * made durable with one fdatasync of the WAL. While a batch syncs, the next one gathers, so the
+ * batch size follows the disk's speed: one request per commit when idle, hundreds when the disk
+ * is slow. A request's promise settles only after its batch is durable.
  *
- * Two classes share the writer. Bulk appends (SQL ops with `rows` or `columns`: device reports, probe
- * samples) are throughput work; everything else (etcd writes, leases, cursors) is interactive and
- * someone is waiting on it. Each batch takes every queued interactive request first and then bulk
- * requests up to `bulkRowsPerBatch` rows (a quarter of it when interactive requests are in the
- * batch; bulk never starves, see `take`). That bounds how long an etcd put can wait behind
- * report batches: one bounded transaction, and its own carries few rows.
- * Order is kept within a class, not across classes; no caller relies on cross-class order.
+ * Why an acknowledged write survives a power cut. SQLite runs with `synchronous=NORMAL`: COMMIT
+ * appends the transaction's pages to the WAL with write() and returns without syncing. The writer
+ * then calls fdatasync() on the WAL file (on libuv's thread pool, so the event loop keeps
+ * serving) and answers nobody before it returns. fdatasync flushes every written byte of the file
+ * and the metadata needed to read it back (its size), whichever descriptor wrote them, so the
+ * commit frame and every frame before it are on the disk. After a power cut SQLite's recovery
+ * reads the WAL up to the last frame whose checksum chain and commit marker are intact: every
+ * synced commit is there, and a torn later one is dropped whole. The WAL file itself was created
+ * before the first sync and its directory entry is synced once. A checkpoint copies frames into
+ * the database only after syncing the WAL and syncs the database before the WAL restarts, so it
+ * never loses a synced frame (SQLite's NORMAL rules). This is what `synchronous=FULL` guarantees,
+ * without a thread hop per commit.
+ *
+ * Reads never see a write before it is durable: the store serves reads at the revision of the
+ * last synced batch (see store.ts), and watchers get events only after the sync.
+ *
+ * If an fdatasync fails, the kernel may already have dropped the unwritten pages, so the batch
+ * cannot be known durable and retrying the sync would lie. The batch fails with StorageError,
+ * the writer refuses everything after it, and `onFatal` tells the owner (the daemon exits so
+ * systemd restarts it; recovery then reads what really reached the disk).
+ *
+ * Two classes share the writer. Bulk appends (SQL ops with `rows` or `columns`: device reports,
+ * probe samples) are throughput work; everything else (etcd writes, leases, cursors) is
+ * interactive and someone is waiting on it. Each batch takes every queued interactive request
+ * first and then bulk requests up to `bulkRowsPerBatch` rows (a quarter of it when interactive
+ * requests are in the batch; bulk never starves, see `take`). That bounds how long an etcd put
+ * can wait behind report batches. Order is kept within a class, not across classes; no caller
+ * relies on cross-class order.
  *
  * On a slow disk, right after a commit, the writer lingers before starting a batch that would be
  * at most half the size of the previous one, for at most half of the previous commit's duration:
  * clients answered by the last commit are still sending their next requests, and one fsync for
- * all of them beats one short batch now and a long one later. With a fast disk (commits under `LINGER_MIN_COMMIT_MS`)
- * it never waits.
- *
- * The writer runs on a worker thread by default, so a slow fsync never stalls the event loop
- * that serves reads, watches and the network; `inline` runs it on the calling thread (tests and
- * one-shot CLI commands).
+ * all of them beats one short batch now and a long one later. With a fast disk (commits under
+ * `LINGER_MIN_COMMIT_MS`) it never waits.
  */
-import type { Worker } from 'node:worker_threads';
-import { startThread } from '../thread.js';
-import { BusyError, StoreClosedError } from '../errors.js';
-import type {
-  BatchResult,
-  EngineOpenResult,
-  EngineOptions,
-  EngineRequest,
-  EngineResult,
-  WireError,
-} from './engine.js';
+import { closeSync, fdatasync, fstatSync, fsyncSync, openSync, statSync } from 'node:fs';
+import { dirname } from 'node:path';
+import { BusyError, StorageError, StoreClosedError } from '../errors.js';
+import type { BatchResult, EngineOpenResult, EngineOptions, EngineRequest, EngineResult } from './engine.js';
 import { Engine } from './engine.js';
-import { fromWireError, revive } from './wire.js';
 
 interface Pending {
   req: EngineRequest;
@@ -61,74 +70,15 @@ function bulkRows(req: EngineRequest): number {
   return rows;
 }
 
-const isBarrier = (req: EngineRequest) => req.t === 'vacuum' || req.t === 'checkpoint';
-
-interface Backend {
-  open(): Promise<EngineOpenResult>;
-  run(reqs: EngineRequest[], wantPrev: boolean): Promise<BatchResult>;
-  close(): Promise<void>;
-}
-
-class InlineBackend implements Backend {
-  private engine?: Engine;
-  constructor(private readonly opts: EngineOptions) {}
-  async open() {
-    this.engine = new Engine(this.opts);
-    return this.engine.open();
-  }
-  async run(reqs: EngineRequest[], wantPrev: boolean) {
-    return this.engine!.runBatch(reqs, wantPrev);
-  }
-  async close() {
-    this.engine?.close();
-  }
-}
-
-class WorkerBackend implements Backend {
-  private readonly worker: Worker;
-  private waiting: ((msg: unknown) => void)[] = [];
-  private failed?: Error;
-
-  constructor(opts: EngineOptions) {
-    // A young generation of 3 MB (1 MB semi-spaces; V8 would grow them to 16 MB under load and
-    // keep them): the writer's garbage is each batch's requests and results, well under 1 MB.
-    // With 1,000 devices reporting, about 6 MB less RSS.
-    this.worker = startThread(import.meta.url, './writer-worker', opts, {
-      resourceLimits: { maxYoungGenerationSizeMb: 3 },
-    });
-    this.worker.on('message', (msg) => this.waiting.shift()?.(msg));
-    this.worker.on('error', (e) => this.fail(e));
-    this.worker.on('exit', (code) => this.fail(new Error(`store writer thread exited with code ${code}`)));
-  }
-  private fail(e: Error) {
-    this.failed ??= e;
-    for (const w of this.waiting.splice(0)) w({ error: { code: 'EDGE_ERR_STORAGE', message: e.message } });
-  }
-  private call<T>(msg: unknown): Promise<T> {
-    if (this.failed) return Promise.reject(this.failed);
-    return new Promise((resolve, reject) => {
-      this.waiting.push((reply) => {
-        const r = reply as { error?: WireError };
-        if (r.error) reject(fromWireError(r.error));
-        else resolve(revive(reply) as T);
-      });
-      this.worker.postMessage(msg);
-    });
-  }
-  open() {
-    return this.call<EngineOpenResult>({ t: 'open' });
-  }
-  run(reqs: EngineRequest[], wantPrev: boolean) {
-    return this.call<BatchResult>({ t: 'batch', reqs, wantPrev });
-  }
-  async close() {
-    if (!this.failed) await this.call({ t: 'close' });
-    await this.worker.terminate();
-  }
+/** A committed batch as the owner sees it once it is durable. */
+export interface DurableBatch extends BatchResult {
+  /** Milliseconds the WAL sync took (0 with relaxed durability). */
+  syncMs: number;
+  /** Execute + commit + sync. */
+  commitMs: number;
 }
 
 export interface WriterOptions extends EngineOptions {
-  inline: boolean;
   /** Most requests waiting for the writer before new ones are refused with BusyError. */
   maxPending: number;
   /** Most requests in one transaction (bounds a commit's duration). */
@@ -138,36 +88,41 @@ export interface WriterOptions extends EngineOptions {
 }
 
 export class Writer {
-  private readonly backend: Backend;
+  readonly engine: Engine;
   private interactive: Pending[] = [];
   private bulk: Pending[] = [];
-  /** Batches sent to the backend and not yet settled: 0, 1, or 2 with a follower (see canFollow). */
-  private inFlight = 0;
-  /** The batch in flight appends bulk rows. */
-  private bulkAhead = false;
+  /** A batch is executing or syncing. */
+  private busy = false;
   /** The last transaction left bulk requests queued (see take). */
   private bulkSkipped = false;
   private closed = false;
+  private failed?: Error;
   private scheduled = false;
   private lingerTimer?: ReturnType<typeof setTimeout>;
   /** Size and duration of the last batch, for lingering. */
   private last = { size: 0, commitMs: 0, endedAt: 0 };
   private idleWaiters: (() => void)[] = [];
+  private walFd?: number;
+  /** Work that must run alone (defragmentation): waits for the writer to be idle. */
+  private exclusive: { fn: () => Promise<void>; resolve: () => void; reject: (e: Error) => void }[] = [];
 
   constructor(
     private readonly opts: WriterOptions,
-    /** Called with every committed batch before its requests' promises settle. */
-    private readonly onBatch: (batch: BatchResult, reqs: EngineRequest[]) => void,
+    /** Called with every durable batch before its requests' promises settle. */
+    private readonly onBatch: (batch: DurableBatch, reqs: EngineRequest[]) => void,
     private readonly wantPrev: () => boolean,
+    /** A sync failed: nothing after it can be acknowledged (see the header). */
+    private readonly onFatal: (e: Error) => void,
   ) {
-    this.backend = opts.inline ? new InlineBackend(opts) : new WorkerBackend(opts);
+    this.engine = new Engine(opts);
   }
 
-  open(): Promise<EngineOpenResult> {
-    return this.backend.open();
+  open(): EngineOpenResult {
+    return this.engine.open();
   }
 
   submit(req: EngineRequest): Promise<EngineResult> {
+    if (this.failed) return Promise.reject(this.failed);
     if (this.closed) return Promise.reject(new StoreClosedError());
     if (this.pending >= this.opts.maxPending) return Promise.reject(new BusyError(this.opts.maxPending));
     return new Promise((resolve, reject) => {
@@ -182,15 +137,33 @@ export class Writer {
     return this.interactive.length + this.bulk.length;
   }
 
+  /** True while a batch executes or syncs. */
+  get active(): boolean {
+    return this.busy;
+  }
+
+  /**
+   * Run `fn` while no batch executes or syncs and none starts; queued requests wait for it.
+   * For work that needs the database to itself (VACUUM on another connection).
+   */
+  runExclusive(fn: () => Promise<void>): Promise<void> {
+    if (this.failed) return Promise.reject(this.failed);
+    if (this.closed) return Promise.reject(new StoreClosedError());
+    return new Promise((resolve, reject) => {
+      this.exclusive.push({ fn, resolve, reject });
+      this.schedule();
+    });
+  }
+
   private schedule() {
-    if (this.scheduled || this.lingerTimer || (this.inFlight > 0 && !this.canFollow())) return;
+    if (this.scheduled || this.lingerTimer || this.busy) return;
     this.scheduled = true;
     // setImmediate lets every request issued in this turn of the event loop join the batch.
     setImmediate(() => {
       this.scheduled = false;
-      if (this.lingerTimer) return;
-      if (this.inFlight > 0) {
-        if (this.canFollow()) void this.flush(true);
+      if (this.lingerTimer || this.busy) return;
+      if (this.exclusive.length > 0) {
+        void this.runExclusiveNow();
         return;
       }
       const { size, commitMs, endedAt } = this.last;
@@ -202,41 +175,28 @@ export class Writer {
         this.lingerTimer = setTimeout(() => this.flushNow(), Math.min(LINGER_MAX_MS, commitMs / 2));
         return;
       }
-      void this.flush(false);
+      void this.flush();
     });
   }
 
-  /**
-   * While a transaction with bulk rows commits, queued interactive requests are sent to the
-   * writer thread as the next transaction at once (one follower at most), so they start the
-   * moment it ends instead of after its reply has crossed this thread's event loop, which under
-   * ingest load can take tens of milliseconds. Only behind bulk: between interactive batches
-   * the wait is what grows the next group commit.
-   */
-  private canFollow(): boolean {
-    return (
-      this.inFlight === 1 &&
-      this.bulkAhead &&
-      this.interactive.length > 0 &&
-      !isBarrier(this.interactive[0]!.req)
-    );
-  }
-
-  get inFlightBatches(): number {
-    return this.inFlight;
+  private async runExclusiveNow(): Promise<void> {
+    this.busy = true;
+    const x = this.exclusive.shift()!;
+    try {
+      await x.fn();
+      x.resolve();
+    } catch (e) {
+      x.reject(e as Error);
+    } finally {
+      this.busy = false;
+      this.afterBatch();
+    }
   }
 
   private flushNow() {
     clearTimeout(this.lingerTimer);
     this.lingerTimer = undefined;
-    void this.flush(false);
-  }
-
-  /** Queued interactive requests up to the first barrier (all of a follower). */
-  private takeInteractive(): Pending[] {
-    let n = 0;
-    while (n < this.interactive.length && n < this.opts.maxBatch && !isBarrier(this.interactive[n]!.req)) n++;
-    return this.interactive.splice(0, n);
+    void this.flush();
   }
 
   /**
@@ -247,9 +207,7 @@ export class Writer {
    */
   private take(): Pending[] {
     const max = this.opts.maxBatch;
-    const head = this.interactive[0] ?? this.bulk[0]!;
-    if (isBarrier(head.req)) return (this.interactive[0] ? this.interactive : this.bulk).splice(0, 1);
-    const take = this.takeInteractive();
+    const take = this.interactive.splice(0, max);
     const shared = take.length > 0 && !this.bulkSkipped;
     const budget = shared ? Math.floor(this.opts.bulkRowsPerBatch / 4) : this.opts.bulkRowsPerBatch;
     let rows = 0;
@@ -265,35 +223,98 @@ export class Writer {
     return take;
   }
 
-  private async flush(follow: boolean): Promise<void> {
-    if (follow ? !this.canFollow() : this.inFlight > 0 || this.pending === 0) {
-      if (this.inFlight === 0 && this.pending === 0) for (const w of this.idleWaiters.splice(0)) w();
+  private async flush(): Promise<void> {
+    if (this.busy || this.pending === 0 || this.failed) {
+      this.afterBatch();
       return;
     }
-    this.inFlight++;
-    const take = follow ? this.takeInteractive() : this.take();
-    if (!follow) this.bulkAhead = take.some((p) => p.rows > 0);
+    this.busy = true;
+    const take = this.take();
     const reqs = take.map((p) => p.req);
+    const start = performance.now();
+    let batch: BatchResult;
     try {
-      const batch = await this.backend.run(reqs, this.wantPrev());
-      this.last = { size: take.length, commitMs: batch.commitMs, endedAt: performance.now() };
-      this.onBatch(batch, reqs);
-      for (let i = 0; i < take.length; i++) take[i]!.resolve(batch.results[i]!);
+      batch = this.engine.runBatch(reqs, this.wantPrev());
     } catch (e) {
       for (const p of take) p.reject(e as Error);
-    } finally {
-      this.inFlight--;
-      if (!follow) this.bulkAhead = false;
+      this.busy = false;
+      this.afterBatch();
+      return;
     }
-    if (this.pending > 0) this.schedule();
-    else if (this.inFlight === 0) for (const w of this.idleWaiters.splice(0)) w();
+    let syncMs = 0;
+    try {
+      syncMs = await this.sync();
+    } catch (e) {
+      this.fail(new StorageError(`syncing the WAL failed (${(e as Error).message})`), take);
+      return;
+    }
+    const commitMs = performance.now() - start;
+    this.last = { size: take.length, commitMs, endedAt: performance.now() };
+    try {
+      this.onBatch({ ...batch, syncMs, commitMs }, reqs);
+    } finally {
+      for (let i = 0; i < take.length; i++) take[i]!.resolve(batch.results[i]!);
+      this.busy = false;
+      this.afterBatch();
+    }
+  }
+
+  private afterBatch(): void {
+    if (this.pending > 0 || this.exclusive.length > 0) this.schedule();
+    else if (!this.busy) for (const w of this.idleWaiters.splice(0)) w();
+  }
+
+  /** fdatasync the WAL (see the header); resolves with the milliseconds it took. */
+  private sync(): Promise<number> {
+    if (this.opts.durability !== 'fsync') return Promise.resolve(0);
+    const fd = this.wal();
+    const t = performance.now();
+    return new Promise((resolve, reject) =>
+      fdatasync(fd, (err) => (err ? reject(err) : resolve(performance.now() - t))),
+    );
+  }
+
+  /**
+   * The WAL's descriptor, opened once it exists (after the first commit). Its directory is
+   * synced once so the file's name survives a power cut too. Reopened when the file was
+   * replaced (a checkpoint that truncates keeps the same file).
+   */
+  private wal(): number {
+    const path = `${this.opts.file}-wal`;
+    if (this.walFd !== undefined) {
+      const open = fstatSync(this.walFd);
+      const now = statSync(path, { throwIfNoEntry: false });
+      if (now && now.ino === open.ino && now.dev === open.dev) return this.walFd;
+      closeSync(this.walFd);
+      this.walFd = undefined;
+    }
+    this.walFd = openSync(path, 'r');
+    const dir = openSync(dirname(path), 'r');
+    try {
+      fsyncSync(dir);
+    } finally {
+      closeSync(dir);
+    }
+    return this.walFd;
+  }
+
+  private fail(e: Error, take: Pending[]): void {
+    this.failed = e;
+    for (const p of [...take, ...this.interactive.splice(0), ...this.bulk.splice(0)]) p.reject(e);
+    for (const x of this.exclusive.splice(0)) x.reject(e);
+    this.busy = false;
+    for (const w of this.idleWaiters.splice(0)) w();
+    this.onFatal(e);
   }
 
   /** Refuse new requests, wait for queued ones to commit, close the database. */
   async close(): Promise<void> {
     this.closed = true;
     if (this.lingerTimer) this.flushNow();
-    if (this.pending > 0 || this.inFlight > 0) await new Promise<void>((r) => this.idleWaiters.push(r));
-    await this.backend.close();
+    if (this.pending > 0 || this.busy || this.exclusive.length > 0)
+      await new Promise<void>((r) => this.idleWaiters.push(r));
+    if (this.walFd !== undefined) closeSync(this.walFd);
+    this.walFd = undefined;
+    this.engine.close();
   }
 }

@@ -315,3 +315,16 @@ test('a columns op appends the same rows as one object per row, through the writ
     );
   });
 });
+
+test('commit latency is reported over the last minute and only from 20 commits on', async () => {
+  const clock = new ManualClock();
+  await withStore({ clock }, async (s) => {
+    for (let i = 0; i < 19; i++) await s.put({ key: Buffer.from(`l/${i}`), value: Buffer.from('v') });
+    assert.equal(s.stats().commitLatencyMs, undefined, '19 commits are too few for a p99');
+    await s.put({ key: Buffer.from('l/19'), value: Buffer.from('v') });
+    const l = s.stats().commitLatencyMs;
+    assert.ok(l && l.p50 > 0 && l.p99 >= l.p50, JSON.stringify(l));
+    clock.advance(61_000);
+    assert.equal(s.stats().commitLatencyMs, undefined, 'commits older than a minute still count');
+  });
+});

@@ -39,7 +39,7 @@ function describe(r: EngineRequest): string {
 async function withWriter(
   bulkRowsPerBatch: number,
   fn: (w: Writer, batches: string[][]) => Promise<void>,
-  opts: { inline?: boolean; onBatch?: () => void } = {},
+  opts: { onBatch?: () => void } = {},
 ): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'ek-writer-'));
   const batches: string[][] = [];
@@ -49,7 +49,6 @@ async function withWriter(
       durability: 'relaxed',
       quotaBytes: 1 << 30,
       migrations: [MIGRATION],
-      inline: opts.inline ?? true,
       maxPending: 10_000,
       maxBatch: 100,
       bulkRowsPerBatch,
@@ -59,8 +58,11 @@ async function withWriter(
       opts.onBatch?.();
     },
     () => false,
+    (e) => {
+      throw e;
+    },
   );
-  await w.open();
+  w.open();
   try {
     await fn(w, batches);
   } finally {
@@ -153,28 +155,4 @@ test('every queued request commits exactly once under a mix of classes', async (
       assert.ok(rows.length <= 1 || rows.reduce((a, x) => a + x, 0) <= 64, `batch ${b.join(',')}`);
     }
   });
-});
-
-test('on the writer thread, a put queued behind a bulk transaction is sent before that one returns', async () => {
-  let w!: Writer;
-  const inFlightAtBatch: number[] = [];
-  await withWriter(
-    1_000_000,
-    async (writer, batches) => {
-      w = writer;
-      // long enough on any machine that the put is queued while it runs
-      const a = w.submit(bulk(200_000, 1));
-      await new Promise((r) => setImmediate(r));
-      assert.equal(w.inFlightBatches, 1);
-      const p = w.submit(put('/p'));
-      const b = w.submit(bulk(10, 2));
-      const results = await Promise.all([a, p, b]);
-      assert.ok(results.every((r) => r.ok));
-      // the put went as its own transaction right behind the bulk one (a follower), already in
-      // flight when the bulk one's result arrived; the bulk request queued after it waited
-      assert.deepEqual(batches, [['bulk:200000#1'], ['put:/p'], ['bulk:10#2']]);
-      assert.deepEqual(inFlightAtBatch, [2, 1, 1]);
-    },
-    { inline: false, onBatch: () => inFlightAtBatch.push(w.inFlightBatches) },
-  );
 });

@@ -45,6 +45,32 @@ const BASE: string[] = [
   CREATE TABLE schema_migrations (part TEXT NOT NULL, version INTEGER NOT NULL, PRIMARY KEY (part, version)) WITHOUT ROWID;
   INSERT INTO meta (name, value) VALUES ('revision', 1), ('compact_revision', 0);
   `,
+  // 2: the log alone on disk. A put used to dirty five B-tree pages, three of them chosen by its
+  // key (kv, kv_log_key_rev, kv_lease): on an SD card each is a page written to the WAL and again
+  // at checkpoint. Now the key index lives in memory (keyspace.ts) and a put appends one row; each
+  // row points at the previous row of its key (prev_id), which is all history reads need. prev_id
+  // sits before the value so it stays in the row's first page when the value overflows.
+  `
+  CREATE TABLE kv_log_v2 (
+    id INTEGER PRIMARY KEY,
+    rev INTEGER NOT NULL CHECK (rev > 1),
+    key BLOB NOT NULL CHECK (length(key) > 0),
+    deleted INTEGER NOT NULL CHECK (deleted IN (0, 1)),
+    create_rev INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    lease INTEGER NOT NULL,
+    prev_id INTEGER,
+    value BLOB NOT NULL
+  ) STRICT;
+  INSERT INTO kv_log_v2 (id, rev, key, deleted, create_rev, version, lease, prev_id, value)
+    SELECT l.id, l.rev, l.key, l.deleted, l.create_rev, l.version, l.lease,
+      (SELECT p.id FROM kv_log p WHERE p.key = l.key AND p.rev < l.rev ORDER BY p.rev DESC LIMIT 1),
+      l.value
+    FROM kv_log l ORDER BY l.id;
+  DROP TABLE kv;
+  DROP TABLE kv_log;
+  ALTER TABLE kv_log_v2 RENAME TO kv_log;
+  `,
 ];
 
 /** Apply the base schema and the parts' migrations; returns nothing, throws on failure. */
