@@ -600,44 +600,48 @@ export class BoltReader {
   private *walk(root: number, what: string): Generator<{ flags: number; key: Buffer; value: Buffer }> {
     const seen = new Uint8Array((this.pageCount >> 3) + 1);
     let last: Buffer | undefined;
+    // A branch key is at most every key below it, and the next branch key above all of them.
     const visit = function* (
       this: BoltReader,
       id: number,
       depth: number,
+      lo: Buffer | undefined,
+      hi: Buffer | undefined,
     ): Generator<{ flags: number; key: Buffer; value: Buffer }> {
-      if (depth > MAX_DEPTH)
-        throw new BoltFormatError('corrupt', `${what}: the tree is deeper than ${MAX_DEPTH} levels`);
+      if (depth > MAX_DEPTH) throw new BoltFormatError('corrupt', `${what}: the tree is deeper than ${MAX_DEPTH} levels`);
       const p = this.page(id, seen);
       if (p.flags === FLAG_LEAF) {
         for (const e of this.leafElements(p, `${what}, page ${id}`)) {
-          if (last && Buffer.compare(last, e.key) >= 0)
+          if ((last && Buffer.compare(last, e.key) >= 0) || (lo && Buffer.compare(e.key, lo) < 0))
             throw new BoltFormatError('corrupt', `${what}, page ${id}: keys out of order`);
+          if (hi && Buffer.compare(e.key, hi) >= 0)
+            throw new BoltFormatError('corrupt', `${what}, page ${id}: a key above its parent's next key`);
           last = e.key;
           yield e;
         }
         return;
       }
-      const children: number[] = [];
+      const children: { id: number; key: Buffer }[] = [];
       for (let i = 0; i < p.count; i++) {
         const at = PAGE_HEADER + i * ELEMENT;
         const start = at + p.buf.readUInt32LE(at);
         const ksize = p.buf.readUInt32LE(at + 4);
         if (start + ksize > p.buf.length)
-          throw new BoltFormatError(
-            'corrupt',
-            `${what}, page ${id}: branch element ${i} points past its page`,
-          );
+          throw new BoltFormatError('corrupt', `${what}, page ${id}: branch element ${i} points past its page`);
         const child = p.buf.readBigUInt64LE(at + 8);
         if (child >= BigInt(this.pageCount))
-          throw new BoltFormatError(
-            'corrupt',
-            `${what}, page ${id}: a reference to page ${child}, past the last page`,
-          );
-        children.push(Number(child));
+          throw new BoltFormatError('corrupt', `${what}, page ${id}: a reference to page ${child}, past the last page`);
+        children.push({ id: Number(child), key: p.buf.subarray(start, start + ksize) });
       }
-      for (const c of children) yield* visit.call(this, c, depth + 1);
+      for (let i = 0; i < children.length; i++) {
+        const c = children[i]!;
+        const next = children[i + 1]?.key ?? hi;
+        if (next && Buffer.compare(c.key, next) >= 0)
+          throw new BoltFormatError('corrupt', `${what}, page ${id}: branch keys out of order`);
+        yield* visit.call(this, c.id, depth + 1, i === 0 ? lo : c.key, next);
+      }
     };
-    yield* visit.call(this, root, 0);
+    yield* visit.call(this, root, 0, undefined, undefined);
   }
 
   /** The top-level buckets: name and header (root page, or the inline page). */
@@ -648,6 +652,23 @@ export class BoltReader {
         throw new BoltFormatError('corrupt', `bucket ${printable(e.key)}: header too short`);
       yield { name: e.key, value: e.value };
     }
+  }
+
+  /** Levels of a bucket's tree (0: inline, 1: one leaf page), along its leftmost path. */
+  depth(name: string | Buffer): number | undefined {
+    const n = Buffer.from(name);
+    const b = [...this.rootBuckets()].find((x) => x.name.equals(n));
+    if (!b) return undefined;
+    let id = b.value.readBigUInt64LE(0);
+    let depth = 0;
+    const seen = new Uint8Array((this.pageCount >> 3) + 1);
+    while (id !== 0n) {
+      if (id >= BigInt(this.pageCount) || ++depth > MAX_DEPTH)
+        throw new BoltFormatError('corrupt', `bucket ${printable(n)}: bad tree`);
+      const p = this.page(Number(id), seen);
+      id = p.flags === FLAG_BRANCH && p.count > 0 ? p.buf.readBigUInt64LE(PAGE_HEADER + 8) : 0n;
+    }
+    return depth;
   }
 
   bucketNames(): Buffer[] {
