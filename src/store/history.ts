@@ -154,7 +154,6 @@ export function importHistory(
   opts: { identityFrom?: string } = {},
 ): { revision: number; rows: number; keys: number; leases: number } {
   if (existsSync(file)) throw new InvalidArgumentError(`${file} exists; importHistory writes a new file`);
-  const identity = opts.identityFrom ? readIdentity(opts.identityFrom) : undefined;
   const db = new Database(file);
   try {
     // A new file nobody else sees: no journal to fsync for each step; the caller fsyncs the result.
@@ -197,6 +196,8 @@ export function importHistory(
       revision = Math.max(1, data.revision, last, data.compactRevision);
       setMeta.run('revision', revision);
       setMeta.run('compact_revision', data.compactRevision);
+      // Read last: an import that fails before here has not opened the old database at all.
+      const identity = opts.identityFrom ? readIdentity(opts.identityFrom) : undefined;
       if (identity) {
         setMeta.run('cluster_id', identity.clusterId);
         setMeta.run('member_id', identity.memberId);

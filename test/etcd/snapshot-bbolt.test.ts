@@ -62,14 +62,13 @@ function randomBuckets(r: () => number, pageSize: number, big: boolean): Bucket[
       const k = bytes(1 + Math.floor(r() * (r() < 0.1 ? 300 : 40)));
       keys.set(k.toString('hex'), k);
     }
-    const entries = [...keys.values()]
-      .sort(Buffer.compare)
-      .map((k): [Buffer, Buffer] => {
-        const roll = r();
-        // Empty values, small values, and now and then values of 1-3 pages (overflow pages).
-        const len = roll < 0.1 ? 0 : roll < 0.97 ? Math.floor(r() * 200) : pageSize + Math.floor(r() * 2 * pageSize);
-        return [k, bytes(len)];
-      });
+    const entries = [...keys.values()].sort(Buffer.compare).map((k): [Buffer, Buffer] => {
+      const roll = r();
+      // Empty values, small values, and now and then values of 1-3 pages (overflow pages).
+      const len =
+        roll < 0.1 ? 0 : roll < 0.97 ? Math.floor(r() * 200) : pageSize + Math.floor(r() * 2 * pageSize);
+      return [k, bytes(len)];
+    });
     return { name: Buffer.from(name), entries };
   });
 }

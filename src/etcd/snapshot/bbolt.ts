@@ -608,7 +608,8 @@ export class BoltReader {
       lo: Buffer | undefined,
       hi: Buffer | undefined,
     ): Generator<{ flags: number; key: Buffer; value: Buffer }> {
-      if (depth > MAX_DEPTH) throw new BoltFormatError('corrupt', `${what}: the tree is deeper than ${MAX_DEPTH} levels`);
+      if (depth > MAX_DEPTH)
+        throw new BoltFormatError('corrupt', `${what}: the tree is deeper than ${MAX_DEPTH} levels`);
       const p = this.page(id, seen);
       if (p.flags === FLAG_LEAF) {
         for (const e of this.leafElements(p, `${what}, page ${id}`)) {
@@ -627,10 +628,16 @@ export class BoltReader {
         const start = at + p.buf.readUInt32LE(at);
         const ksize = p.buf.readUInt32LE(at + 4);
         if (start + ksize > p.buf.length)
-          throw new BoltFormatError('corrupt', `${what}, page ${id}: branch element ${i} points past its page`);
+          throw new BoltFormatError(
+            'corrupt',
+            `${what}, page ${id}: branch element ${i} points past its page`,
+          );
         const child = p.buf.readBigUInt64LE(at + 8);
         if (child >= BigInt(this.pageCount))
-          throw new BoltFormatError('corrupt', `${what}, page ${id}: a reference to page ${child}, past the last page`);
+          throw new BoltFormatError(
+            'corrupt',
+            `${what}, page ${id}: a reference to page ${child}, past the last page`,
+          );
         children.push({ id: Number(child), key: p.buf.subarray(start, start + ksize) });
       }
       for (let i = 0; i < children.length; i++) {
