@@ -157,6 +157,11 @@ const builtins: CliCommand[] = [
             `compact revision ${r.compactRevision}, ${r.keys} keys, ${r.rows} history entries, ${r.leases} leases` +
             `${r.previous ? ` (previous database kept as ${r.previous})` : ''}\n`,
         );
+        if (r.authEnabled) {
+          process.stdout.write(
+            "note: that etcd had authentication on; edgekeeper has no etcd users or roles: protect its API with loopback, the socket's permissions or TLS client certificates\n",
+          );
+        }
         if (!r.hasHash) {
           process.stdout.write(
             'note: the file carries no SHA-256 (a raw database copy); its structure was checked, not its content\n',

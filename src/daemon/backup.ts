@@ -164,6 +164,7 @@ export async function restoreFromEtcdSnapshot(
   leases: number;
   hasHash: boolean;
   layout: string;
+  authEnabled: boolean;
 }> {
   const snap = await openEtcdSnapshot(snapshot);
   await mkdir(dataDir, { recursive: true });
@@ -179,6 +180,7 @@ export async function restoreFromEtcdSnapshot(
       compactRevision: snap.compactRevision,
       hasHash: snap.hasHash,
       layout: snap.layout,
+      authEnabled: snap.authEnabled,
     };
   } catch (err) {
     for (const suffix of ['', '-wal', '-shm', '-journal']) await rm(tmp + suffix, { force: true });

@@ -520,6 +520,25 @@ describe('etcd-format snapshots, differential against real etcd 3.4', () => {
       );
     });
 
+    it('a snapshot of an etcd with auth on imports, and says so', async () => {
+      const f = join(tmp, 'auth.db');
+      const w = await BoltWriter.create(f);
+      await w.bucket(b('auth'), [
+        [b('authEnabled'), Buffer.from([1])],
+        [b('authRevision'), Buffer.alloc(8)],
+      ]);
+      await w.bucket(b('key'), [
+        [revisionKey(2, 0), Buffer.from([0x0a, 1, 0x6b, 0x10, 2, 0x18, 2, 0x20, 1])],
+      ]);
+      await w.finish();
+      const r = await restoreFromEtcdSnapshot(
+        bad('auth', withHash(readFileSync(f))),
+        join(tmp, 'auth-node'),
+        0,
+      );
+      assert.deepEqual([r.authEnabled, r.revision, r.keys], [true, 2, 1]);
+    });
+
     it('the CLI says what is wrong with the code, exit 1', async () => {
       const g = Buffer.from(good());
       g[g.length - 40]! ^= 1;

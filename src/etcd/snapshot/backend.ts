@@ -254,6 +254,8 @@ export interface EtcdSnapshot {
   readonly compactRevision: number;
   /** Which etcd wrote it, as far as the `meta` bucket tells: 3.4, 3.5 (`term`) or 3.6 (`storageVersion`). */
   readonly layout: '3.4' | '3.5' | '3.6';
+  /** The etcd had authentication on (`auth`/`authEnabled`); users and roles are not imported. */
+  readonly authEnabled: boolean;
   /**
    * The history for `importHistory`. Its rows and leases are read and checked as they are
    * iterated; a damaged page or record throws SnapshotCorruptError from the iteration.
@@ -350,6 +352,10 @@ export async function openEtcdSnapshot(file: string): Promise<EtcdSnapshot> {
         else if (name === 'storageVersion') layout = '3.6';
       }
     }
+    let authEnabled = false;
+    if (has('auth'))
+      for (const [k, v] of guarded(file, r.entries('auth')!))
+        if (k.equals(B('authEnabled')) && v.length === 1 && v[0] === 1) authEnabled = true;
     const reader = r;
     return {
       file,
@@ -357,6 +363,7 @@ export async function openEtcdSnapshot(file: string): Promise<EtcdSnapshot> {
       pageSize: r.pageSize,
       compactRevision,
       layout,
+      authEnabled,
       history: () => ({
         revision: compactRevision,
         compactRevision,
