@@ -82,33 +82,34 @@ export function exportHistory(store: Pick<Store, 'query'>): HistoryExport {
         ttl: bigint;
       }[]
     ).map((r) => ({ id: r.id, ttl: Number(r.ttl) }));
-    const rows = db
-      .prepare(
-        `SELECT rev, key, deleted, create_rev, version, lease, value FROM kv_log l
-         WHERE l.rev >= :c OR (l.deleted = 0 AND NOT EXISTS
-           (SELECT 1 FROM kv_log n WHERE n.key = l.key AND n.rev > l.rev AND n.rev <= :c))
-         ORDER BY l.id`,
-      )
-      .safeIntegers(true);
+    // Plain numbers are far cheaper than safeIntegers' BigInts; only a lease ID (int64) needs
+    // more than 53 bits, so it comes as text when it is set.
+    const rows = db.prepare(
+      `SELECT rev, key, deleted, create_rev, version,
+         CASE WHEN lease = 0 THEN NULL ELSE CAST(lease AS TEXT) END AS lease, value FROM kv_log l
+       WHERE l.rev >= :c OR (l.deleted = 0 AND NOT EXISTS
+         (SELECT 1 FROM kv_log n WHERE n.key = l.key AND n.rev > l.rev AND n.rev <= :c))
+       ORDER BY l.id`,
+    );
     type Raw = {
-      rev: bigint;
+      rev: number;
       key: Buffer;
-      deleted: bigint;
-      create_rev: bigint;
-      version: bigint;
-      lease: bigint;
+      deleted: number;
+      create_rev: number;
+      version: number;
+      lease: string | null;
       value: Buffer;
     };
     const iter = rows.iterate({ c: compactRevision }) as IterableIterator<Raw>;
     function* gen(): IterableIterator<HistoryRow> {
       for (const r of iter)
         yield {
-          rev: Number(r.rev),
+          rev: r.rev,
           key: r.key,
-          deleted: r.deleted === 1n,
-          createRev: Number(r.create_rev),
-          version: Number(r.version),
-          lease: r.lease,
+          deleted: r.deleted === 1,
+          createRev: r.create_rev,
+          version: r.version,
+          lease: r.lease === null ? 0n : BigInt(r.lease),
           value: r.value,
         };
     }

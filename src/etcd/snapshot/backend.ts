@@ -148,16 +148,53 @@ function decodeProto(b: Buffer): Map<number, bigint | Buffer> {
   return out;
 }
 
+/** Bytes of a varint of a non-negative safe integer. */
+function varintSize(n: number): number {
+  let size = 1;
+  while (n >= 0x80) {
+    n = Math.floor(n / 128);
+    size++;
+  }
+  return size;
+}
+
+function writeVarint(b: Buffer, at: number, n: number): number {
+  while (n >= 0x80) {
+    b[at++] = (n % 128) | 0x80;
+    n = Math.floor(n / 128);
+  }
+  b[at++] = n;
+  return at;
+}
+
+/** mvccpb.KeyValue, written straight into one buffer (the hot path of a snapshot). */
 function encodeKeyValue(r: HistoryRow): Buffer {
   if (r.deleted) return new ProtoOut().bytes(1, r.key).done();
-  return new ProtoOut()
-    .bytes(1, r.key)
-    .int(2, r.createRev)
-    .int(3, r.rev)
-    .int(4, r.version)
-    .bytes(5, r.value)
-    .int(6, r.lease)
-    .done();
+  const lease = r.lease === 0n ? undefined : new ProtoOut().int(6, r.lease).done();
+  const ints: [number, number][] = [
+    [0x10, r.createRev],
+    [0x18, r.rev],
+    [0x20, r.version],
+  ];
+  let size = 1 + varintSize(r.key.length) + r.key.length + (lease?.length ?? 0);
+  for (const [, v] of ints) if (v !== 0) size += 1 + varintSize(v);
+  if (r.value.length > 0) size += 1 + varintSize(r.value.length) + r.value.length;
+  const b = Buffer.allocUnsafe(size);
+  b[0] = 0x0a;
+  let at = writeVarint(b, 1, r.key.length);
+  at += r.key.copy(b, at);
+  for (const [tag, v] of ints) {
+    if (v === 0) continue;
+    b[at++] = tag;
+    at = writeVarint(b, at, v);
+  }
+  if (r.value.length > 0) {
+    b[at++] = 0x2a;
+    at = writeVarint(b, at, r.value.length);
+    at += r.value.copy(b, at);
+  }
+  if (lease) lease.copy(b, at);
+  return b;
 }
 
 function encodeLease(l: HistoryLease): Buffer {
