@@ -303,7 +303,7 @@ async function backupStopped(dataDir: string, file: string, format: 'sqlite' | '
   });
   try {
     if (format === 'etcd') {
-      await writeEtcdBackup(store, file);
+      await writeEtcdBackup(store, file, undefined, { verify: true });
       process.stdout.write(`etcd snapshot written to ${file} (from ${dbFile})\n`);
       return 0;
     }

@@ -192,27 +192,30 @@ export async function restoreFromEtcdSnapshot(
 
 /**
  * An etcd-format backup (what `etcdctl snapshot save` writes: the bbolt file and its SHA-256)
- * of the store at one revision into `file`: written under a temporary name next to it, read
- * back through completely, then renamed into place.
+ * of the store at one revision into `file`: written under a temporary name next to it, then
+ * renamed into place. `verify` reads it back through first (synchronous reads: not on a daemon's
+ * event loop; the CLI checks what the daemon sends instead).
  */
 export async function writeEtcdBackup(
   store: Pick<Store, 'query'>,
   file: string,
   member?: SnapshotMember,
-): Promise<{ revision: number; rows: number; leases: number }> {
+  opts: { verify?: boolean } = {},
+): Promise<{ revision: number; rows: number }> {
   const tmp = join(dirname(file), `.${basename(file)}.${randomBytes(4).toString('hex')}.part`);
   try {
     const history = exportHistory(store);
+    let written: { revision: number; rows: number };
     try {
-      await writeEtcdSnapshot(tmp, history, { member });
+      written = await writeEtcdSnapshot(tmp, history, { member });
     } finally {
       history.close();
     }
     await appendSha256(tmp);
-    const v = await verifyEtcdSnapshot(tmp);
+    if (opts.verify) await verifyEtcdSnapshot(tmp);
     await rename(tmp, file);
     fsyncDir(dirname(file));
-    return { revision: v.revision, rows: v.rows, leases: v.leases };
+    return { revision: written.revision, rows: written.rows };
   } catch (err) {
     await rm(tmp, { force: true });
     throw err;

@@ -4,6 +4,7 @@
  * (moving leadership, downgrades, membership changes) is refused with a message that says why.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
 import { open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -117,9 +118,12 @@ async function streamSnapshot(ctx: EtcdContext, call: ServerWritableStream<M, ob
     `.edgekeeper-snapshot-${process.pid}-${randomBytes(6).toString('hex')}.db`,
   );
   let cancelled = false;
-  call.on('cancelled', () => {
-    cancelled = true;
-  });
+  const cancel = new Promise<void>((resolve) =>
+    call.once('cancelled', () => {
+      cancelled = true;
+      resolve();
+    }),
+  );
   try {
     const history = exportHistory(ctx.store);
     let revision: number;
@@ -150,7 +154,8 @@ async function streamSnapshot(ctx: EtcdContext, call: ServerWritableStream<M, ob
         }
         sent += blob.length;
         const msg = { header, remaining_bytes: size - sent, blob, version: ctx.version };
-        if (!call.write(msg)) await new Promise<void>((resolve) => call.once('drain', resolve));
+        // A client that leaves while we wait for `drain` must not keep us (and the file) forever.
+        if (!call.write(msg)) await Promise.race([once(call, 'drain'), cancel]);
       }
       ctx.metrics.count('Snapshot', 0);
       call.end();

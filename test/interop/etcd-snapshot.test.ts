@@ -52,6 +52,7 @@ import {
   requirePeer,
   startEdge,
   startRealEtcd,
+  waitFor,
 } from '../etcd/helpers.js';
 
 const repo = join(import.meta.dirname, '..', '..');
@@ -356,6 +357,31 @@ describe('etcd-format snapshots, differential against real etcd 3.4', () => {
     }
   });
 
+  it('a client that stops reading and leaves: the server stops and removes its file', async () => {
+    const e = await startEdge();
+    const c = new EtcdClient(e.endpoint);
+    try {
+      for (let i = 0; i < 40; i++)
+        await e.store.put({ key: b(`/fat/${i}`), value: Buffer.alloc(100_000, i) });
+      const call = c.serverStream('etcdserverpb.Maintenance', 'Snapshot', {});
+      call.on('error', () => undefined);
+      await new Promise<void>((resolve) =>
+        call.once('data', () => {
+          call.pause();
+          resolve();
+        }),
+      );
+      const temp = () => readdirSync(e.dir).filter((f) => f.startsWith('.edgekeeper-snapshot-'));
+      assert.equal(temp().length, 1, 'the snapshot file exists while it is sent');
+      await new Promise((r) => setTimeout(r, 300));
+      call.cancel();
+      await waitFor(() => temp().length === 0, 'the snapshot file to go', 5000);
+    } finally {
+      c.close();
+      await e.close();
+    }
+  });
+
   it('backup --format etcd from a running daemon (HTTP) and from a stopped node', async () => {
     const dir = join(tmp, 'daemon');
     const config = loadConfig({
@@ -380,8 +406,13 @@ describe('etcd-format snapshots, differential against real etcd 3.4', () => {
       await d.stop();
     }
     const file = join(tmp, 'stopped.snap');
-    const r = await cli(['backup', file, '--format', 'etcd', '--data-dir', dir]);
+    const [r, badFormat] = await Promise.all([
+      cli(['backup', file, '--format', 'etcd', '--data-dir', dir]),
+      cli(['backup', join(tmp, 'x'), '--format', 'xml', '--data-dir', dir]),
+    ]);
     assert.equal(r.code, 0, r.stderr);
+    assert.equal(badFormat.code, 2);
+    assert.match(badFormat.stderr, /--format must be sqlite or etcd, got "xml"/);
     const st = await etcdctl('127.0.0.1:1', ['snapshot', 'status', '-w', 'json', file]);
     assert.equal(st.status, 0, st.stderr);
     assert.equal(JSON.parse(st.stdout).revision, rev);
