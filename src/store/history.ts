@@ -58,11 +58,16 @@ export function exportHistory(store: Pick<Store, 'query'>): HistoryExport {
   if (!file) throw new InvalidArgumentError('the store has no database file to export');
   const db = new Database(file, { readonly: true, fileMustExist: true });
   let open = true;
+  let iter: IterableIterator<unknown> | undefined;
   const close = () => {
     if (!open) return;
     open = false;
-    if (db.inTransaction) db.exec('COMMIT');
-    db.close();
+    try {
+      iter?.return?.(); // a cursor left open mid-way (an error) keeps the connection busy
+      if (db.inTransaction) db.exec('COMMIT');
+    } finally {
+      db.close();
+    }
   };
   try {
     db.exec('BEGIN');
@@ -100,9 +105,10 @@ export function exportHistory(store: Pick<Store, 'query'>): HistoryExport {
       lease: string | null;
       value: Buffer;
     };
-    const iter = rows.iterate({ c: compactRevision }) as IterableIterator<Raw>;
+    const cursor = rows.iterate({ c: compactRevision }) as IterableIterator<Raw>;
+    iter = cursor;
     function* gen(): IterableIterator<HistoryRow> {
-      for (const r of iter)
+      for (const r of cursor)
         yield {
           rev: r.rev,
           key: r.key,
