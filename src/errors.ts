@@ -293,3 +293,33 @@ export class FramebufferError extends EdgeError {
     super('EDGE_ERR_FRAMEBUFFER', message, 500, options);
   }
 }
+
+// --- etcd snapshots -------------------------------------------------------------------------------
+
+/**
+ * An etcd snapshot (bbolt file) that is damaged: its SHA-256 does not match, it is truncated, a
+ * meta page fails its checksum, a page or record is malformed. Nothing was imported.
+ */
+export class SnapshotCorruptError extends EdgeError {
+  constructor(file: string, detail: string) {
+    super(
+      'EDGE_ERR_SNAPSHOT_CORRUPT',
+      `etcd snapshot ${file} is damaged: ${detail}; nothing was imported`,
+      422,
+    );
+  }
+}
+
+/**
+ * A file that is not an etcd snapshot edgekeeper can read: not a bbolt database, an unknown bbolt
+ * format version, or a bbolt database without etcd's `key` bucket. Nothing was imported.
+ */
+export class NotEtcdSnapshotError extends EdgeError {
+  constructor(file: string, detail: string) {
+    super(
+      'EDGE_ERR_SNAPSHOT_NOT_ETCD',
+      `${file} is not an etcd snapshot: ${detail}; nothing was imported`,
+      422,
+    );
+  }
+}

@@ -19,11 +19,14 @@ import {
   parts,
   partCommands,
   restoreDatabase,
+  restoreFromEtcdSnapshot,
   runDaemon,
   runningPid,
   VERSION,
   verifyDatabaseFile,
+  writeEtcdBackup,
 } from './daemon/index.js';
+import { verifyEtcdSnapshot } from './etcd/index.js';
 import { ConfigError, EdgeError } from './errors.js';
 import { silentLogger } from './log.js';
 import type { CliCommand } from './part.js';
@@ -86,9 +89,12 @@ const builtins: CliCommand[] = [
     name: 'backup',
     summary: 'Copy the database to FILE, from a running daemon (--http) or a stopped node (--data-dir)',
     usage: [
-      'Usage: edgekeeper backup FILE [--http HOST:PORT | --data-dir DIR]',
+      'Usage: edgekeeper backup FILE [--format sqlite|etcd] [--http HOST:PORT | --data-dir DIR]',
       '',
       'Writes a consistent copy of the database to FILE and checks its integrity.',
+      '  --format sqlite    (default) the SQLite database, for `edgekeeper restore FILE`',
+      '  --format etcd      the snapshot etcd writes (bbolt + SHA-256): `etcdctl snapshot status|restore`',
+      "                     read it, so a real etcd member can start from this node's key space",
       `  --http HOST:PORT   ask the running daemon there (default ${DEFAULT_HTTP}); it streams an online backup`,
       "  --data-dir DIR     copy a stopped node's database from DIR (refused while a daemon runs on DIR)",
     ].join('\n'),
@@ -96,38 +102,72 @@ const builtins: CliCommand[] = [
       const { values, positionals } = parse(
         'backup',
         args,
-        { http: { type: 'string' }, 'data-dir': { type: 'string' } },
+        { http: { type: 'string' }, 'data-dir': { type: 'string' }, format: { type: 'string' } },
         1,
       );
       const file = resolve(positionals[0]!);
       const dataDir = values['data-dir'] as string | undefined;
+      const format = (values.format as string | undefined) ?? 'sqlite';
+      if (format !== 'sqlite' && format !== 'etcd') {
+        throw new UsageError(`backup: --format must be sqlite or etcd, got ${JSON.stringify(format)}`);
+      }
       if (dataDir !== undefined && values.http !== undefined) {
         throw new UsageError('give either --http or --data-dir, not both');
       }
-      if (dataDir !== undefined) return backupStopped(dataDir, file);
-      return backupRunning((values.http as string | undefined) ?? DEFAULT_HTTP, file);
+      if (dataDir !== undefined) return backupStopped(dataDir, file, format);
+      return backupRunning((values.http as string | undefined) ?? DEFAULT_HTTP, file, format);
     },
   },
   {
     name: 'restore',
-    summary: "Replace a stopped node's database with a verified backup",
+    summary: "Replace a stopped node's database with a verified backup or an etcd snapshot",
     usage: [
       'Usage: edgekeeper restore FILE [--data-dir DIR]',
+      '       edgekeeper restore --from-etcd SNAPSHOT [--data-dir DIR]',
       '',
       `Checks FILE's integrity, then replaces DIR/${DB_FILE} with it (default DIR: ${DEFAULT_DATA_DIR}).`,
       `The current database is kept as ${DB_FILE}.pre-restore-<time>. Refused while a daemon runs on DIR.`,
-      "  --data-dir DIR     the node's state directory",
+      "  --from-etcd SNAPSHOT  import an etcd 3.4/3.5 snapshot (`etcdctl snapshot save`, or a member's",
+      '                        member/snap/db): its keys with their history since its compact revision,',
+      '                        and its leases. The node keeps its identity; device reports, probe',
+      '                        samples and upload cursors start empty (the old ones stay in the kept file).',
+      "  --data-dir DIR        the node's state directory",
     ].join('\n'),
     async run(args) {
-      const { values, positionals } = parse('restore', args, { 'data-dir': { type: 'string' } }, 1);
-      const file = resolve(positionals[0]!);
+      const { values, positionals } = parse(
+        'restore',
+        args,
+        { 'data-dir': { type: 'string' }, 'from-etcd': { type: 'string' } },
+        hasFlag(args, 'from-etcd') ? 0 : 1,
+      );
+      const fromEtcd = values['from-etcd'] as string | undefined;
+      const file = resolve(fromEtcd ?? positionals[0]!);
       const dir = resolve((values['data-dir'] as string | undefined) ?? DEFAULT_DATA_DIR);
-      if (!existsSync(file)) return fail(`no backup file at ${file}`);
+      if (!existsSync(file)) return fail(`no ${fromEtcd ? 'etcd snapshot' : 'backup file'} at ${file}`);
       const pid = runningPid(dir);
       if (pid !== undefined) {
         return fail(
           `edgekeeper (pid ${pid}) is running on ${dir}; stop it first (systemctl stop edgekeeper), then restore`,
         );
+      }
+      if (fromEtcd) {
+        const r = await restoreFromEtcdSnapshot(file, dir, Date.now());
+        process.stdout.write(
+          `imported etcd ${r.layout} snapshot ${file} into ${join(dir, DB_FILE)}: revision ${r.revision}, ` +
+            `compact revision ${r.compactRevision}, ${r.keys} keys, ${r.rows} history entries, ${r.leases} leases` +
+            `${r.previous ? ` (previous database kept as ${r.previous})` : ''}\n`,
+        );
+        if (r.authEnabled) {
+          process.stdout.write(
+            "note: that etcd had authentication on; edgekeeper has no etcd users or roles: protect its API with loopback, the socket's permissions or TLS client certificates\n",
+          );
+        }
+        if (!r.hasHash) {
+          process.stdout.write(
+            'note: the file carries no SHA-256 (a raw database copy); its structure was checked, not its content\n',
+          );
+        }
+        return 0;
       }
       const r = await restoreDatabase(file, dir, Date.now());
       process.stdout.write(
@@ -193,15 +233,20 @@ function parse(
   return parsed as { values: Record<string, string | boolean | undefined>; positionals: string[] };
 }
 
+/** Whether `--NAME` appears in `args` (before parsing, to choose the positional count). */
+function hasFlag(args: string[], name: string): boolean {
+  return args.some((a) => a === `--${name}` || a.startsWith(`--${name}=`));
+}
+
 function fail(message: string): number {
   process.stderr.write(`edgekeeper: ${message}\n`);
   return 1;
 }
 
-async function backupRunning(http: string, file: string): Promise<number> {
+async function backupRunning(http: string, file: string, format: 'sqlite' | 'etcd'): Promise<number> {
   const hp = parseHostPort(http);
   if (!hp) throw new UsageError(`backup: --http must be HOST:PORT, got ${JSON.stringify(http)}`);
-  const url = `http://${hp.host.includes(':') ? `[${hp.host}]` : hp.host}:${hp.port}/v1/backup`;
+  const url = `http://${hp.host.includes(':') ? `[${hp.host}]` : hp.host}:${hp.port}/v1/backup${format === 'etcd' ? '?format=etcd' : ''}`;
   let res: Response;
   try {
     res = await fetch(url, { method: 'POST' });
@@ -228,7 +273,8 @@ async function backupRunning(http: string, file: string): Promise<number> {
       Readable.fromWeb(res.body as import('node:stream/web').ReadableStream),
       createWriteStream(tmp),
     );
-    verifyDatabaseFile(tmp);
+    if (format === 'etcd') await verifyEtcdSnapshot(tmp);
+    else verifyDatabaseFile(tmp);
     await rename(tmp, file);
   } catch (err) {
     await rm(tmp, { force: true });
@@ -238,7 +284,7 @@ async function backupRunning(http: string, file: string): Promise<number> {
   return 0;
 }
 
-async function backupStopped(dataDir: string, file: string): Promise<number> {
+async function backupStopped(dataDir: string, file: string, format: 'sqlite' | 'etcd'): Promise<number> {
   const dir = resolve(dataDir);
   const pid = runningPid(dir);
   if (pid !== undefined) {
@@ -256,6 +302,11 @@ async function backupStopped(dataDir: string, file: string): Promise<number> {
     migrations: [...daemonMigrations, ...parts.flatMap((p) => p.migrations ?? [])],
   });
   try {
+    if (format === 'etcd') {
+      await writeEtcdBackup(store, file, undefined, { verify: true });
+      process.stdout.write(`etcd snapshot written to ${file} (from ${dbFile})\n`);
+      return 0;
+    }
     await store.backup(tmp);
   } catch (err) {
     await rm(tmp, { force: true });

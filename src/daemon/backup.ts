@@ -8,6 +8,14 @@ import { mkdir, readdir, rename, rm, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import Database from 'better-sqlite3';
 import { CorruptDatabaseError } from '../errors.js';
+import {
+  appendSha256,
+  openEtcdSnapshot,
+  type SnapshotMember,
+  verifyEtcdSnapshot,
+  writeEtcdSnapshot,
+} from '../etcd/index.js';
+import { exportHistory, importHistory } from '../store/index.js';
 import type { Store } from '../store/types.js';
 
 export const DB_FILE = 'edgekeeper.db';
@@ -105,10 +113,15 @@ export async function restoreDatabase(
 ): Promise<{ previous?: string }> {
   verifyDatabaseFile(backup);
   await mkdir(dataDir, { recursive: true });
-  const target = join(dataDir, DB_FILE);
   const tmp = join(dataDir, `.${DB_FILE}.restore-${randomBytes(4).toString('hex')}.tmp`);
   copyFileSync(backup, tmp);
   fsyncFile(tmp);
+  return installDatabase(tmp, dataDir, nowMs);
+}
+
+/** Moves the current database aside (`.pre-restore-<time>`) and the verified `tmp` into its place. */
+async function installDatabase(tmp: string, dataDir: string, nowMs: number): Promise<{ previous?: string }> {
+  const target = join(dataDir, DB_FILE);
   let previous: string | undefined;
   const stamp = new Date(nowMs).toISOString().replace(/[-:.]/g, '');
   for (const suffix of ['', '-wal', '-shm']) {
@@ -127,4 +140,84 @@ export async function restoreDatabase(
   await rename(tmp, target);
   fsyncDir(dirname(target));
   return previous ? { previous: basename(previous) } : {};
+}
+
+/**
+ * `edgekeeper restore --from-etcd`: an etcd 3.4/3.5 snapshot (its history since the compact
+ * revision, its leases) becomes the node's database (the caller has made sure no daemon runs).
+ * The snapshot is checked first (SHA-256, bbolt meta, `key` bucket); its rows are imported into a
+ * new file in one transaction, which is integrity-checked before it replaces the database (kept
+ * as `.pre-restore-<time>`). Any failure removes the new file: the node's data is untouched.
+ * The node keeps its cluster and member IDs; the other parts' tables (device reports, probe
+ * samples, upload cursors) start empty, the old ones stay in the kept file.
+ */
+export async function restoreFromEtcdSnapshot(
+  snapshot: string,
+  dataDir: string,
+  nowMs: number,
+): Promise<{
+  previous?: string;
+  revision: number;
+  compactRevision: number;
+  rows: number;
+  keys: number;
+  leases: number;
+  hasHash: boolean;
+  layout: string;
+  authEnabled: boolean;
+}> {
+  const snap = await openEtcdSnapshot(snapshot);
+  await mkdir(dataDir, { recursive: true });
+  const tmp = join(dataDir, `.${DB_FILE}.etcd-import-${randomBytes(4).toString('hex')}.tmp`);
+  try {
+    const r = importHistory(tmp, snap.history(), { identityFrom: join(dataDir, DB_FILE) });
+    fsyncFile(tmp);
+    verifyDatabaseFile(tmp);
+    const installed = await installDatabase(tmp, dataDir, nowMs);
+    return {
+      ...installed,
+      ...r,
+      compactRevision: snap.compactRevision,
+      hasHash: snap.hasHash,
+      layout: snap.layout,
+      authEnabled: snap.authEnabled,
+    };
+  } catch (err) {
+    for (const suffix of ['', '-wal', '-shm', '-journal']) await rm(tmp + suffix, { force: true });
+    throw err;
+  } finally {
+    snap.close();
+  }
+}
+
+/**
+ * An etcd-format backup (what `etcdctl snapshot save` writes: the bbolt file and its SHA-256)
+ * of the store at one revision into `file`: written under a temporary name next to it, then
+ * renamed into place. `verify` reads it back through first (synchronous reads: not on a daemon's
+ * event loop; the CLI checks what the daemon sends instead).
+ */
+export async function writeEtcdBackup(
+  store: Pick<Store, 'query'>,
+  file: string,
+  member?: SnapshotMember,
+  opts: { verify?: boolean } = {},
+): Promise<{ revision: number; rows: number }> {
+  const tmp = join(dirname(file), `.${basename(file)}.${randomBytes(4).toString('hex')}.part`);
+  try {
+    const history = exportHistory(store);
+    let written: { revision: number; rows: number };
+    try {
+      written = await writeEtcdSnapshot(tmp, history, { member });
+    } finally {
+      history.close();
+    }
+    await appendSha256(tmp);
+    if (opts.verify) await verifyEtcdSnapshot(tmp);
+    await rename(tmp, file);
+    fsyncDir(dirname(file));
+    return { revision: written.revision, rows: written.rows };
+  } catch (err) {
+    await rm(tmp, { force: true });
+    throw err;
+  }
 }

@@ -17,7 +17,7 @@ import { createLogger, type Logger } from '../log.js';
 import type { Part, PartContext } from '../part.js';
 import { openStore } from '../store/index.js';
 import type { Store } from '../store/types.js';
-import { DB_FILE, runScheduledBackup } from './backup.js';
+import { DB_FILE, runScheduledBackup, writeEtcdBackup } from './backup.js';
 import { Compactor } from './compaction.js';
 import { daemonMigrations, Heartbeat, storeReadinessCheck } from './health.js';
 import { JobRecorder } from './jobs.js';
@@ -304,17 +304,20 @@ function addDaemonRoutes(
     });
   });
   // One backup at a time: each holds a full copy of the database on disk until it is sent.
+  // `?format=etcd`: the bbolt file etcd would snapshot, with its SHA-256 (etcdctl reads it).
   let busy: Promise<void> = Promise.resolve();
-  http.add('POST', '/v1/backup', (_req, res) => {
+  http.add('POST', '/v1/backup', (_req, res, url) => {
+    const etcd = url.searchParams.get('format') === 'etcd';
     const run = busy.then(async () => {
       const tmp = join(stateDir, `.http-backup-${randomBytes(6).toString('hex')}.db`);
       try {
-        await store.backup(tmp);
+        if (etcd) await writeEtcdBackup(store, tmp, { name: config.node.name, clientUrls: [] });
+        else await store.backup(tmp);
         const { size } = await stat(tmp);
         res.writeHead(200, {
-          'content-type': 'application/vnd.sqlite3',
+          'content-type': etcd ? 'application/octet-stream' : 'application/vnd.sqlite3',
           'content-length': size,
-          'content-disposition': `attachment; filename="edgekeeper-${config.node.name}.db"`,
+          'content-disposition': `attachment; filename="edgekeeper-${config.node.name}${etcd ? '.etcd' : ''}.db"`,
         });
         await pipeline(createReadStream(tmp), res);
       } finally {

@@ -8,7 +8,14 @@ import { createLogger } from '../log.js';
 import { type Daemon, type DaemonOptions, startDaemon } from './daemon.js';
 import type { PartEntry } from './parts.js';
 
-export { DB_FILE, restoreDatabase, runScheduledBackup, verifyDatabaseFile } from './backup.js';
+export {
+  DB_FILE,
+  restoreDatabase,
+  restoreFromEtcdSnapshot,
+  runScheduledBackup,
+  verifyDatabaseFile,
+  writeEtcdBackup,
+} from './backup.js';
 export { Compactor } from './compaction.js';
 export { type Daemon, type DaemonOptions, startDaemon } from './daemon.js';
 export { daemonMigrations, Heartbeat, storeReadinessCheck } from './health.js';

@@ -19,6 +19,14 @@ import {
 export { etcdCliCommands, startEtcdServer };
 export type { EtcdServer, EtcdServerOptions };
 export { ETCD_COMPAT_VERSION, isLoopbackHost } from './server.js';
+export {
+  appendSha256,
+  type EtcdSnapshot,
+  openEtcdSnapshot,
+  type SnapshotMember,
+  verifyEtcdSnapshot,
+  writeEtcdSnapshot,
+} from './snapshot/index.js';
 
 /** The `etcd` config section's values (see etcdConfigSection for each field's meaning). */
 export interface EtcdOptions {

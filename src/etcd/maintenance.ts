@@ -4,6 +4,7 @@
  * (moving leadership, downgrades, membership changes) is refused with a message that says why.
  */
 import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
 import { open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -13,9 +14,11 @@ import type {
   ServerWritableStream,
   UntypedServiceImplementation,
 } from '@grpc/grpc-js';
+import { exportHistory } from '../store/index.js';
 import { type EtcdContext, unary } from './context.js';
 import { Code, ETCD_MESSAGES, grpcError, toGrpcError } from './errors.js';
 import { type Decoded, long, num } from './proto.js';
+import { writeEtcdSnapshot } from './snapshot/index.js';
 
 // biome-ignore lint/suspicious/noExplicitAny: decoded wire messages are dynamically shaped
 type M = Decoded & Record<string, any>;
@@ -103,8 +106,10 @@ export function maintenanceService(ctx: EtcdContext): UntypedServiceImplementati
 }
 
 /**
- * A consistent copy (the store's online backup into a temporary file), streamed in etcd's chunk
- * size with `remaining_bytes` counting down, then removed. The stream honours backpressure.
+ * The store's history as the bbolt file an etcd member would snapshot (./snapshot/), written from
+ * one read transaction into a temporary file (memory stays at a few pages; the disk holds the
+ * snapshot once), then streamed in etcd's chunk size with `remaining_bytes` counting down and the
+ * file's SHA-256 as the last 32 bytes, as etcd sends it. The stream honours backpressure.
  */
 async function streamSnapshot(ctx: EtcdContext, call: ServerWritableStream<M, object>): Promise<void> {
   // In the state directory when there is one: same filesystem as the database, not a small tmpfs.
@@ -113,27 +118,35 @@ async function streamSnapshot(ctx: EtcdContext, call: ServerWritableStream<M, ob
     `.edgekeeper-snapshot-${process.pid}-${randomBytes(6).toString('hex')}.db`,
   );
   let cancelled = false;
-  call.on('cancelled', () => {
-    cancelled = true;
-  });
+  const cancel = new Promise<void>((resolve) =>
+    call.once('cancelled', () => {
+      cancelled = true;
+      resolve();
+    }),
+  );
   try {
-    await ctx.store.backup(file);
+    const history = exportHistory(ctx.store);
+    let revision: number;
+    try {
+      ({ revision } = await writeEtcdSnapshot(file, history, {
+        member: { name: ctx.nodeName, clientUrls: ctx.clientUrls() },
+      }));
+    } finally {
+      history.close();
+    }
     const fh = await open(file, 'r');
     try {
       const { size: fileSize } = await fh.stat();
-      // etcd appends the SHA-256 of the database to the stream and etcdctl's `snapshot save`
-      // refuses a snapshot without it; we do the same (the saved file is the SQLite database
-      // followed by 32 bytes of digest).
       const size = fileSize + 32;
       const hash = createHash('sha256');
       let sent = 0;
-      const header = ctx.hdr(ctx.store.revision());
+      const header = ctx.hdr(revision);
       while (!cancelled && sent < size) {
         let blob: Buffer;
         if (sent < fileSize) {
           const chunk = Buffer.allocUnsafe(Math.min(SNAPSHOT_CHUNK, fileSize - sent));
           const { bytesRead } = await fh.read(chunk, 0, chunk.length, sent);
-          if (bytesRead === 0) throw new Error('snapshot copy shrank while streaming');
+          if (bytesRead === 0) throw new Error('snapshot file shrank while streaming');
           blob = chunk.subarray(0, bytesRead);
           hash.update(blob);
         } else {
@@ -141,7 +154,8 @@ async function streamSnapshot(ctx: EtcdContext, call: ServerWritableStream<M, ob
         }
         sent += blob.length;
         const msg = { header, remaining_bytes: size - sent, blob, version: ctx.version };
-        if (!call.write(msg)) await new Promise<void>((resolve) => call.once('drain', resolve));
+        // A client that leaves while we wait for `drain` must not keep us (and the file) forever.
+        if (!call.write(msg)) await Promise.race([once(call, 'drain'), cancel]);
       }
       ctx.metrics.count('Snapshot', 0);
       call.end();

@@ -5,4 +5,12 @@
 export { openStore, pendingWrites } from './store.js';
 export { prefixEnd } from './keys.js';
 export { blobColumn } from './columns.js';
+export {
+  exportHistory,
+  type HistoryExport,
+  type HistoryImport,
+  type HistoryLease,
+  type HistoryRow,
+  importHistory,
+} from './history.js';
 export type * from './types.js';

@@ -2,7 +2,7 @@
  * Shared by the etcd tests and benches: an edgekeeper etcd server on a fresh store in a temp dir,
  * a real etcd 3.4 on free loopback ports, and small process helpers that always clean up.
  */
-import { type ChildProcess, spawn } from 'node:child_process';
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -77,12 +77,43 @@ export interface RealEtcd {
   close(): Promise<void>;
 }
 
-/** Real etcd 3.4 on loopback with a temp data dir (../shared/peers.md), ready when it answers. */
-export async function startRealEtcd(prefix: string[] = [], extraArgs: string[] = []): Promise<RealEtcd> {
+/**
+ * Real etcd 3.4 on loopback with a temp data dir (../shared/peers.md), ready when it answers.
+ * `opts.snapshot`: the data dir is first made by `etcdctl snapshot restore` of that file.
+ */
+export async function startRealEtcd(
+  prefix: string[] = [],
+  extraArgs: string[] = [],
+  opts: { snapshot?: string } = {},
+): Promise<RealEtcd> {
   requirePeer(ETCD_BIN, 'etcd-server');
   const dir = mkdtempSync(join(tmpdir(), 'ek-realetcd-'));
   const port = await freePort();
   const peer = await freePort();
+  if (opts.snapshot) {
+    requirePeer(ETCDCTL_BIN, 'etcd-client');
+    const r = spawnSync(
+      ETCDCTL_BIN,
+      [
+        'snapshot',
+        'restore',
+        opts.snapshot,
+        '--data-dir',
+        join(dir, 'etcd'),
+        '--name',
+        't',
+        '--initial-cluster',
+        `t=http://127.0.0.1:${peer}`,
+        '--initial-advertise-peer-urls',
+        `http://127.0.0.1:${peer}`,
+      ],
+      { env: { ...process.env, ETCDCTL_API: '3' }, encoding: 'utf8', timeout: 30_000 },
+    );
+    if (r.status !== 0) {
+      rmSync(dir, { recursive: true, force: true });
+      throw new Error(`etcdctl snapshot restore failed (${r.status}): ${r.stderr}`);
+    }
+  }
   const args = [
     '--name',
     't',
