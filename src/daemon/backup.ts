@@ -197,7 +197,7 @@ export async function restoreFromEtcdSnapshot(
  * event loop; the CLI checks what the daemon sends instead).
  */
 export async function writeEtcdBackup(
-  store: Pick<Store, 'query'>,
+  store: Pick<Store, 'query' | 'revision'>,
   file: string,
   member?: SnapshotMember,
   opts: { verify?: boolean } = {},

@@ -6,6 +6,7 @@
 import { existsSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import { InvalidArgumentError } from '../errors.js';
+import { PAGE_SIZE } from './engine.js';
 import { migrate } from './sql/schema.js';
 import type { Store } from './types.js';
 
@@ -51,7 +52,7 @@ export interface HistoryExport {
  * transaction, so the export is consistent at `revision` while the store keeps writing (WAL
  * readers see a snapshot). The rows come from an open cursor: memory stays at one row.
  */
-export function exportHistory(store: Pick<Store, 'query'>): HistoryExport {
+export function exportHistory(store: Pick<Store, 'query' | 'revision'>): HistoryExport {
   const file = (store.query<{ name: string; file: string }>('PRAGMA database_list').all() ?? []).find(
     (d) => d.name === 'main',
   )?.file;
@@ -70,6 +71,9 @@ export function exportHistory(store: Pick<Store, 'query'>): HistoryExport {
     }
   };
   try {
+    // The store's durable revision: a batch still syncing is committed in the file but not yet
+    // acknowledged, and stays out. Read before the snapshot, so every row up to it is in it.
+    const durable = store.revision();
     db.exec('BEGIN');
     const meta = new Map(
       (
@@ -79,7 +83,7 @@ export function exportHistory(store: Pick<Store, 'query'>): HistoryExport {
         }[]
       ).map((r) => [r.name, r.value]),
     );
-    const revision = Number(meta.get('revision') ?? 1n);
+    const revision = durable;
     const compactRevision = Number(meta.get('compact_revision') ?? 0n);
     const leases = (
       db.prepare('SELECT id, ttl FROM leases ORDER BY id').safeIntegers(true).all() as {
@@ -89,11 +93,13 @@ export function exportHistory(store: Pick<Store, 'query'>): HistoryExport {
     ).map((r) => ({ id: r.id, ttl: Number(r.ttl) }));
     // Plain numbers are far cheaper than safeIntegers' BigInts; only a lease ID (int64) needs
     // more than 53 bits, so it comes as text when it is set.
+    // Below the compact revision only each key's newest row at it, when a put (the log has no
+    // index by key: the newest rows come from one grouped scan).
     const rows = db.prepare(
       `SELECT rev, key, deleted, create_rev, version,
          CASE WHEN lease = 0 THEN NULL ELSE CAST(lease AS TEXT) END AS lease, value FROM kv_log l
-       WHERE l.rev >= :c OR (l.deleted = 0 AND NOT EXISTS
-         (SELECT 1 FROM kv_log n WHERE n.key = l.key AND n.rev > l.rev AND n.rev <= :c))
+       WHERE l.rev <= :r AND (l.rev >= :c OR (l.deleted = 0 AND l.id IN
+         (SELECT max(id) FROM kv_log WHERE rev <= :c GROUP BY key)))
        ORDER BY l.id`,
     );
     type Raw = {
@@ -105,7 +111,7 @@ export function exportHistory(store: Pick<Store, 'query'>): HistoryExport {
       lease: string | null;
       value: Buffer;
     };
-    const cursor = rows.iterate({ c: compactRevision }) as IterableIterator<Raw>;
+    const cursor = rows.iterate({ c: compactRevision, r: revision }) as IterableIterator<Raw>;
     iter = cursor;
     function* gen(): IterableIterator<HistoryRow> {
       for (const r of cursor)
@@ -164,6 +170,7 @@ export function importHistory(
   const db = new Database(file);
   try {
     // A new file nobody else sees: no journal to fsync for each step; the caller fsyncs the result.
+    db.pragma(`page_size = ${PAGE_SIZE}`);
     db.pragma('journal_mode = OFF');
     db.pragma('synchronous = OFF');
     db.pragma('cache_size = -65536');
@@ -173,32 +180,41 @@ export function importHistory(
     let revision = 1;
     db.transaction(() => {
       const ins = db.prepare(
-        'INSERT INTO kv_log (rev, key, deleted, create_rev, version, lease, value) VALUES (?, ?, ?, ?, ?, ?, ?)',
+        'INSERT INTO kv_log (rev, key, deleted, create_rev, version, lease, prev_id, value) VALUES (?, ?, ?, ?, ?, ?, ?, ?)',
       );
+      // Each row points at the previous row of its key (the store walks history that way).
+      const newest = new Map<string, number>();
       let last = 0;
       for (const r of data.rows) {
         if (r.rev < last)
           throw new InvalidArgumentError(`history rows out of order: revision ${r.rev} after ${last}`);
         last = r.rev;
-        ins.run(r.rev, r.key, r.deleted ? 1 : 0, r.createRev, r.version, r.lease, r.value);
+        const k = r.key.toString('latin1');
+        const id = ins.run(
+          r.rev,
+          r.key,
+          r.deleted ? 1 : 0,
+          r.createRev,
+          r.version,
+          r.lease,
+          newest.get(k) ?? null,
+          r.value,
+        ).lastInsertRowid;
+        newest.set(k, Number(id));
         rows++;
       }
+      newest.clear();
       const insLease = db.prepare('INSERT INTO leases (id, ttl) VALUES (?, ?)');
       for (const l of data.leases) {
         insLease.run(l.id, l.ttl);
         leases++;
       }
-      // What the store's compaction leaves below the compact revision (engine.ts, compactDel).
+      // What the store's compaction leaves below the compact revision (engine.ts, compactChunk):
+      // each key's newest row at it, unless that is a delete.
       db.prepare(
-        `DELETE FROM kv_log WHERE rev < :c AND (deleted = 1 OR EXISTS
-           (SELECT 1 FROM kv_log n WHERE n.key = kv_log.key AND n.rev > kv_log.rev AND n.rev <= :c))`,
+        `DELETE FROM kv_log WHERE rev < :c AND (deleted = 1 OR id NOT IN
+           (SELECT max(id) FROM kv_log WHERE rev <= :c GROUP BY key))`,
       ).run({ c: data.compactRevision });
-      // The live key space: each key's latest row, when it is a put.
-      db.exec(
-        `INSERT INTO kv (key, log_id, create_rev, mod_rev, version, lease)
-         SELECT key, id, create_rev, rev, version, lease FROM kv_log
-         WHERE id IN (SELECT max(id) FROM kv_log GROUP BY key) AND deleted = 0`,
-      );
       const setMeta = db.prepare('INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)');
       revision = Math.max(1, data.revision, last, data.compactRevision);
       setMeta.run('revision', revision);
@@ -210,7 +226,12 @@ export function importHistory(
         setMeta.run('member_id', identity.memberId);
       }
     })();
-    const keys = db.prepare('SELECT count(*) FROM kv').pluck().get() as number;
+    const keys = db
+      .prepare(
+        'SELECT count(*) FROM kv_log WHERE id IN (SELECT max(id) FROM kv_log GROUP BY key) AND deleted = 0',
+      )
+      .pluck()
+      .get() as number;
     db.pragma('journal_mode = WAL');
     return { revision, rows, keys, leases };
   } finally {
