@@ -11,7 +11,7 @@ import { createUplink, SYNC_STATE_SQL } from './uplink.js';
 
 export { syncConfigSection } from './config.js';
 export type { FleetServer, FleetServerOptions } from './receiver/server.js';
-export type { SyncOptions, SyncPart, SyncState, SyncStatus } from './types.js';
+export type { NodeHealthInput, SyncOptions, SyncPart, SyncState, SyncStatus } from './types.js';
 export { DESIRED_PREFIX, DESIRED_VERSION_KEY } from './uplink.js';
 
 /**
