@@ -381,12 +381,12 @@ describe('uplink', () => {
     await insertReports(store, 1000);
     await part.start();
     await waitFor('reports refused', () => part.admitReports() === false);
-    assert.match(ctx.readiness.get('sync')!() ?? '', /disk budget/);
+    assert.match(ctx.checks.get('sync')!() ?? '', /disk budget/);
     down = false;
     await assertExactlyOnce('stopack', store, ['reports']);
     await waitFor('reports admitted again', () => part.admitReports());
     assert.equal(part.status().droppedRecords, 0);
-    assert.equal(ctx.readiness.get('sync')!(), undefined);
+    assert.equal(ctx.checks.get('sync')!(), undefined);
   });
 
   test('Retry-After is honoured on the injected clock', async () => {
