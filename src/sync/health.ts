@@ -74,6 +74,8 @@ export class HealthTracker {
   private prev: Look | undefined;
   private latest: Observation | undefined;
   private writing: Promise<number> | undefined;
+  /** Each recorded alert's latest text: kept in memory only (a changed number writes nothing). */
+  private lastText = new Map<string, string>();
   /** Rows written since start (tests and status). */
   written = 0;
 
@@ -136,6 +138,7 @@ export class HealthTracker {
       next.ready = look.ready;
     }
     if (look.alerts && prev.alerts) {
+      for (const [key, a] of look.alerts) this.lastText.set(key, a.text);
       for (const [key, a] of look.alerts) {
         if (next.alerts[key] || !prev.alerts.has(key)) continue;
         rows.push([at, 'alert.raised', a.subject, JSON.stringify({ severity: a.severity, text: a.text })]);
@@ -143,7 +146,8 @@ export class HealthTracker {
       }
       for (const [key, a] of Object.entries(next.alerts)) {
         if (look.alerts.has(key) || prev.alerts.has(key)) continue;
-        rows.push([at, 'alert.cleared', a.subject, JSON.stringify({ severity: a.severity, text: a.text })]);
+        const text = this.lastText.get(key) ?? a.text;
+        rows.push([at, 'alert.cleared', a.subject, JSON.stringify({ severity: a.severity, text })]);
         delete next.alerts[key];
       }
     }

@@ -171,6 +171,8 @@ export async function startFleetServer(opts: FleetServerOptions): Promise<FleetS
     );
     const node = r.rows[0];
     if (!node) throw new SyncUnknownNodeError(name);
+    // Decommissioned: no token left to check; the node learns why it is refused.
+    if (node.status === 'decommissioned') await refuse(node);
     const sock = req.socket as Partial<TLSSocket>;
     const byCert =
       sock.authorized === true &&
@@ -187,15 +189,17 @@ export async function startFleetServer(opts: FleetServerOptions): Promise<FleetS
       if (given.length !== want.length || !timingSafeEqual(given, want))
         throw new SyncUnauthorizedError(`wrong token for node ${name}`);
     }
-    if (node.status !== 'active') {
-      // Noted (at most once a minute) so the operator sees a revoked node that still calls in.
-      await pool.query(
-        "UPDATE fleet_nodes SET refused_at = now() WHERE id = $1 AND (refused_at IS NULL OR refused_at < now() - interval '1 minute')",
-        [node.id],
-      );
-      throw new SyncRevokedError(name, node.status);
-    }
+    if (node.status !== 'active') await refuse(node);
     return node;
+  }
+
+  async function refuse(node: NodeRow): Promise<never> {
+    // Noted (at most once a minute) so the operator sees a retired node that still calls in.
+    await pool.query(
+      "UPDATE fleet_nodes SET refused_at = now() WHERE id = $1 AND (refused_at IS NULL OR refused_at < now() - interval '1 minute')",
+      [node.id],
+    );
+    throw new SyncRevokedError(node.name, node.status);
   }
 
   async function handleBatch(req: IncomingMessage, res: ServerResponse, nodeName: string): Promise<void> {
