@@ -287,8 +287,7 @@ test('the health summary round-trips, and a malformed one is refused', () => {
   const got = decodeBatch(encodeBatch({ ...base, health: { ...health, failing: hostile } })).health!;
   assert.equal(Object.getPrototypeOf(got.failing), Object.prototype);
   assert.equal(decodeBatch(encodeBatch(base)).health, undefined, 'older nodes send none');
-  const raw = (h: unknown) =>
-    encodeCbor({ v: 1, n: 'n', st: 'ab', q: 1, t: 5, a: null, bl: [0, 0, 0], h });
+  const raw = (h: unknown) => encodeCbor({ v: 1, n: 'n', st: 'ab', q: 1, t: 5, a: null, bl: [0, 0, 0], h });
   for (const [what, h] of [
     ['not a map', 'ok'],
     ['ready missing', { d: false, u: 'ok', nx: 60 }],

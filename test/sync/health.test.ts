@@ -26,7 +26,9 @@ function healthy(over: Partial<Observation> = {}): Observation {
 
 function events(store: Store): { kind: string; subject: string | null; data: Record<string, unknown> }[] {
   return store
-    .query<{ kind: string; subject: string | null; data: string }>('SELECT kind, subject, data FROM events ORDER BY id')
+    .query<{ kind: string; subject: string | null; data: string }>(
+      'SELECT kind, subject, data FROM events ORDER BY id',
+    )
     .all()
     .map((e) => ({ kind: e.kind, subject: e.subject, data: JSON.parse(e.data) as Record<string, unknown> }));
 }
@@ -48,7 +50,8 @@ describe('node health tracker', () => {
     let obs = healthy();
     const make = () =>
       new HealthTracker(store, clock, silentLogger(), () => {
-        if (quotaBytes !== undefined) return { ...obs, diskFull: store.stats().noSpace ? 'quota' : undefined };
+        if (quotaBytes !== undefined)
+          return { ...obs, diskFull: store.stats().noSpace ? 'quota' : undefined };
         return obs;
       });
     const tracker = make();
@@ -131,7 +134,7 @@ describe('node health tracker', () => {
     assert.deepEqual(Object.keys(got[5]!.data.failing as object).sort(), ['store', 'sync']);
     // The clear carries the alert's last text.
     assert.equal(got[7]!.data.text, 'disk 97% full');
-    assert.equal(got[9]!.data.downSeconds, 70, "first look down at 30 s, first look up at 100 s");
+    assert.equal(got[9]!.data.downSeconds, 70, 'first look down at 30 s, first look up at 100 s');
   });
 
   test('unknown alerts (no frame drawn yet) clear nothing', async () => {
