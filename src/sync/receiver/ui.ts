@@ -119,7 +119,11 @@ function stateParam(q: Required<ListQuery>): string {
 function backlogCell(n: NodeRowView): string {
   if (!n.backlog) return '<span class="muted">–</span>';
   if (n.backlogRecords === 0) return '<span class="muted">0</span>';
-  const age = n.oldestUnsentSeconds ? ` · ${fmtDuration(n.oldestUnsentSeconds)}` : '';
+  // The age matters once uploads fall behind; a few seconds is a node working normally.
+  const age =
+    n.oldestUnsentSeconds && n.oldestUnsentSeconds >= 60
+      ? ` <span class="age">· ${fmtDuration(n.oldestUnsentSeconds)} old</span>`
+      : '';
   return `${num(n.backlogRecords)}${age}`;
 }
 
@@ -159,7 +163,7 @@ export function fleetPage(r: ListResult, q: Required<ListQuery>, ctx: PageContex
   const pages = Math.max(1, Math.ceil(r.total / r.limit));
   const from = r.total === 0 ? 0 : (r.page - 1) * r.limit + 1;
   const to = Math.min(r.total, r.page * r.limit);
-  const nav = `<div class="pager">${r.nodes.length ? `${num(from)}–${num(to)} of ${num(r.total)}` : `no nodes on page ${num(r.page)} of ${num(pages)}`}
+  const nav = `<div class="pager">${r.nodes.length ? `${num(from)}–${num(to)} of ${num(r.total)}` : `no nodes on page ${num(r.page)}`}
 ${r.page > 1 ? `<a href="${esc(listHref(q, state, { page: r.page - 1 }))}">‹ previous</a>` : ''}
 <span>page ${num(r.page)} of ${num(pages)}</span>
 ${r.page < pages ? `<a href="${esc(listHref(q, state, { page: r.page + 1 }))}">next ›</a>` : ''}</div>`;
@@ -186,6 +190,7 @@ ${r.page < pages ? `<a href="${esc(listHref(q, state, { page: r.page + 1 }))}">n
 <label>per page <select name="limit">${limitOptions}</select></label>
 ${q.sort !== 'health' ? `<input type="hidden" name="sort" value="${esc(q.sort)}">` : ''}
 <button>Apply</button>${q.q || state !== 'active' ? ' <a href="/">clear</a>' : ''}
+<span class="grow"></span>${nav}
 </form>
 <table class="nodes"><thead><tr><th class="hcol">${sortLink('health', 'Health')}</th><th>${sortLink('name', 'Node')}</th><th>Problem</th>
 <th>${sortLink('contact', 'Last contact')}</th><th class="num">${sortLink('backlog', 'Backlog')}</th><th>Version</th></tr></thead>
@@ -222,9 +227,20 @@ function eventDetail(data: string | null): string {
   try {
     const v = JSON.parse(data) as unknown;
     if (v && typeof v === 'object' && !Array.isArray(v)) {
-      text = Object.entries(v as Record<string, unknown>)
-        .map(([k, x]) => `${k}: ${typeof x === 'object' && x !== null ? JSON.stringify(x) : String(x)}`)
-        .join('; ');
+      const parts: string[] = [];
+      const walk = (o: Record<string, unknown>, prefix: string) => {
+        for (const [k, x] of Object.entries(o)) {
+          if (x && typeof x === 'object' && !Array.isArray(x) && !prefix)
+            walk(x as Record<string, unknown>, `${k}.`);
+          else if (typeof x === 'number' && /Bytes$/.test(k)) parts.push(`${prefix}${k}: ${fmtBytes(x)}`);
+          else
+            parts.push(
+              `${prefix}${k}: ${typeof x === 'object' && x !== null ? JSON.stringify(x) : String(x)}`,
+            );
+        }
+      };
+      walk(v as Record<string, unknown>, '');
+      text = parts.join('; ');
     }
   } catch {
     // Not JSON: shown as it is.
@@ -324,7 +340,13 @@ ${confirm('decommission', 'Decommission', 'The node is gone for good: its token 
 <div class="title">${badge(n.health)} <h1>${esc(n.name)}</h1> <span class="problem t-${n.health}">${esc(n.problem ?? '')}</span></div>
 <div class="node-grid"><section>
 <table class="facts">
-<tr><th>Last contact</th><td>${when(n.lastSeen, ctx.now)}${n.expectBy ? ` · next expected ${when(n.expectBy, ctx.now)}` : ''}</td></tr>
+<tr><th>Last contact</th><td>${when(n.lastSeen, ctx.now)}${
+    n.expectBy && n.status === 'active'
+      ? n.expectBy.getTime() >= ctx.now
+        ? ` · next batch due in ${fmtDuration((n.expectBy.getTime() - ctx.now) / 1000)}`
+        : ` · <span class="t-stale">next batch overdue by ${fmtDuration((ctx.now - n.expectBy.getTime()) / 1000)}</span>`
+      : ''
+  }</td></tr>
 <tr><th>Status</th><td>${esc(n.status)}${n.statusAt && n.status !== 'active' ? ` ${when(n.statusAt, ctx.now)}` : ''}${n.refusedAt ? ` · last refused upload ${when(n.refusedAt, ctx.now)}` : ''}</td></tr>
 ${summaryRows(s)}
 <tr><th>Backlog</th><td>${n.backlog ? `${num(n.backlogRecords)} records (events ${num(n.backlog.events)}, reports ${num(n.backlog.reports)}, samples ${num(n.backlog.samples)})${n.oldestUnsentSeconds ? `, oldest ${fmtDuration(n.oldestUnsentSeconds)}` : ''}` : 'unknown'}</td></tr>
@@ -413,7 +435,8 @@ table.nodes tr:hover td{background:#f3f7fb}
 .h-alert .problem{color:var(--alert)}.h-warn .problem{color:var(--warn)}.h-stale .problem{color:var(--stale)}.h-revoked .problem,.h-retired .problem{color:var(--muted)}
 .pending{color:var(--warn);font-weight:600}
 .empty{text-align:center;color:var(--muted);padding:20px}
-.pager{display:flex;gap:14px;align-items:center;padding:8px 2px}
+.pager{display:flex;gap:14px;align-items:center;padding:6px 2px}
+.age{color:var(--warn)}
 .title{display:flex;align-items:center;gap:10px;margin:4px 0 10px}
 .title h1{font-size:20px;margin:0}
 .title .problem{font-size:14px;font-weight:600}
@@ -431,7 +454,7 @@ ul.alerts li{padding:3px 0}
 figure.frame{margin:0;position:relative}
 figure.frame img{display:block;max-width:100%;border:1px solid #c9ced4;background:#000}
 figure.frame.old img{opacity:.45;filter:grayscale(1)}
-.stale-note{position:absolute;top:40%;left:0;right:0;text-align:center;background:var(--stale);color:#fff;font-weight:700;padding:8px}
+.stale-note{position:absolute;z-index:1;top:0;left:0;right:0;text-align:center;background:var(--stale);color:#fff;font-weight:700;padding:19px 8px}
 figcaption{color:var(--muted);margin-top:4px}
 .frame-none{width:400px}
 textarea{width:100%;font:12px/1.35 ui-monospace,"DejaVu Sans Mono",monospace;border:1px solid #a9b2bc;border-radius:3px;padding:6px}
