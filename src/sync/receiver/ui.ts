@@ -475,4 +475,3 @@ body.login{display:flex;justify-content:center;align-items:center;min-height:100
 .login-box input{padding:5px 7px;border:1px solid #a9b2bc;border-radius:3px}
 `;
 
-export type { Health };
