@@ -274,6 +274,49 @@ export class SyncUploadError extends EdgeError {
   }
 }
 
+/** The node's token or certificate is valid but the node was revoked or decommissioned on the receiver. */
+export class SyncRevokedError extends EdgeError {
+  constructor(node: string, status: string) {
+    super(
+      'EDGE_ERR_SYNC_REVOKED',
+      `node ${JSON.stringify(node)} is ${status} on the fleet server; a new token (fleet-node rotate) lets a revoked node in again`,
+      401,
+    );
+  }
+}
+
+/** Fleet server operator routes: admin credentials missing or wrong. */
+export class FleetUnauthorizedError extends EdgeError {
+  constructor(detail: string) {
+    super('EDGE_ERR_FLEET_UNAUTHORIZED', `unauthorized: ${detail}`, 401);
+  }
+}
+
+/** Fleet server: a write from a browser session without its CSRF token, from another site, or with Basic credentials. */
+export class FleetCsrfError extends EdgeError {
+  constructor(detail: string) {
+    super('EDGE_ERR_FLEET_CSRF', `write refused: ${detail}`, 403);
+  }
+}
+
+/** Fleet server: a node lifecycle action that the node's state does not allow (add an existing node, rotate a decommissioned one). */
+export class FleetNodeStateError extends EdgeError {
+  constructor(detail: string) {
+    super('EDGE_ERR_FLEET_NODE_STATE', detail, 409);
+  }
+}
+
+/** Fleet server: too many failed admin logins from one address; wait a minute. */
+export class FleetTooManyAttemptsError extends EdgeError {
+  constructor(readonly retryAfterSeconds: number) {
+    super(
+      'EDGE_ERR_FLEET_TOO_MANY_ATTEMPTS',
+      `too many failed admin logins from this address; try again in ${retryAfterSeconds} s`,
+      429,
+    );
+  }
+}
+
 // --- frames ---------------------------------------------------------------------------------------
 
 /** `GET /frame.png?size=` or `edgekeeper frame --size` named a size edgekeeper does not lay out. */

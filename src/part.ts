@@ -30,6 +30,8 @@ export interface PartContext {
   nodeName: string;
   /** Register a readiness check that names what is wrong ("store commit p99 120 ms > 50 ms"). */
   addReadinessCheck(name: string, check: ReadinessCheck): void;
+  /** Every readiness check run now (what /readyz answers); absent outside the daemon. */
+  readiness?(): { ready: boolean; failing: Record<string, string> };
 }
 
 export interface Part {

@@ -18,9 +18,11 @@ declare -A probe=(
   [systemd]="cmd:systemd-analyze"
   [util-linux]="cmd:unshare"
   [iproute2]="cmd:ip"
+  [chromium]="cmd:chromium"
+  [prometheus]="cmd:promtool"
 )
 order=(etcd-server etcd-client mosquitto mosquitto-clients bpftrace postgresql strace tesseract-ocr
-  fonts-dejavu-core systemd util-linux iproute2)
+  fonts-dejavu-core systemd util-linux iproute2 chromium prometheus)
 
 present() {
   local kind="${1%%:*}" what="${1#*:}"
@@ -56,7 +58,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update
     apt-get install -y "${missing[@]}"
     # Whatever started anyway (systemd as PID 1 ignores policy-rc.d): stop it.
-    for svc in postgresql mosquitto etcd; do
+    for svc in postgresql mosquitto etcd prometheus prometheus-node-exporter; do
       if [ -d /run/systemd/system ]; then
         if systemctl is-active --quiet "$svc" 2>/dev/null; then
           systemctl stop "$svc" || true

@@ -161,6 +161,7 @@ export async function startDaemon(
       stateDir,
       nodeName: config.node.name,
       addReadinessCheck: (name, check) => http.addReadinessCheck(name, check),
+      readiness: () => http.readiness(),
     };
     const started: Part[] = [];
     cleanups.push(async () => {

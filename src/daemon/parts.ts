@@ -40,6 +40,7 @@ import {
 import type { Migration } from '../store/types.js';
 import {
   createSyncPart,
+  type NodeHealthInput,
   type SyncOptions,
   type SyncPart,
   type SyncStatus,
@@ -108,6 +109,7 @@ export const parts: PartEntry[] = [
       createSyncPart(ctx, {
         ...section<SyncOptions>(config, 'sync'),
         framePng: async () => (peers.get('frames') as FramesPart | undefined)?.latestPng(),
+        health: () => nodeHealth(ctx, peers),
       }),
   },
   {
@@ -190,6 +192,25 @@ export function frameSources(peers: Peers): FrameSources {
         if (/budget/.test(state)) out.push({ severity: 'info', text: `probe ${name} stopped: ${state}` });
       return out;
     },
+  };
+}
+
+/**
+ * The node's health for the fleet: readiness, and the alerts the status frame shows (the frame's
+ * own causes too: disk, SoC, quota). The uplink's alerts are left out: the uplink records its
+ * own state as uplink.* and disk.* events.
+ */
+export function nodeHealth(ctx: PartContext, peers: Peers): NodeHealthInput {
+  const r = ctx.readiness?.() ?? { ready: true, failing: {} };
+  const snap = (peers.get('frames') as FramesPart | undefined)?.latestSnapshot();
+  const alerts =
+    snap && !snap.alertsUnknown ? snap.alerts : snap ? undefined : frameSources(peers).alerts?.();
+  return {
+    ready: r.ready,
+    failing: r.failing,
+    alerts: alerts?.filter((a) => !a.text.startsWith('uplink ')),
+    diskUsedBytes: snap?.system.diskUsedBytes,
+    diskTotalBytes: snap?.system.diskTotalBytes,
   };
 }
 

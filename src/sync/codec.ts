@@ -5,6 +5,7 @@
  *
  *   { v: 1, n: node, st: database stream id (hex), q: seq, t: sentAt ms, a: applied desired version | null,
  *     b: [backlog events, backlog reports, backlog samples],
+ *     h?: HealthSummary (wire keys below),                // the node's health right now
  *     e?: [[id, ts, kind, subject, data], ...],           // events, row-wise: they are few
  *     r?: ReportColumns, s?: SampleColumns }                // columnar: they are many
  *
@@ -58,6 +59,41 @@ export interface Backlog {
   samples: number;
 }
 
+export type AlertSeverity = 'critical' | 'warning' | 'info';
+
+/**
+ * The node's health when the batch was built: what the receiver shows as the node's current
+ * state even if it missed the events that led there. On the wire (`h`) with short keys:
+ * r ready, f failing checks, al [[severity, text]], u uplink state, ue uplink error, d disk full,
+ * db/q database bytes and quota, bb/bg sync backlog bytes and budget, du/dt file system used and
+ * total, o oldest unsent age (s), nx seconds until the next contact at the latest. Keys a
+ * receiver does not know are ignored, so a newer node can add some.
+ */
+export interface HealthSummary {
+  ready: boolean;
+  /** Failing readiness checks by name, each with what is wrong. */
+  failing: Record<string, string>;
+  /** Current alerts, most severe first. */
+  alerts: { severity: AlertSeverity; text: string }[];
+  uplink: { state: string; lastError?: string };
+  disk: {
+    full: boolean;
+    dbBytes?: number;
+    quotaBytes?: number;
+    backlogBytes?: number;
+    budgetBytes?: number;
+    usedBytes?: number;
+    totalBytes?: number;
+  };
+  oldestUnsentSeconds?: number;
+  /** The node promises its next batch within this many seconds (heartbeat, upload windows). */
+  nextContactSeconds: number;
+}
+
+/** Limits of a health summary: it rides in every batch and is shown to people. */
+export const HEALTH_MAX_TEXT = 500;
+export const HEALTH_MAX_ITEMS = 32;
+
 export interface Batch {
   node: string;
   /**
@@ -71,6 +107,7 @@ export interface Batch {
   /** The desired-state version the node has applied, or null before the first one. */
   applied: string | null;
   backlog: Backlog;
+  health?: HealthSummary;
   events: EventRecord[];
   reports: ReportRecord[];
   samples: SampleRecord[];
@@ -112,6 +149,8 @@ export interface DecodedBatch {
   sentAt: number;
   applied: string | null;
   backlog: Backlog;
+  /** Absent from nodes that predate health upload. */
+  health?: HealthSummary;
   events: EventRecord[];
   reports: ReportColumns;
   samples: DecodedSample[];
@@ -439,6 +478,7 @@ export class BatchEncoder {
       a: h.applied,
       bl: [h.backlog.events, h.backlog.reports, h.backlog.samples],
     };
+    if (h.health) m.h = encodeHealth(h.health);
     if (this.events.length) m.e = this.events.map((e) => [e.id, e.ts, e.kind, e.subject, e.data]);
     if (this.reports.n) m.r = this.reports.finish();
     if (this.samples.length) m.s = encodeSamples(this.samples);
@@ -708,6 +748,7 @@ export function decodeBatch(bytes: Uint8Array): DecodedBatch {
     const events = m.e === undefined ? [] : decodeEvents(m.e);
     const reports = m.r === undefined ? EMPTY_REPORTS() : decodeReportColumns(m.r);
     const samples = m.s === undefined ? [] : decodeSamples(m.s);
+    const health = m.h === undefined ? undefined : decodeHealth(m.h);
     for (const [name, ids] of [
       ['events', events.map((e) => e.id)],
       ['reports', reports.ids],
@@ -724,6 +765,7 @@ export function decodeBatch(bytes: Uint8Array): DecodedBatch {
       sentAt: m.t,
       applied: (m.a as string | null | undefined) ?? null,
       backlog: { events: bl[0] as number, reports: bl[1] as number, samples: bl[2] as number },
+      ...(health ? { health } : {}),
       events,
       reports,
       samples,
@@ -732,6 +774,80 @@ export function decodeBatch(bytes: Uint8Array): DecodedBatch {
     if (err instanceof SyncBadBatchError) throw err;
     throw bad((err as Error).message);
   }
+}
+
+// --- health summary ------------------------------------------------------------------------------
+
+const DISK_KEYS = [
+  ['db', 'dbBytes'],
+  ['q', 'quotaBytes'],
+  ['bb', 'backlogBytes'],
+  ['bg', 'budgetBytes'],
+  ['du', 'usedBytes'],
+  ['dt', 'totalBytes'],
+] as const;
+const SEVERITIES = new Set(['critical', 'warning', 'info']);
+
+function encodeHealth(h: HealthSummary): Record<string, unknown> {
+  const m: Record<string, unknown> = {
+    r: h.ready,
+    u: h.uplink.state,
+    d: h.disk.full,
+    nx: h.nextContactSeconds,
+  };
+  if (Object.keys(h.failing).length) m.f = h.failing;
+  if (h.alerts.length) m.al = h.alerts.map((a) => [a.severity, a.text]);
+  if (h.uplink.lastError) m.ue = h.uplink.lastError;
+  for (const [k, name] of DISK_KEYS) if (h.disk[name] !== undefined) m[k] = h.disk[name];
+  if (h.oldestUnsentSeconds !== undefined) m.o = h.oldestUnsentSeconds;
+  return m;
+}
+
+function decodeHealth(v: unknown): HealthSummary {
+  const m = obj(v, 'h (health)');
+  const text = (x: unknown, what: string): string => {
+    if (typeof x !== 'string' || x.length > HEALTH_MAX_TEXT)
+      throw bad(`${what} is not a text of at most ${HEALTH_MAX_TEXT}`);
+    return x;
+  };
+  const amount = (x: unknown, what: string): number => {
+    if (typeof x !== 'number' || !Number.isFinite(x) || x < 0)
+      throw bad(`${what} is not a non-negative number`);
+    return x;
+  };
+  if (typeof m.r !== 'boolean') throw bad('h.r (ready) is not a boolean');
+  if (typeof m.d !== 'boolean') throw bad('h.d (disk full) is not a boolean');
+  let failing: Record<string, string> = {};
+  if (m.f !== undefined) {
+    const entries = Object.entries(obj(m.f, 'h.f (failing checks)'));
+    if (entries.length > HEALTH_MAX_ITEMS) throw bad(`h.f names more than ${HEALTH_MAX_ITEMS} checks`);
+    // fromEntries defines own properties: a check named __proto__ stays a plain entry.
+    failing = Object.fromEntries(entries.map(([k, x]) => [text(k, 'h.f check name'), text(x, 'h.f text')]));
+  }
+  const alerts: HealthSummary['alerts'] = [];
+  if (m.al !== undefined) {
+    if (!Array.isArray(m.al) || m.al.length > HEALTH_MAX_ITEMS)
+      throw bad(`h.al (alerts) is not a list of at most ${HEALTH_MAX_ITEMS}`);
+    for (const a of m.al as unknown[]) {
+      if (!Array.isArray(a) || a.length !== 2 || !SEVERITIES.has(a[0] as string))
+        throw bad('h.al entry is not [critical|warning|info, text]');
+      alerts.push({ severity: a[0] as AlertSeverity, text: text(a[1], 'h.al text') });
+    }
+  }
+  const disk: HealthSummary['disk'] = { full: m.d };
+  for (const [k, name] of DISK_KEYS) if (m[k] !== undefined) disk[name] = amount(m[k], `h.${k}`);
+  return {
+    ready: m.r,
+    failing,
+    alerts,
+    uplink: {
+      state: text(m.u, 'h.u (uplink state)'),
+      ...(m.ue !== undefined ? { lastError: text(m.ue, 'h.ue (uplink error)') } : {}),
+    },
+    disk,
+    ...(m.o !== undefined ? { oldestUnsentSeconds: amount(m.o, 'h.o (oldest unsent)') } : {}),
+    nextContactSeconds: amount(m.nx, 'h.nx (next contact)'),
+  };
 }
 
 // --- checks ------------------------------------------------------------------------------------

@@ -112,6 +112,12 @@ export const syncConfigSection: ConfigSection = {
       min: 1000,
       doc: 'An empty batch (backlog, applied desired version) at least this often.',
     },
+    healthInterval: {
+      type: 'duration',
+      default: 10_000,
+      min: 1000,
+      doc: 'How often the node looks at its own health (readiness, alerts, uplink, disk); a change that holds for two looks becomes one event.',
+    },
     frameInterval: {
       type: 'duration',
       default: 300_000,

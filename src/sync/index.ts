@@ -5,13 +5,13 @@
 import type { CliCommand, PartContext } from '../part.js';
 import type { Migration } from '../store/types.js';
 import type { FleetServer, FleetServerOptions } from './receiver/server.js';
-import { fleetServerCommand, syncCommand } from './cli.js';
+import { fleetNodeCommand, fleetServerCommand, syncCommand } from './cli.js';
 import type { SyncOptions, SyncPart } from './types.js';
 import { createUplink, SYNC_STATE_SQL } from './uplink.js';
 
 export { syncConfigSection } from './config.js';
 export type { FleetServer, FleetServerOptions } from './receiver/server.js';
-export type { SyncOptions, SyncPart, SyncState, SyncStatus } from './types.js';
+export type { NodeHealthInput, SyncOptions, SyncPart, SyncState, SyncStatus } from './types.js';
 export { DESIRED_PREFIX, DESIRED_VERSION_KEY } from './uplink.js';
 
 /**
@@ -30,4 +30,4 @@ export function createSyncPart(ctx: PartContext, options: SyncOptions): SyncPart
 /** The sync part's tables in the node's SQLite file (the `cursors` table is the store's). */
 export const syncMigrations: Migration[] = [{ part: 'sync', version: 1, sql: SYNC_STATE_SQL }];
 
-export const syncCliCommands: CliCommand[] = [fleetServerCommand, syncCommand];
+export const syncCliCommands: CliCommand[] = [fleetServerCommand, fleetNodeCommand, syncCommand];

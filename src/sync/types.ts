@@ -3,6 +3,7 @@
  * (durations in ms, sizes in bytes), plus two hooks the daemon may pass.
  */
 import type { Part } from '../part.js';
+import type { AlertSeverity } from './codec.js';
 
 export type Compression = 'gzip' | 'brotli';
 export type ReportsPolicy = 'stop-ack' | 'drop-oldest';
@@ -50,6 +51,10 @@ export interface SyncOptions {
   frameInterval?: number;
   /** How often the backlog is measured for metrics and the disk budget; default 5 s. */
   budgetInterval?: number;
+  /** How often the node's health is looked at; a change held for two looks is recorded. Default 10 s. */
+  healthInterval?: number;
+  /** The node's health (readiness, alerts), wired by the daemon. Absent: ready, alerts unknown. */
+  health?: () => NodeHealthInput;
   /** Status frame PNG source (from the frames part, wired by the daemon). */
   framePng?: () => Promise<Buffer | undefined>;
   /** Random numbers in [0, 1) for jitter; injected in tests. */
@@ -57,6 +62,21 @@ export interface SyncOptions {
 }
 
 export type SyncState = 'ok' | 'retrying' | 'offline' | 'disabled';
+
+/**
+ * The node's health as the daemon sees it, handed to the uplink, which only observes it: the
+ * readiness checks, the alerts a status frame would show, and the file system of the state
+ * directory. The uplink adds its own state and the store's quota.
+ */
+export interface NodeHealthInput {
+  ready: boolean;
+  /** Failing readiness checks by name, each with what is wrong. */
+  failing: Record<string, string>;
+  /** Current alerts; undefined while nobody knows them yet (which is not "no alerts"). */
+  alerts?: { severity: AlertSeverity; text: string }[];
+  diskUsedBytes?: number;
+  diskTotalBytes?: number;
+}
 
 export interface SyncStatus extends Record<string, unknown> {
   state: SyncState;

@@ -24,7 +24,15 @@ import { ConfigError, SyncUploadError } from '../errors.js';
 import type { PartContext } from '../part.js';
 import { prefixEnd } from '../store/index.js';
 import type { RequestOp } from '../store/types.js';
-import { type Batch, BatchEncoder, type EventRecord, type ReportRecord, type SampleRecord } from './codec.js';
+import {
+  type Batch,
+  BatchEncoder,
+  type EventRecord,
+  type HealthSummary,
+  type ReportRecord,
+  type SampleRecord,
+} from './codec.js';
+import { clip, HealthTracker, type Observation } from './health.js';
 import type { SyncOptions, SyncPart, SyncState, SyncStatus } from './types.js';
 
 export const DESIRED_PREFIX = '/edgekeeper/desired/';
@@ -93,6 +101,7 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
     heartbeatInterval: options.heartbeatInterval ?? 60_000,
     frameInterval: options.frameInterval ?? 300_000,
     budgetInterval: options.budgetInterval ?? 5000,
+    healthInterval: options.healthInterval ?? 10_000,
   };
   const enabled = !!options.url;
   const node = ctx.nodeName;
@@ -199,6 +208,7 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
   let budgetRunning: Promise<void> | undefined;
   let desiredRunning: Promise<void> | undefined;
   let frameRunning: Promise<void> | undefined;
+  let tracker: HealthTracker | undefined;
 
   function tableExists(t: string): boolean {
     return !!store.query("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?").get(t);
@@ -270,6 +280,7 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
       sentAt: clock.now(),
       applied: appliedVersion,
       backlog: { ...backlog },
+      health: healthSummary(),
     };
     return {
       batch: { seq: batchSeq, applied: appliedVersion },
@@ -424,6 +435,8 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
   // --- sleeping, windows, bandwidth --------------------------------------------------------------
 
   function sleep(ms: number): Promise<void> {
+    // Stopping: an upload cut by stop() must not start a backoff nobody will wake.
+    if (!running) return Promise.resolve();
     return new Promise((resolve) => {
       const done = () => {
         sleepTimer?.cancel();
@@ -436,9 +449,9 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
     });
   }
 
-  function inWindow(): boolean {
+  function inWindow(at = clock.now()): boolean {
     if (windows.length === 0) return true;
-    const d = new Date(clock.now());
+    const d = new Date(at);
     d.setSeconds(0, 0); // windows are whole minutes; node-cron's match also checks seconds
     return windows.some((w) => w.match(d));
   }
@@ -869,6 +882,85 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
     wake?.();
   }
 
+  // --- node health ---------------------------------------------------------------------------------
+
+  /** File system use at or above this counts as a full disk: SQLite's next page may not fit. */
+  const FS_FULL_RATIO = 0.98;
+
+  function observe(): Observation {
+    const h = options.health?.();
+    const st = store.stats();
+    const used = h?.diskUsedBytes;
+    const total = h?.diskTotalBytes;
+    const fsFull = used !== undefined && total !== undefined && total > 0 && used / total >= FS_FULL_RATIO;
+    return {
+      ready: h?.ready ?? true,
+      failing: h?.failing ?? {},
+      alerts: h ? h.alerts : [],
+      uplinkDown: state === 'retrying' || state === 'offline',
+      uplink: { state, ...(lastError ? { lastError: clip(lastError) } : {}) },
+      diskFull: st.noSpace ? 'quota' : !admit ? 'budget' : fsFull ? 'filesystem' : undefined,
+      disk: {
+        dbBytes: st.dbSize,
+        quotaBytes: st.quota,
+        backlogBytes: Math.round(backlogBytes),
+        budgetBytes: o.diskBudget,
+        usedBytes: used,
+        totalBytes: total,
+      },
+    };
+  }
+
+  function healthSummary(): HealthSummary | undefined {
+    if (!tracker) return undefined;
+    const ob = tracker.current();
+    const disk: HealthSummary['disk'] = { full: ob.diskFull !== undefined };
+    for (const [k, v] of Object.entries(ob.disk)) if (v !== undefined) disk[k as 'dbBytes'] = v;
+    return {
+      ready: ob.ready,
+      failing: Object.fromEntries(Object.entries(ob.failing).map(([k, v]) => [clip(k, 100), clip(v)])),
+      alerts: (ob.alerts ?? []).slice(0, 16).map((a) => ({ severity: a.severity, text: clip(a.text) })),
+      // The uplink's state now, not at the last look: a batch on its way means it is up.
+      uplink: { state, ...(lastError ? { lastError: clip(lastError) } : {}) },
+      disk,
+      ...(oldestAge !== null ? { oldestUnsentSeconds: Math.round(oldestAge) } : {}),
+      nextContactSeconds: nextContactSeconds(),
+    };
+  }
+
+  /**
+   * The longest the receiver should wait for this node's next batch: a heartbeat interval, or,
+   * with upload windows, until the first window minute after it. Worked out at most once a
+   * minute (it scans up to 8 days of minutes).
+   */
+  let nextContact = { minute: -1, seconds: 0 };
+  function nextContactSeconds(): number {
+    const now = clock.now();
+    const minute = Math.floor(now / 60_000);
+    if (minute === nextContact.minute) return nextContact.seconds;
+    const from = now + o.heartbeatInterval;
+    let at = from;
+    if (windows.length > 0 && !inWindow(from)) {
+      at = Math.ceil(from / 60_000) * 60_000;
+      const limit = at + 8 * 86_400_000;
+      while (at < limit && !inWindow(at)) at += 60_000;
+    }
+    nextContact = { minute, seconds: Math.ceil((at - now + o.idleInterval) / 1000) };
+    return nextContact.seconds;
+  }
+
+  function scheduleHealth(): void {
+    if (!running || !tracker) return;
+    timers.push(
+      clock.setTimeout(() => {
+        // New event rows go up at once rather than after the next idle look (never cutting a
+        // retry's backoff short).
+        void tracker?.tick().then((n) => n > 0 && state === 'ok' && kick());
+        scheduleHealth();
+      }, o.healthInterval),
+    );
+  }
+
   // Registered at creation (the daemon may mount routes before starting parts); a disabled
   // uplink answers too, with state `disabled`.
   ctx.addReadinessCheck('sync', () =>
@@ -896,6 +988,9 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
       // The database's random identity names this node's stream of batches at the receiver.
       stream = store.identity().clusterId.toString(16);
       running = true;
+      tracker = new HealthTracker(store, clock, log, observe);
+      void tracker.tick();
+      scheduleHealth();
       loopDone = loop();
       // Measured once the first batch is on the wire: counting a large backlog takes a moment and
       // must not delay the first upload.
@@ -920,7 +1015,7 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
       kick();
       agent.destroy();
       await loopDone;
-      await Promise.allSettled([budgetRunning, desiredRunning, frameRunning]);
+      await Promise.allSettled([budgetRunning, desiredRunning, frameRunning, tracker?.settle()]);
       for (const w of windows) await w.destroy();
       state = 'disabled';
     },

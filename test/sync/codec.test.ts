@@ -255,3 +255,50 @@ test('hostile column data is refused with SyncBadBatchError', () => {
   m.r.di = Buffer.from([7]);
   assert.throws(() => decodeBatch(encodeCbor(m)), SyncBadBatchError);
 });
+
+test('the health summary round-trips, and a malformed one is refused', () => {
+  const base: Batch = {
+    node: 'n',
+    stream: 'ab',
+    seq: 1,
+    sentAt: 5,
+    applied: null,
+    backlog: { events: 0, reports: 0, samples: 0 },
+    events: [],
+    reports: [],
+    samples: [],
+  };
+  const health = {
+    ready: false,
+    failing: {},
+    alerts: [{ severity: 'critical' as const, text: '<script>alert(1)</script>' }],
+    uplink: { state: 'ok' },
+    disk: { full: true, dbBytes: 10, quotaBytes: 5 },
+    oldestUnsentSeconds: 12,
+    nextContactSeconds: 61,
+  };
+  const failing = { store: 'store commit p99 90 ms > objective 50 ms' };
+  assert.deepEqual(decodeBatch(encodeBatch({ ...base, health: { ...health, failing } })).health, {
+    ...health,
+    failing,
+  });
+  // A check named __proto__ (built as a decoder would) does not reach the prototype.
+  const hostile = Object.fromEntries([['__proto__', 'x']]);
+  const got = decodeBatch(encodeBatch({ ...base, health: { ...health, failing: hostile } })).health!;
+  assert.equal(Object.getPrototypeOf(got.failing), Object.prototype);
+  assert.equal(decodeBatch(encodeBatch(base)).health, undefined, 'older nodes send none');
+  const raw = (h: unknown) => encodeCbor({ v: 1, n: 'n', st: 'ab', q: 1, t: 5, a: null, bl: [0, 0, 0], h });
+  for (const [what, h] of [
+    ['not a map', 'ok'],
+    ['ready missing', { d: false, u: 'ok', nx: 60 }],
+    ['bad severity', { r: true, d: false, u: 'ok', nx: 60, al: [['panic', 'x']] }],
+    ['long text', { r: true, d: false, u: 'ok', nx: 60, al: [['info', 'x'.repeat(501)]] }],
+    ['too many alerts', { r: true, d: false, u: 'ok', nx: 60, al: Array(33).fill(['info', 'x']) }],
+    ['negative size', { r: true, d: true, u: 'ok', nx: 60, db: -1 }],
+    ['no promise', { r: true, d: false, u: 'ok' }],
+    ['failing not a map', { r: false, d: false, u: 'ok', nx: 60, f: ['store'] }],
+  ] as const)
+    assert.throws(() => decodeBatch(raw(h)), SyncBadBatchError, what);
+  // Keys a newer node adds are ignored.
+  assert.equal(decodeBatch(raw({ r: true, d: false, u: 'ok', nx: 60, zz: [1] })).health!.ready, true);
+});

@@ -32,7 +32,7 @@ test('the sync section documents every field and names itself sync', () => {
   );
   assert.deepEqual(
     syncCliCommands.map((c) => c.name),
-    ['fleet-server', 'sync'],
+    ['fleet-server', 'fleet-node', 'sync'],
   );
 });
 

@@ -56,7 +56,8 @@ export async function openNodeStore(
 
 export interface TestContext extends PartContext {
   routes: Map<string, RouteHandler>;
-  readiness: Map<string, () => string | undefined>;
+  /** The readiness checks parts registered, by name. */
+  checks: Map<string, () => string | undefined>;
 }
 
 export function makeContext(
@@ -77,7 +78,7 @@ export function makeContext(
     nodeName,
     addReadinessCheck: (name, check) => readiness.set(name, check),
     routes,
-    readiness,
+    checks: readiness,
   };
 }
 

@@ -361,7 +361,7 @@ describe('fleet receiver', () => {
     assert.equal(other.status, 401);
   });
 
-  test('frames: PUT by the node, listed on the HTML page', async () => {
+  test("frames: PUT by the node, shown on the node's page", async () => {
     const png = Buffer.concat([
       Buffer.from([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a]),
       Buffer.alloc(100, 7),
@@ -383,7 +383,9 @@ describe('fleet receiver', () => {
     const got = await fetch(`${srv.url}/v1/nodes/a/frame`, { headers: { Authorization: basic } });
     assert.deepEqual(Buffer.from(await got.arrayBuffer()), png);
     const html = await (await fetch(`${srv.url}/`, { headers: { Authorization: basic } })).text();
-    assert.match(html, /<img src="\/v1\/nodes\/a\/frame"/);
-    assert.match(html, /<td>b<\/td>/);
+    assert.match(html, /<a href="\/nodes\/a">a<\/a>/);
+    assert.match(html, /<a href="\/nodes\/b">b<\/a>/);
+    const page = await (await fetch(`${srv.url}/nodes/a`, { headers: { Authorization: basic } })).text();
+    assert.match(page, /<img src="\/v1\/nodes\/a\/frame\?t=\d+"/);
   });
 });

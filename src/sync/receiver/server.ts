@@ -1,20 +1,21 @@
 /**
  * The reference fleet receiver: node:http (or https with client certificates) in front of
  * PostgreSQL. Stateless apart from the database, so several receivers can share one database
- * behind a load balancer: idempotency, ordering and "never half-stored" are all enforced by
- * PostgreSQL (a unique key per (node, seq), one transaction per batch).
+ * behind a load balancer: idempotency, ordering and "never half-stored" are enforced by
+ * PostgreSQL (a unique key per (node, seq), one transaction per batch), and so are node tokens,
+ * revocations and login sessions.
  *
  * Routes (node = [A-Za-z0-9._-]{1,128}):
- *   POST /v1/nodes/<node>/batches   node auth; body = compressed CBOR batch (see codec.ts)
- *   GET  /v1/nodes/<node>/desired   node auth; ETag / If-None-Match; 204 when nothing is desired
- *   PUT  /v1/nodes/<node>/desired   admin; JSON {keys: {name: value}}; bumps the version
- *   PUT  /v1/nodes/<node>/frame     node auth; image/png
- *   GET  /v1/nodes/<node>/frame     admin (when an admin token is set)
- *   GET  /v1/nodes                  admin (when an admin token is set)
- *   GET  /                          admin (when an admin token is set): HTML list of nodes
- *   GET  /healthz
+ *   node:      POST /v1/nodes/<node>/batches, GET /v1/nodes/<node>/desired, PUT /v1/nodes/<node>/frame
+ *   admin API: GET|POST /v1/nodes, GET /v1/nodes/<node>, GET /v1/nodes/<node>/events,
+ *              POST /v1/nodes/<node>/{rotate,revoke,decommission}, PUT /v1/nodes/<node>/desired,
+ *              GET /v1/nodes/<node>/frame
+ *   pages:     GET /, GET /nodes/<node>, GET|POST /login, POST /logout, POST /nodes,
+ *              POST /nodes/<node>/{desired,rotate,revoke,decommission}, GET /ui.css
+ *   open:      GET /healthz, GET /metrics
+ * Who may call what is in auth.ts; what a node's health means in nodes.ts.
  */
-import { createHash, timingSafeEqual } from 'node:crypto';
+import { timingSafeEqual } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import {
   createServer as createHttpServer,
@@ -29,16 +30,39 @@ import { brotliDecompress, gunzip } from 'node:zlib';
 import pg from 'pg';
 import {
   EdgeError,
+  FleetUnauthorizedError,
   RequestTooLargeError,
   SyncBadBatchError,
   SyncConflictError,
+  SyncRevokedError,
   SyncUnauthorizedError,
   SyncUnknownNodeError,
 } from '../../errors.js';
 import { type Logger, silentLogger } from '../../log.js';
 import { type DecodedBatch, decodeBatch, type ReportColumns } from '../codec.js';
+import { AdminAuth, type Principal, sha256 } from './auth.js';
 import { copyIn, copyNumber, copyText } from './copy.js';
+import { receiverMetrics } from './metrics.js';
+import {
+  assess,
+  checkName,
+  InvalidArgument,
+  NODE_NAME,
+  NodeDirectory,
+  type NodeRowView,
+  NotFound,
+} from './nodes.js';
 import { migrate } from './schema.js';
+import {
+  CSP,
+  errorPage,
+  fleetPage,
+  loginPage,
+  nodePage,
+  type PageContext,
+  STYLESHEET,
+  tokenPage,
+} from './ui.js';
 
 export interface FleetServerOptions {
   /** PostgreSQL connection string, e.g. postgres://fleet@db:5432/fleet. */
@@ -46,10 +70,17 @@ export interface FleetServerOptions {
   host?: string;
   /** 0 picks a free port. Default 9490. */
   port?: number;
-  /** Nodes and their bearer tokens; stored hashed (sha256), replacing an existing token. */
+  /**
+   * Nodes and their bearer tokens (--node, --nodes-file), stored hashed (sha256). A node changed
+   * through the admin API since (rotated, revoked, decommissioned) is left as it is.
+   */
   nodes?: Record<string, string>;
-  /** Bearer token (or Basic password) for the operator routes; without it they are open for reading and desired state cannot be changed. */
+  /** `nodes` is the whole nodes file: nodes it added earlier and no longer lists are revoked. */
+  nodesAuthoritative?: boolean;
+  /** Token for the operator routes; without it they are open for reading and nothing can be changed. */
   adminToken?: string;
+  /** How long past the contact it promised a node turns STALE; default 120 s. */
+  staleAfterSeconds?: number;
   /** Largest compressed batch; default 16 MiB. */
   maxBatchBytes?: number;
   /** Largest batch after decompression (zip bombs); default 128 MiB. */
@@ -67,26 +98,33 @@ export interface FleetServer {
   readonly url: string;
   readonly port: number;
   readonly pool: pg.Pool;
+  readonly nodes: NodeDirectory;
+  /** Apply a nodes file again (the CLI does on SIGHUP), by the rules of `FleetServerOptions.nodes`. */
+  applyNodes(
+    nodes: Record<string, string>,
+    authoritative: boolean,
+  ): Promise<{ ignored: string[]; revoked: string[] }>;
   close(): Promise<void>;
 }
 
-const NODE_NAME = /^[A-Za-z0-9._-]{1,128}$/;
-
-export function hashToken(token: string): string {
-  return createHash('sha256').update(token).digest('hex');
-}
-
-class HttpError extends EdgeError {}
-
-function notFound(what: string): HttpError {
-  return new HttpError('EDGE_ERR_NOT_FOUND', `${what} not found`, 404);
-}
+export const hashToken = sha256;
 
 interface NodeRow {
   id: number;
   name: string;
   token_hash: string | null;
+  status: string;
 }
+
+/** Nodes on one page unless asked otherwise. */
+const PAGE_LIMIT = 50;
+/** Nodes in one answer of GET /v1/nodes unless asked otherwise (at most MAX_LIMIT). */
+const API_LIMIT = 1000;
+/** Forms and admin JSON bodies (a desired state may be larger: 1 MiB). */
+const FORM_MAX_BYTES = 256 * 1024;
+const DESIRED_MAX_BYTES = 1024 * 1024;
+/** Events on a node's page. */
+const NODE_EVENTS = 200;
 
 /** Start a receiver; resolves once it listens and the schema is current. */
 export async function startFleetServer(opts: FleetServerOptions): Promise<FleetServer> {
@@ -98,62 +136,70 @@ export async function startFleetServer(opts: FleetServerOptions): Promise<FleetS
   const maxDecoded = opts.maxDecodedBytes ?? 128 * 1024 * 1024;
   const maxFrame = opts.maxFrameBytes ?? 4 * 1024 * 1024;
   const counters = { batches: 0, duplicates: 0, rejected: 0, records: 0 };
+  const nodes = new NodeDirectory(pool, opts.staleAfterSeconds ?? 120);
+  const metrics = receiverMetrics(nodes, log);
+  const auth = new AdminAuth(pool, opts.adminToken, !!opts.tls, Date.now, (result) =>
+    metrics.logins.inc({ result }),
+  );
+
+  async function applyNodes(list: Record<string, string>, authoritative: boolean) {
+    const r = await nodes.applyNodesFile(list, authoritative);
+    if (r.ignored.length)
+      log.warn(
+        { nodes: r.ignored },
+        'nodes-file entries ignored: these nodes were changed through the admin API (rotated, revoked, decommissioned)',
+      );
+    if (r.revoked.length) log.warn({ nodes: r.revoked }, 'nodes no longer in the nodes file: revoked');
+    return r;
+  }
 
   try {
     await migrate(pool);
-    for (const [name, token] of Object.entries(opts.nodes ?? {})) {
-      if (!NODE_NAME.test(name)) throw new Error(`node name ${JSON.stringify(name)} must match ${NODE_NAME}`);
-      await pool.query(
-        `INSERT INTO fleet_nodes(name, token_hash) VALUES ($1, $2)
-         ON CONFLICT (name) DO UPDATE SET token_hash = EXCLUDED.token_hash`,
-        [name, hashToken(token)],
-      );
-    }
+    await applyNodes(opts.nodes ?? {}, opts.nodesAuthoritative ?? false);
   } catch (err) {
     await pool.end();
     throw err;
   }
 
+  // --- nodes ------------------------------------------------------------------------------------
+
   async function authNode(req: IncomingMessage, name: string): Promise<NodeRow> {
     if (!NODE_NAME.test(name)) throw new SyncUnknownNodeError(name);
-    const r = await pool.query<NodeRow>('SELECT id, name, token_hash FROM fleet_nodes WHERE name = $1', [
-      name,
-    ]);
+    const r = await pool.query<NodeRow>(
+      'SELECT id, name, token_hash, status FROM fleet_nodes WHERE name = $1',
+      [name],
+    );
     const node = r.rows[0];
     if (!node) throw new SyncUnknownNodeError(name);
+    // Decommissioned: no token left to check; the node learns why it is refused.
+    if (node.status === 'decommissioned') await refuse(node);
     const sock = req.socket as Partial<TLSSocket>;
-    if (sock.authorized && typeof sock.getPeerCertificate === 'function') {
-      const cn = sock.getPeerCertificate().subject?.CN;
-      if (cn === name) return node;
+    const byCert =
+      sock.authorized === true &&
+      typeof sock.getPeerCertificate === 'function' &&
+      sock.getPeerCertificate().subject?.CN === name;
+    if (!byCert) {
+      const auth = req.headers.authorization ?? '';
+      if (!auth.startsWith('Bearer '))
+        throw new SyncUnauthorizedError('send Authorization: Bearer <node token> or a client certificate');
+      if (!node.token_hash && node.status === 'active')
+        throw new SyncUnauthorizedError(`node ${name} authenticates with a client certificate only`);
+      const given = Buffer.from(hashToken(auth.slice(7).trim()), 'hex');
+      const want = Buffer.from(node.token_hash ?? '', 'hex');
+      if (given.length !== want.length || !timingSafeEqual(given, want))
+        throw new SyncUnauthorizedError(`wrong token for node ${name}`);
     }
-    const auth = req.headers.authorization ?? '';
-    if (!auth.startsWith('Bearer '))
-      throw new SyncUnauthorizedError('send Authorization: Bearer <node token> or a client certificate');
-    if (!node.token_hash)
-      throw new SyncUnauthorizedError(`node ${name} authenticates with a client certificate only`);
-    const given = Buffer.from(hashToken(auth.slice(7).trim()), 'hex');
-    const want = Buffer.from(node.token_hash, 'hex');
-    if (given.length !== want.length || !timingSafeEqual(given, want))
-      throw new SyncUnauthorizedError(`wrong token for node ${name}`);
+    if (node.status !== 'active') await refuse(node);
     return node;
   }
 
-  function authAdmin(req: IncomingMessage, write: boolean): void {
-    if (!opts.adminToken) {
-      if (write)
-        throw new SyncUnauthorizedError('start the fleet server with an admin token to change desired state');
-      return;
-    }
-    const auth = req.headers.authorization ?? '';
-    let given = '';
-    if (auth.startsWith('Bearer ')) given = auth.slice(7).trim();
-    else if (auth.startsWith('Basic ')) {
-      const dec = Buffer.from(auth.slice(6), 'base64').toString('utf8');
-      given = dec.slice(dec.indexOf(':') + 1);
-    }
-    const a = Buffer.from(hashToken(given), 'hex');
-    const b = Buffer.from(hashToken(opts.adminToken), 'hex');
-    if (!timingSafeEqual(a, b)) throw new SyncUnauthorizedError('admin token required');
+  async function refuse(node: NodeRow): Promise<never> {
+    // Noted (at most once a minute) so the operator sees a retired node that still calls in.
+    await pool.query(
+      "UPDATE fleet_nodes SET refused_at = now() WHERE id = $1 AND (refused_at IS NULL OR refused_at < now() - interval '1 minute')",
+      [node.id],
+    );
+    throw new SyncRevokedError(node.name, node.status);
   }
 
   async function handleBatch(req: IncomingMessage, res: ServerResponse, nodeName: string): Promise<void> {
@@ -168,11 +214,25 @@ export async function startFleetServer(opts: FleetServerOptions): Promise<FleetS
     const batch = decodeBatch(raw);
     if (batch.node !== nodeName)
       throw new SyncBadBatchError(`batch names node ${batch.node} but was sent to ${nodeName}`);
+    const timer = metrics.storeSeconds.startTimer();
     const ack = await storeBatch(node, batch, body.length);
-    if (ack.duplicate) counters.duplicates++;
-    else {
+    timer();
+    if (ack.duplicate) {
+      counters.duplicates++;
+      metrics.batches.inc({ result: 'duplicate' });
+    } else {
       counters.batches++;
       counters.records += batch.events.length + batch.reports.n + batch.samples.length;
+      metrics.batches.inc({ result: 'stored' });
+      metrics.bytes.inc(body.length);
+      if (batch.events.length) metrics.records.inc({ source: 'events' }, batch.events.length);
+      if (batch.reports.n) metrics.records.inc({ source: 'reports' }, batch.reports.n);
+      if (batch.samples.length) metrics.records.inc({ source: 'samples' }, batch.samples.length);
+      let oldest = Number.POSITIVE_INFINITY;
+      for (const e of batch.events) oldest = Math.min(oldest, e.ts);
+      for (const t of batch.reports.receivedAt) oldest = Math.min(oldest, t);
+      for (const x of batch.samples) oldest = Math.min(oldest, x.ts);
+      if (Number.isFinite(oldest)) metrics.lag.observe(Math.max(0, (Date.now() - oldest) / 1000));
     }
     json(res, 200, ack);
   }
@@ -197,8 +257,8 @@ export async function startFleetServer(opts: FleetServerOptions): Promise<FleetS
       // The idempotency key: a concurrent insert of the same (stream, seq) on another receiver
       // waits here for the first transaction and then does nothing.
       const ins = await c.query(
-        `INSERT INTO fleet_batches(node_id, stream_id, seq, records, wire_bytes, events_to, reports_to, samples_to)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (stream_id, seq) DO NOTHING RETURNING seq`,
+        `INSERT INTO fleet_batches(node_id, stream_id, seq, records, wire_bytes, events_to, reports_to, samples_to, sent_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, fleet_ms_time($9)) ON CONFLICT (stream_id, seq) DO NOTHING RETURNING seq`,
         [
           node.id,
           streamId,
@@ -208,6 +268,7 @@ export async function startFleetServer(opts: FleetServerOptions): Promise<FleetS
           upTo.events,
           upTo.reports,
           upTo.samples,
+          Math.round(b.sentAt),
         ],
       );
       if (ins.rowCount === 0) {
@@ -252,11 +313,29 @@ export async function startFleetServer(opts: FleetServerOptions): Promise<FleetS
           [node.id, streamId, pgJson(rows)],
         );
       }
-      await c.query(
+      const backlog = b.backlog.events + b.backlog.reports + b.backlog.samples;
+      const health = assess(b.health, backlog);
+      // Only while the node is active: a revocation committed since authNode refuses the batch.
+      const upd = await c.query(
         `UPDATE fleet_nodes SET last_seen = now(), last_seq = greatest(last_seq, $2), backlog = $3::jsonb,
-           applied_version = coalesce($4, applied_version) WHERE id = $1`,
-        [node.id, b.seq, JSON.stringify(b.backlog), b.applied],
+           applied_version = coalesce($4, applied_version), sent_at = fleet_ms_time($5),
+           health_summary = $6::jsonb, health_level = $7, health_reason = $8,
+           expect_by = now() + make_interval(secs => $9::float8)
+         WHERE id = $1 AND status = 'active'`,
+        [
+          node.id,
+          b.seq,
+          JSON.stringify(b.backlog),
+          b.applied,
+          Math.round(b.sentAt),
+          b.health ? pgJson(b.health) : null,
+          health.level,
+          health.reason,
+          // A node without a promise (before health upload) is expected within one heartbeat.
+          b.health ? b.health.nextContactSeconds : 60,
+        ],
       );
+      if (upd.rowCount === 0) throw new SyncRevokedError(node.name, 'revoked');
       await c.query('COMMIT');
       return { seq: b.seq, duplicate: false, upTo };
     } catch (err) {
@@ -289,43 +368,12 @@ export async function startFleetServer(opts: FleetServerOptions): Promise<FleetS
     json(res, 200, { version: String(row.version), keys: row.keys }, { ETag: etag });
   }
 
-  async function putDesired(req: IncomingMessage, res: ServerResponse, nodeName: string): Promise<void> {
-    authAdmin(req, true);
-    const body = await readBody(req, 1024 * 1024);
-    let doc: unknown;
-    try {
-      doc = JSON.parse(body.toString('utf8'));
-    } catch {
-      throw new HttpError(
-        'EDGE_ERR_INVALID_ARGUMENT',
-        'desired state must be JSON {"keys": {name: value}}',
-        400,
-      );
-    }
-    const keys = (doc as { keys?: unknown } | null)?.keys;
-    if (keys === null || typeof keys !== 'object' || Array.isArray(keys))
-      throw new HttpError(
-        'EDGE_ERR_INVALID_ARGUMENT',
-        'desired state must be JSON {"keys": {name: value}}',
-        400,
-      );
-    const n = await pool.query<{ id: number }>('SELECT id FROM fleet_nodes WHERE name = $1', [nodeName]);
-    if (!n.rows[0]) throw new SyncUnknownNodeError(nodeName);
-    const r = await pool.query<{ version: string }>(
-      `INSERT INTO fleet_desired(node_id, version, keys) VALUES ($1, 1, $2::jsonb)
-       ON CONFLICT (node_id) DO UPDATE SET version = fleet_desired.version + 1, keys = EXCLUDED.keys, updated_at = now()
-       RETURNING version`,
-      [n.rows[0].id, JSON.stringify(keys)],
-    );
-    json(res, 200, { version: String(r.rows[0]!.version) });
-  }
-
   async function putFrame(req: IncomingMessage, res: ServerResponse, nodeName: string): Promise<void> {
     const node = await authNode(req, nodeName);
     const png = await readBody(req, maxFrame);
     // The PNG signature; anything else is not a frame.
     if (png.length < 8 || png.readUInt32BE(0) !== 0x89504e47)
-      throw new HttpError('EDGE_ERR_INVALID_ARGUMENT', 'frame must be a PNG image', 400);
+      throw new InvalidArgument('frame must be a PNG image');
     await pool.query(
       `INSERT INTO fleet_frames(node_id, png) VALUES ($1, $2)
        ON CONFLICT (node_id) DO UPDATE SET png = EXCLUDED.png, updated_at = now()`,
@@ -334,96 +382,371 @@ export async function startFleetServer(opts: FleetServerOptions): Promise<FleetS
     res.writeHead(204).end();
   }
 
+  // --- admin: desired state, frames, the node list, lifecycle -------------------------------------
+
+  /** Validates and stores a desired state (an object of key -> value); returns its new version. */
+  async function storeDesired(nodeName: string, keys: unknown): Promise<string> {
+    if (keys === null || typeof keys !== 'object' || Array.isArray(keys))
+      throw new InvalidArgument('desired state must be a JSON object of key -> value');
+    const names = Object.keys(keys);
+    // The node applies it as one etcd transaction with a delete per dropped key and the version.
+    if (names.length > 120) throw new InvalidArgument(`desired state has ${names.length} keys; at most 120`);
+    for (const k of names)
+      if (k === '' || k.startsWith('.') || k.length > 1024)
+        throw new InvalidArgument(
+          `desired key ${JSON.stringify(k.slice(0, 40))} is empty, reserved (starts with ".") or too long`,
+        );
+    checkName(nodeName);
+    const n = await pool.query<{ id: number; status: string }>(
+      'SELECT id, status FROM fleet_nodes WHERE name = $1',
+      [nodeName],
+    );
+    const node = n.rows[0];
+    if (!node) throw new NotFound(`node ${nodeName}`);
+    if (node.status === 'decommissioned') throw new InvalidArgument(`node ${nodeName} is decommissioned`);
+    const r = await pool.query<{ version: string }>(
+      `INSERT INTO fleet_desired(node_id, version, keys) VALUES ($1, 1, $2::jsonb)
+       ON CONFLICT (node_id) DO UPDATE SET version = fleet_desired.version + 1, keys = EXCLUDED.keys, updated_at = now()
+       RETURNING version`,
+      [node.id, pgJson(keys)],
+    );
+    return String(r.rows[0]!.version);
+  }
+
+  async function putDesired(req: IncomingMessage, res: ServerResponse, nodeName: string): Promise<void> {
+    await auth.write(req);
+    const doc = parseJson(
+      await readBody(req, DESIRED_MAX_BYTES),
+      'desired state must be JSON {"keys": {name: value}}',
+    );
+    const keys = (doc as { keys?: unknown } | null)?.keys;
+    json(res, 200, { version: await storeDesired(nodeName, keys) });
+  }
+
   async function getFrame(req: IncomingMessage, res: ServerResponse, nodeName: string): Promise<void> {
-    authAdmin(req, false);
+    await auth.read(req);
     const r = await pool.query<{ png: Buffer }>(
       'SELECT f.png FROM fleet_frames f JOIN fleet_nodes n ON n.id = f.node_id WHERE n.name = $1',
       [nodeName],
     );
     const row = r.rows[0];
-    if (!row) throw notFound(`frame of node ${nodeName}`);
+    if (!row) throw new NotFound(`frame of node ${nodeName}`);
     res.writeHead(200, {
       'Content-Type': 'image/png',
-      'Cache-Control': 'no-store',
+      'Cache-Control': 'private, max-age=60',
       'Content-Length': row.png.length,
+      'X-Content-Type-Options': 'nosniff',
     });
     res.end(row.png);
   }
 
-  async function listNodes(): Promise<Record<string, unknown>[]> {
-    const r = await pool.query(
-      `SELECT n.name, n.last_seen, n.last_seq, n.backlog, n.applied_version, d.version AS desired_version,
-              f.updated_at AS frame_at
-       FROM fleet_nodes n LEFT JOIN fleet_desired d ON d.node_id = n.id LEFT JOIN fleet_frames f ON f.node_id = n.id
-       ORDER BY n.name`,
-    );
-    return r.rows.map((n) => ({
+  function apiNode(n: NodeRowView): Record<string, unknown> {
+    const iso = (d: Date | null) => (d ? d.toISOString() : null);
+    return {
       name: n.name,
-      lastSeen: n.last_seen ? (n.last_seen as Date).toISOString() : null,
-      lastSeq: Number(n.last_seq),
+      status: n.status,
+      health: n.health,
+      problem: n.problem,
+      lastSeen: iso(n.lastSeen),
+      expectBy: iso(n.expectBy),
+      lastSeq: n.lastSeq,
       backlog: n.backlog,
-      appliedVersion: n.applied_version,
-      desiredVersion: n.desired_version === null ? null : String(n.desired_version),
-      frameAt: n.frame_at ? (n.frame_at as Date).toISOString() : null,
-    }));
+      backlogRecords: n.backlogRecords,
+      oldestUnsentSeconds: n.oldestUnsentSeconds,
+      appliedVersion: n.appliedVersion,
+      desiredVersion: n.desiredVersion,
+      frameAt: iso(n.frameAt),
+    };
   }
 
-  async function page(res: ServerResponse): Promise<void> {
-    const nodes = await listNodes();
-    const rows = nodes
-      .map((n) => {
-        const name = esc(String(n.name));
-        const img = n.frameAt
-          ? `<img src="/v1/nodes/${encodeURIComponent(String(n.name))}/frame" alt="status frame of ${name}" width="320">`
-          : 'no frame yet';
-        const backlog = n.backlog ? esc(JSON.stringify(n.backlog)) : '';
-        return `<tr><td>${name}</td><td>${esc(String(n.lastSeen ?? 'never'))}</td><td>${backlog}</td><td>${esc(String(n.appliedVersion ?? '-'))} / ${esc(String(n.desiredVersion ?? '-'))}</td><td>${img}</td></tr>`;
-      })
-      .join('\n');
-    const html = `<!doctype html><html><head><meta charset="utf-8"><title>edgekeeper fleet</title>
-<meta http-equiv="refresh" content="30"><style>body{font-family:sans-serif}td{padding:4px 10px;vertical-align:top}</style></head>
-<body><h1>edgekeeper fleet</h1><table><tr><th>node</th><th>last seen</th><th>backlog</th><th>applied / desired</th><th>frame</th></tr>
-${rows}
-</table></body></html>`;
-    res.writeHead(200, { 'Content-Type': 'text/html; charset=utf-8', 'Cache-Control': 'no-store' });
-    res.end(html);
+  async function lifecycle(
+    action: string,
+    name: string,
+  ): Promise<{ name: string; token?: string; status?: string }> {
+    if (action === 'rotate') return nodes.rotate(name);
+    if (action === 'revoke') return nodes.revoke(name);
+    if (action === 'decommission') return nodes.decommission(name);
+    throw new NotFound(`action ${action}`);
   }
 
-  async function route(req: IncomingMessage, res: ServerResponse): Promise<void> {
-    const url = new URL(req.url ?? '/', 'http://receiver');
+  async function api(
+    req: IncomingMessage,
+    res: ServerResponse,
+    url: URL,
+    parts: string[],
+    m: string,
+  ): Promise<void> {
+    if (parts.length === 2) {
+      if (m === 'GET') {
+        await auth.read(req);
+        const r = await nodes.list(NodeDirectory.parseQuery(url.searchParams, API_LIMIT, 'name'));
+        return json(res, 200, {
+          nodes: r.nodes.map(apiNode),
+          total: r.total,
+          page: r.page,
+          limit: r.limit,
+          counts: r.counts,
+        });
+      }
+      if (m === 'POST') {
+        await auth.write(req);
+        const doc = parseJson(
+          await readBody(req, FORM_MAX_BYTES),
+          'expected JSON {"name": ..., "token"?: ...}',
+        ) as {
+          name?: unknown;
+          token?: unknown;
+        } | null;
+        if (typeof doc?.name !== 'string') throw new InvalidArgument('name must be a string');
+        if (doc.token !== undefined && typeof doc.token !== 'string')
+          throw new InvalidArgument('token must be a string');
+        return json(res, 201, await nodes.add(doc.name, doc.token));
+      }
+    }
+    const name = nodeParam(parts[2]!);
+    if (parts.length === 3 && m === 'GET') {
+      await auth.read(req);
+      const n = await nodes.get(name);
+      if (!n) throw new NotFound(`node ${name}`);
+      return json(res, 200, {
+        ...apiNode(n),
+        summary: n.summary,
+        managedBy: n.managedBy,
+        createdAt: n.createdAt.toISOString(),
+        tokenAt: n.tokenAt?.toISOString() ?? null,
+        desired: n.desiredKeys,
+      });
+    }
+    const what = parts[3];
+    if (parts.length !== 4) throw new NotFound(`${m} ${url.pathname}`);
+    if (what === 'batches' && m === 'POST') return handleBatch(req, res, name);
+    if (what === 'desired' && m === 'GET') return getDesired(req, res, name);
+    if (what === 'desired' && m === 'PUT') return putDesired(req, res, name);
+    if (what === 'frame' && m === 'PUT') return putFrame(req, res, name);
+    if (what === 'frame' && m === 'GET') return getFrame(req, res, name);
+    if (what === 'events' && m === 'GET') {
+      await auth.read(req);
+      const n = await nodes.get(name);
+      if (!n) throw new NotFound(`node ${name}`);
+      const limit = NodeDirectory.parseQuery(
+        new URLSearchParams({ limit: url.searchParams.get('limit') ?? '' }),
+        200,
+        'name',
+      ).limit;
+      const events = await nodes.events(n.id, limit, url.searchParams.get('kinds') === 'health');
+      return json(res, 200, {
+        events: events.map((e) => ({
+          ts: e.ts?.toISOString() ?? null,
+          tsMs: e.tsMs,
+          kind: e.kind,
+          subject: e.subject,
+          data: e.data,
+        })),
+      });
+    }
+    if ((what === 'rotate' || what === 'revoke' || what === 'decommission') && m === 'POST') {
+      await auth.write(req);
+      const r = await lifecycle(what, name);
+      log.info({ node: name, action: what }, 'node lifecycle changed through the admin API');
+      return json(res, 200, r);
+    }
+    throw new NotFound(`${m} ${url.pathname}`);
+  }
+
+  // --- pages ------------------------------------------------------------------------------------
+
+  function pageCtx(p: Principal): PageContext {
+    return {
+      now: Date.now(),
+      csrf: p.via === 'session' ? p.csrf : undefined,
+      session: p.via === 'session',
+      readOnly: !auth.enabled,
+    };
+  }
+
+  function html(
+    res: ServerResponse,
+    status: number,
+    body: string,
+    headers: Record<string, string> = {},
+  ): void {
+    res.writeHead(status, {
+      'Content-Type': 'text/html; charset=utf-8',
+      'Content-Length': Buffer.byteLength(body),
+      'Cache-Control': 'no-store',
+      'Content-Security-Policy': CSP,
+      'X-Frame-Options': 'DENY',
+      'X-Content-Type-Options': 'nosniff',
+      'Referrer-Policy': 'same-origin',
+      ...headers,
+    });
+    res.end(body);
+  }
+
+  function redirect(res: ServerResponse, to: string, headers: Record<string, string> = {}): void {
+    res.writeHead(303, { Location: to, 'Cache-Control': 'no-store', 'Content-Length': 0, ...headers }).end();
+  }
+
+  async function form(req: IncomingMessage): Promise<URLSearchParams> {
+    const type = (req.headers['content-type'] ?? '').split(';')[0]!.trim().toLowerCase();
+    if (type !== 'application/x-www-form-urlencoded')
+      throw new InvalidArgument('expected a form (application/x-www-form-urlencoded)');
+    return new URLSearchParams((await readBody(req, FORM_MAX_BYTES)).toString('utf8'));
+  }
+
+  /** A page needs a reader; without one a browser goes to the login form. */
+  async function viewer(req: IncomingMessage, res: ServerResponse, url: URL): Promise<Principal | undefined> {
+    const p = await auth.identify(req);
+    if (!p) redirect(res, `/login?next=${encodeURIComponent(url.pathname + url.search)}`);
+    return p;
+  }
+
+  const DONE: Record<string, string> = {
+    desired: 'Desired state saved as a new version; the node fetches it at its next poll.',
+    revoke: 'Node revoked: its token is refused from now on.',
+    decommission: 'Node decommissioned: it can no longer upload and left the list; its data stays.',
+  };
+
+  async function renderNode(
+    res: ServerResponse,
+    p: Principal,
+    name: string,
+    url: URL,
+    status = 200,
+    extra: { error?: string; desiredText?: string } = {},
+  ): Promise<void> {
+    const n = await nodes.get(name);
+    if (!n) throw new NotFound(`node ${name}`);
+    const filter = url.searchParams.get('events') === 'all' ? 'all' : 'health';
+    const events = await nodes.events(n.id, NODE_EVENTS, filter === 'health');
+    html(
+      res,
+      status,
+      nodePage(
+        {
+          node: n,
+          events,
+          eventsFilter: filter,
+          message: DONE[url.searchParams.get('done') ?? ''],
+          ...extra,
+        },
+        pageCtx(p),
+      ),
+    );
+  }
+
+  async function pages(
+    req: IncomingMessage,
+    res: ServerResponse,
+    url: URL,
+    parts: string[],
+    m: string,
+  ): Promise<void> {
+    if (url.pathname === '/' && m === 'GET') {
+      const p = await viewer(req, res, url);
+      if (!p) return;
+      const q = NodeDirectory.parseQuery(url.searchParams, PAGE_LIMIT, 'health');
+      const gone = url.searchParams.get('gone') ?? '';
+      const message = NODE_NAME.test(gone)
+        ? `Node ${gone} decommissioned: it left the list; its data stays.`
+        : undefined;
+      return html(res, 200, fleetPage(await nodes.list(q), q, pageCtx(p), message));
+    }
+    if (url.pathname === '/login' && m === 'GET') {
+      if (!auth.enabled) return redirect(res, '/');
+      return html(res, 200, loginPage({ next: safeNext(url.searchParams.get('next')), now: Date.now() }));
+    }
+    if (url.pathname === '/login' && m === 'POST') {
+      const f = await form(req);
+      const next = safeNext(f.get('next'));
+      try {
+        const cookie = await auth.login(req, f.get('token') ?? '');
+        return redirect(res, next, { 'Set-Cookie': cookie });
+      } catch (err) {
+        if (!(err instanceof EdgeError) || err.status >= 500) throw err;
+        metrics.errors.inc({ code: err.code });
+        return html(res, err.status, loginPage({ next, error: err.message, now: Date.now() }));
+      }
+    }
+    if (url.pathname === '/logout' && m === 'POST') {
+      const p = await auth.write(req, (await form(req)).get('csrf') ?? '');
+      return redirect(res, '/login', { 'Set-Cookie': await auth.logout(p) });
+    }
+    if (url.pathname === '/nodes' && m === 'POST') {
+      const f = await form(req);
+      const p = await auth.write(req, f.get('csrf') ?? '');
+      const r = await nodes.add(f.get('name') ?? '');
+      log.info({ node: r.name, action: 'add' }, 'node added from the fleet page');
+      return html(res, 200, tokenPage(r.name, r.token, 'New node', pageCtx(p)));
+    }
+    if (parts[0] === 'nodes' && (parts.length === 2 || parts.length === 3)) {
+      const name = nodeParam(parts[1]!);
+      if (parts.length === 2 && m === 'GET') {
+        const p = await viewer(req, res, url);
+        if (!p) return;
+        return renderNode(res, p, name, url);
+      }
+      const action = parts[2] ?? '';
+      if (m === 'POST' && ['desired', 'rotate', 'revoke', 'decommission'].includes(action)) {
+        const f = await form(req);
+        const p = await auth.write(req, f.get('csrf') ?? '');
+        const back = `/nodes/${encodeURIComponent(name)}`;
+        if (action === 'desired') {
+          const text = f.get('keys') ?? '';
+          try {
+            await storeDesired(name, parseJson(Buffer.from(text), 'desired state is not JSON'));
+          } catch (err) {
+            if (!(err instanceof InvalidArgument)) throw err;
+            metrics.errors.inc({ code: err.code });
+            return renderNode(res, p, name, url, 400, { error: err.message, desiredText: text });
+          }
+          return redirect(res, `${back}?done=desired`);
+        }
+        const r = await lifecycle(action, name);
+        log.info({ node: name, action }, 'node lifecycle changed from the fleet page');
+        if (r.token) return html(res, 200, tokenPage(name, r.token, 'New token', pageCtx(p)));
+        return redirect(
+          res,
+          action === 'decommission' ? `/?gone=${encodeURIComponent(name)}` : `${back}?done=${action}`,
+        );
+      }
+    }
+    throw new NotFound(`${m} ${url.pathname}`);
+  }
+
+  async function route(req: IncomingMessage, res: ServerResponse, url: URL): Promise<void> {
     const parts = url.pathname.split('/').filter(Boolean);
     const m = req.method ?? 'GET';
-    if (parts[0] === 'v1' && parts[1] === 'nodes' && parts.length === 4) {
-      let node: string;
-      try {
-        node = decodeURIComponent(parts[2]!);
-      } catch {
-        throw new SyncUnknownNodeError(parts[2]!);
-      }
-      const what = parts[3];
-      if (what === 'batches' && m === 'POST') return handleBatch(req, res, node);
-      if (what === 'desired' && m === 'GET') return getDesired(req, res, node);
-      if (what === 'desired' && m === 'PUT') return putDesired(req, res, node);
-      if (what === 'frame' && m === 'PUT') return putFrame(req, res, node);
-      if (what === 'frame' && m === 'GET') return getFrame(req, res, node);
-    }
-    if (url.pathname === '/v1/nodes' && m === 'GET') {
-      authAdmin(req, false);
-      return json(res, 200, { nodes: await listNodes() });
-    }
-    if (url.pathname === '/' && m === 'GET') {
-      authAdmin(req, false);
-      return page(res);
-    }
+    if (parts[0] === 'v1' && parts[1] === 'nodes' && parts.length >= 2) return api(req, res, url, parts, m);
     if (url.pathname === '/healthz' && m === 'GET') return json(res, 200, { ok: true, ...counters });
-    throw notFound(`${m} ${url.pathname}`);
+    if (url.pathname === '/metrics' && m === 'GET') {
+      const text = await metrics.registry.metrics();
+      res.writeHead(200, { 'Content-Type': metrics.registry.contentType, 'Cache-Control': 'no-store' });
+      res.end(text);
+      return;
+    }
+    if (url.pathname === '/ui.css' && m === 'GET') {
+      res.writeHead(200, { 'Content-Type': 'text/css; charset=utf-8', 'Cache-Control': 'max-age=300' });
+      res.end(STYLESHEET);
+      return;
+    }
+    return pages(req, res, url, parts, m);
   }
 
   const handler = (req: IncomingMessage, res: ServerResponse) => {
-    route(req, res).catch((err: unknown) => {
+    let url: URL;
+    try {
+      url = new URL(req.url ?? '/', 'http://receiver');
+    } catch {
+      url = new URL('http://receiver/');
+    }
+    const page =
+      !url.pathname.startsWith('/v1/') && url.pathname !== '/metrics' && url.pathname !== '/healthz';
+    route(req, res, url).catch(async (err: unknown) => {
       const e = err instanceof EdgeError ? err : undefined;
       const status = e ? e.status : 500;
-      if (status >= 500) log.error({ err }, 'request failed; the node will retry');
+      metrics.errors.inc({ code: e?.code ?? 'EDGE_ERR_INTERNAL' });
+      if (status >= 500) log.error({ err }, 'request failed');
       else {
         counters.rejected++;
         log.warn({ code: e?.code, msg: e?.message, url: req.url }, 'request refused');
@@ -432,16 +755,33 @@ ${rows}
         res.destroy();
         return;
       }
-      const body = e
-        ? { code: e.code, message: e.message }
-        : { code: 'EDGE_ERR_INTERNAL', message: 'the receiver failed to store the request; retry later' };
+      const message = e ? e.message : 'the receiver failed to store the request; retry later';
       // A refused upload may still be streaming in: answer and close rather than read it all.
-      json(
-        res,
-        status,
-        body,
-        status === 413 || status === 401 || status === 403 ? { Connection: 'close' } : {},
-      );
+      const close: Record<string, string> =
+        status === 413 || status === 401 || status === 403 ? { Connection: 'close' } : {};
+      if (page) {
+        let ctx: PageContext | undefined;
+        try {
+          const p = await auth.identify(req);
+          ctx = p ? pageCtx(p) : undefined;
+        } catch {
+          ctx = undefined;
+        }
+        const hint = e instanceof FleetUnauthorizedError ? `${message}. Log in again at /login.` : message;
+        html(res, status, errorPage(status, hint, ctx), close);
+        return;
+      }
+      const challenge: Record<string, string> =
+        e instanceof FleetUnauthorizedError
+          ? {
+              'WWW-Authenticate':
+                'Bearer realm="edgekeeper fleet", Basic realm="edgekeeper fleet", charset="UTF-8"',
+            }
+          : e instanceof SyncUnauthorizedError || e instanceof SyncRevokedError
+            ? { 'WWW-Authenticate': 'Bearer realm="edgekeeper fleet nodes"' }
+            : {};
+      if (e && 'retryAfterSeconds' in e) challenge['Retry-After'] = String(e.retryAfterSeconds);
+      json(res, status, { code: e ? e.code : 'EDGE_ERR_INTERNAL', message }, { ...close, ...challenge });
     });
   };
 
@@ -475,6 +815,8 @@ ${rows}
     url: `${scheme}://${host}:${addr.port}`,
     port: addr.port,
     pool,
+    nodes,
+    applyNodes,
     close() {
       closed ??= (async () => {
         await new Promise<void>((resolve) => {
@@ -486,6 +828,32 @@ ${rows}
       return closed;
     },
   };
+}
+
+/** The node name in a path, decoded; each route checks it (node routes answer 403, others 404). */
+function nodeParam(raw: string): string {
+  try {
+    return decodeURIComponent(raw);
+  } catch {
+    throw new SyncUnknownNodeError(raw.slice(0, 140));
+  }
+}
+
+/** Where to go after login: a path on this server only (never //host or a scheme). */
+function safeNext(v: string | null): string {
+  // Printable ASCII without backslash (some browsers read "/\host" as another host); a search
+  // with other characters arrives percent-encoded anyway.
+  if (!v || v.length > 2000 || !v.startsWith('/') || v.startsWith('//') || !/^[!-[\]-~]+$/.test(v))
+    return '/';
+  return v;
+}
+
+function parseJson(body: Buffer, message: string): unknown {
+  try {
+    return JSON.parse(body.toString('utf8'));
+  } catch {
+    throw new InvalidArgument(message);
+  }
 }
 
 async function readBody(req: IncomingMessage, limit: number): Promise<Buffer> {
@@ -528,10 +896,6 @@ function json(
     ...headers,
   });
   res.end(text);
-}
-
-function esc(s: string): string {
-  return s.replace(/[&<>"']/g, (c) => `&#${c.charCodeAt(0)};`);
 }
 
 /**
