@@ -474,4 +474,3 @@ body.login{display:flex;justify-content:center;align-items:center;min-height:100
 .login-box h1{font-size:18px;margin:0 0 8px}
 .login-box input{padding:5px 7px;border:1px solid #a9b2bc;border-radius:3px}
 `;
-
