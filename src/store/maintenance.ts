@@ -64,12 +64,18 @@ export class Maintenance {
         resourceLimits: { maxYoungGenerationSizeMb: 1 },
       },
     );
-    this.worker.unref();
-    this.worker.on('message', (r: Reply) => this.waiting.shift()?.(r));
+    this.worker.on('message', (r: Reply) => {
+      this.waiting.shift()?.(r);
+      if (this.waiting.length === 0) this.worker.unref();
+    });
     this.worker.on('error', (e) => this.gone(e));
     this.worker.on('exit', (code) =>
       this.gone(new Error(`store maintenance thread exited with code ${code}`)),
     );
+    // After the listeners: adding a 'message' listener refs the thread's port again. Idle, the
+    // thread must not keep the process alive (a store nobody closed); `ask` refs it while a
+    // request waits for its answer.
+    this.worker.unref();
   }
 
   start(): void {
@@ -144,16 +150,21 @@ export class Maintenance {
     this.running = cause;
     const start = performance.now();
     try {
-      const r = await new Promise<Reply>((resolve) => {
-        this.waiting.push(resolve);
-        this.worker.postMessage(msg);
-      });
+      const r = await this.ask(msg);
       if (!r.ok) throw Object.assign(new Error(r.message), { code: r.code });
       return r as CheckpointResult;
     } finally {
       this.running = undefined;
       this.record(cause, start);
     }
+  }
+
+  private ask(msg: object): Promise<Reply> {
+    return new Promise<Reply>((resolve) => {
+      this.waiting.push(resolve);
+      this.worker.ref();
+      this.worker.postMessage(msg);
+    });
   }
 
   private gone(e: Error): void {
@@ -168,10 +179,7 @@ export class Maintenance {
     clearInterval(this.timer);
     if (!this.dead) {
       // Let a running checkpoint finish; then the thread closes its connection.
-      await new Promise<Reply>((resolve) => {
-        this.waiting.push(resolve);
-        this.worker.postMessage({ t: 'close' });
-      });
+      await this.ask({ t: 'close' });
     }
     await this.worker.terminate();
   }
