@@ -103,12 +103,10 @@ function randomId(): bigint {
 }
 
 /**
- * Open a connection with the store's settings. Commits are not synced by SQLite
- * (`synchronous=NORMAL`): the writer syncs the WAL itself with fdatasync, off the event loop,
- * before it acknowledges anything (see writer.ts for why that is as durable as FULL). SQLite
- * still syncs the WAL before a checkpoint and the database after it, so a checkpoint never
- * loses a committed frame. Nothing here checkpoints on its own (`wal_autocheckpoint=0`): the
- * maintenance thread does, on its own connection, so a commit never waits for one.
+ * Open a connection with the store's settings. Nothing here checkpoints on its own
+ * (`wal_autocheckpoint=0`): the maintenance thread does, on its own connection with
+ * `synchronous=NORMAL` (SQLite then syncs the WAL before copying it and the database before the
+ * WAL may restart), so a commit never waits for a checkpoint.
  */
 export function openDatabase(file: string): Database.Database {
   const db = new Database(file);
@@ -120,15 +118,31 @@ export function openDatabase(file: string): Database.Database {
   db.pragma('busy_timeout = 5000');
   db.pragma('cache_size = -4096');
   // After a burst, a WAL larger than this is cut back when it restarts from its beginning.
-  db.pragma('journal_size_limit = 4194304');
+  db.pragma(`journal_size_limit = ${WAL_LIMIT_BYTES}`);
   return db;
 }
+
+/**
+ * The writer's connection: as openDatabase, but SQLite never syncs on it (`synchronous=OFF`).
+ * The writer syncs the WAL itself, off the event loop, before acknowledging (writer.ts). With
+ * NORMAL, SQLite would also fsync the WAL header on this thread whenever the WAL restarts.
+ * The writer never checkpoints; before it closes the database (which checkpoints and removes
+ * the WAL) `close()` turns syncing back on.
+ */
+function openWriterDatabase(file: string): Database.Database {
+  const db = openDatabase(file);
+  db.pragma('synchronous = OFF');
+  return db;
+}
+
+/** The WAL file is kept (and reused from its start) up to this size. */
+export const WAL_LIMIT_BYTES = 4 * 1024 * 1024;
 
 /** Open, then refuse a damaged file with a message that says what to do. */
 function openChecked(file: string): Database.Database {
   let db: Database.Database | undefined;
   try {
-    db = openDatabase(file);
+    db = openWriterDatabase(file);
     const rows = db.pragma('quick_check') as { quick_check: string }[];
     const first = rows[0]?.quick_check;
     if (first !== 'ok')
@@ -276,6 +290,9 @@ export class Engine {
   }
 
   close(): void {
+    // Closing the last connection checkpoints the WAL into the database and deletes the WAL:
+    // the database must be synced before that.
+    this.db.pragma('synchronous = NORMAL');
     this.db.close();
   }
 

@@ -10,6 +10,7 @@ import { openDatabase } from './engine.js';
 const port = parentPort!;
 const { file } = (workerData as { data: { file: string } }).data;
 let db: Database.Database | undefined;
+let frameBytes = 0;
 
 type Msg = { t: 'checkpoint'; mode: 'PASSIVE' | 'TRUNCATE' } | { t: 'vacuum' } | { t: 'close' };
 
@@ -19,6 +20,7 @@ port.on('message', (msg: Msg) => {
       db = openDatabase(file);
       // A checkpoint reads each page once; a large cache would only cost memory.
       db.pragma('cache_size = -256');
+      frameBytes = (db.pragma('page_size', { simple: true }) as number) + 24;
     }
     const t = performance.now();
     if (msg.t === 'checkpoint') {
@@ -27,7 +29,7 @@ port.on('message', (msg: Msg) => {
         log: number;
         checkpointed: number;
       }[];
-      port.postMessage({ ok: true, ...r, ms: performance.now() - t });
+      port.postMessage({ ok: true, ...r, ms: performance.now() - t, frameBytes });
     } else if (msg.t === 'vacuum') {
       db.exec('VACUUM');
       const [r] = db.pragma('wal_checkpoint(TRUNCATE)') as {
@@ -35,7 +37,7 @@ port.on('message', (msg: Msg) => {
         log: number;
         checkpointed: number;
       }[];
-      port.postMessage({ ok: true, ...r, ms: performance.now() - t });
+      port.postMessage({ ok: true, ...r, ms: performance.now() - t, frameBytes });
     } else {
       db?.close();
       db = undefined;

@@ -12,7 +12,7 @@ const LATENCY_BUCKETS = [
 export class StoreMetrics {
   private readonly commit: Histogram;
   private readonly sync: Histogram;
-  private readonly stall: Gauge;
+  private readonly stallGauge: Gauge;
   private readonly stallMax = new Map<string, number>();
   private readonly checkpoint: Histogram;
   private readonly checkpointPages: Counter;
@@ -36,9 +36,9 @@ export class StoreMetrics {
       buckets: LATENCY_BUCKETS,
       registers,
     });
-    this.stall = new Gauge({
+    this.stallGauge = new Gauge({
       name: 'edgekeeper_store_commit_stall_max_seconds',
-      help: 'Longest WAL sync since start, by what else used the disk meanwhile: fsync (nothing), checkpoint, vacuum, backup.',
+      help: 'Longest wait of a commit since start, by cause: its WAL sync (fsync when nothing else used the disk, else checkpoint, vacuum or backup), or the writer holding its queue so the WAL can restart (wal-restart).',
       labelNames: ['cause'],
       registers,
     });
@@ -130,10 +130,15 @@ export class StoreMetrics {
     this.commit.observe(b.commitMs / 1000);
     this.sync.observe(b.syncMs / 1000);
     this.group.observe(n);
-    const s = b.syncMs / 1000;
+    this.stall(cause, b.syncMs);
+  }
+
+  /** A commit waited `ms` for the disk or for background work (`cause`). */
+  stall(cause: string, ms: number): void {
+    const s = ms / 1000;
     if (s > (this.stallMax.get(cause) ?? 0)) {
       this.stallMax.set(cause, s);
-      this.stall.set({ cause }, s);
+      this.stallGauge.set({ cause }, s);
     }
   }
 

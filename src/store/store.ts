@@ -119,6 +119,7 @@ class SqliteStore implements Store {
       this.log,
       () => this.writer.active,
       (r) => this.onCheckpoint(r),
+      (fn) => this.writer.runExclusive(fn),
     );
     this.lessor = new Lessor(this.clock, (id) => this.expire(id));
     this.recipes = new Recipes(this);
@@ -192,6 +193,8 @@ class SqliteStore implements Store {
 
   private onCheckpoint(r: CheckpointResult): void {
     this.metrics?.onCheckpoint(r);
+    // The writer held its queue for this one: every request that came meanwhile waited.
+    if (r.cause === 'wal-restart') this.metrics?.stall(r.cause, r.ms);
   }
 
   /** A WAL sync failed: nothing written after it can be acknowledged any more. */

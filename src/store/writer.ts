@@ -5,18 +5,19 @@
  * batch size follows the disk's speed: one request per commit when idle, hundreds when the disk
  * is slow. A request's promise settles only after its batch is durable.
  *
- * Why an acknowledged write survives a power cut. SQLite runs with `synchronous=NORMAL`: COMMIT
- * appends the transaction's pages to the WAL with write() and returns without syncing. The writer
- * then calls fdatasync() on the WAL file (on libuv's thread pool, so the event loop keeps
- * serving) and answers nobody before it returns. fdatasync flushes every written byte of the file
- * and the metadata needed to read it back (its size), whichever descriptor wrote them, so the
- * commit frame and every frame before it are on the disk. After a power cut SQLite's recovery
- * reads the WAL up to the last frame whose checksum chain and commit marker are intact: every
- * synced commit is there, and a torn later one is dropped whole. The WAL file itself was created
- * before the first sync and its directory entry is synced once. A checkpoint copies frames into
- * the database only after syncing the WAL and syncs the database before the WAL restarts, so it
- * never loses a synced frame (SQLite's NORMAL rules). This is what `synchronous=FULL` guarantees,
- * without a thread hop per commit.
+ * Why an acknowledged write survives a power cut. SQLite never syncs on the writer's connection
+ * (`synchronous=OFF`): COMMIT appends the transaction's pages to the WAL with write() and returns.
+ * The writer then calls fdatasync() on the WAL file (on libuv's thread pool, so the event loop
+ * keeps serving) and answers nobody before it returns. fdatasync flushes every written byte of
+ * the file and the metadata needed to read it back (its size), whichever descriptor wrote them,
+ * so the commit frame and every frame before it, and the WAL header after a restart, are on the
+ * disk. After a power cut SQLite's recovery reads the WAL up to the last frame whose salt,
+ * checksum chain and commit marker are intact: every synced commit is there, and a torn later
+ * one is dropped whole. The WAL file was created before the first sync and its directory entry
+ * is synced once. Checkpoints run on another connection with `synchronous=NORMAL`: SQLite syncs
+ * the database before it records frames as copied, and the WAL restarts (is overwritten from
+ * its start) only after that, so a checkpoint never loses a synced frame. This is what
+ * `synchronous=FULL` guarantees, without a sync on the committing thread.
  *
  * Reads never see a write before it is durable: the store serves reads at the revision of the
  * last synced batch (see store.ts), and watchers get events only after the sync.

@@ -328,3 +328,29 @@ test('commit latency is reported over the last minute and only from 20 commits o
     assert.equal(s.stats().commitLatencyMs, undefined, 'commits older than a minute still count');
   });
 });
+
+test('under steady writes the WAL restarts from its start and stays bounded', async () => {
+  const { statSync } = await import('node:fs');
+  const { Registry } = await import('prom-client');
+  const registry = new Registry();
+  await withStore({ durability: 'fsync', registry }, async (s, file) => {
+    const value = Buffer.alloc(2048, 7);
+    let maxWal = 0;
+    const checkpoints = async () =>
+      (await registry.getSingleMetric('edgekeeper_store_checkpoint_seconds')!.get()).values.find((v) =>
+        (v as { metricName?: string }).metricName?.endsWith('_count'),
+      )?.value ?? 0;
+    // 12 MiB of puts, never idle: passive checkpoints alone would never let the WAL restart.
+    for (let i = 0; i < 6000; i++) {
+      await Promise.all([0, 1].map((j) => s.put({ key: Buffer.from(`w/${(i * 2 + j) % 500}`), value })));
+      if (i % 200 === 0) maxWal = Math.max(maxWal, statSync(`${file}-wal`).size);
+    }
+    assert.ok((await checkpoints()) > 2, 'checkpoints ran');
+    const stall = (await registry.getSingleMetric('edgekeeper_store_commit_stall_max_seconds')!.get()).values;
+    assert.ok(
+      stall.some((v) => v.labels.cause === 'wal-restart'),
+      `the writer never held its queue for a WAL restart: ${JSON.stringify(stall)}`,
+    );
+    assert.ok(maxWal <= 6 * 1024 * 1024, `the WAL grew to ${maxWal} bytes`);
+  });
+});
