@@ -18,9 +18,13 @@ declare -A probe=(
   [systemd]="cmd:systemd-analyze"
   [util-linux]="cmd:unshare"
   [iproute2]="cmd:ip"
+  [golang-go]="cmd:go"
+  [golang-etcd-server-dev]="file:/usr/share/gocode/src/go.etcd.io/etcd/clientv3/client.go"
+  [e2fsprogs]="cmd:mkfs.ext4"
+  [mount]="cmd:losetup"
 )
 order=(etcd-server etcd-client mosquitto mosquitto-clients bpftrace postgresql strace tesseract-ocr
-  fonts-dejavu-core systemd util-linux iproute2)
+  fonts-dejavu-core systemd util-linux iproute2 golang-go golang-etcd-server-dev e2fsprogs mount)
 
 present() {
   local kind="${1%%:*}" what="${1#*:}"
