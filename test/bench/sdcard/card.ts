@@ -25,6 +25,7 @@ import {
   mkdtempSync,
   readdirSync,
   readFileSync,
+  readlinkSync,
   rmSync,
   rmdirSync,
   statfsSync,
@@ -302,6 +303,18 @@ export function leftovers(pid: number): string[] {
   for (const l of loopDevices()) if (l.backFile.includes(mark)) out.push(`${l.name} (${l.backFile})`);
   for (const line of readFileSync('/proc/mounts', 'utf8').split('\n'))
     if (line.includes(mark)) out.push(`mount ${line.split(' ')[1]}`);
+  // a server still running with its data on one of the cards
+  for (const p of readdirSync('/proc')) {
+    if (!/^\d+$/.test(p)) continue;
+    try {
+      const cmd = readFileSync(`/proc/${p}/cmdline`, 'utf8');
+      // etcd names its data directory; the daemon runs in its own (as under systemd)
+      if (cmd.includes(mark) || readlinkSync(`/proc/${p}/cwd`).includes(mark))
+        out.push(`process ${p}: ${cmd.replace(/\0/g, ' ').slice(0, 200)}`);
+    } catch {
+      // gone
+    }
+  }
   return out;
 }
 

@@ -63,6 +63,7 @@ export function runLoadgen(
   bin: string,
   args: string[],
   onPhase: (phase: string) => void | Promise<void> = () => undefined,
+  /** Called with the process the moment it is spawned. */
   track?: (p: ChildProcess) => void,
 ): Promise<Line[]> {
   const child = spawn(bin, args, { stdio: ['pipe', 'pipe', 'pipe'] });

@@ -120,13 +120,25 @@ class Teardown {
   private readonly items: { name: string; sync: () => void }[] = [];
   private readonly onSignal = (sig: NodeJS.Signals) => {
     process.stderr.write(`sdcard bench: ${sig}, tearing down\n`);
-    this.all();
+    try {
+      this.all();
+    } catch (err) {
+      process.stderr.write(`sdcard bench: ${(err as Error).message}\n`);
+    }
     process.exit(sig === 'SIGINT' ? 130 : 143);
   };
 
   constructor() {
     process.once('SIGINT', this.onSignal);
     process.once('SIGTERM', this.onSignal);
+  }
+
+  /** A child process, SIGKILLed on teardown unless it has exited by then. */
+  child(name: string, proc: ChildProcess): void {
+    const forget = this.add(name, () => {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGKILL');
+    });
+    proc.once('exit', forget);
   }
 
   add(name: string, sync: () => void): () => void {
@@ -161,6 +173,9 @@ interface Ctx {
   build: DaemonBuild;
   teardown: Teardown;
 }
+
+/** Servers register their process the moment it is spawned, before they are ready. */
+const track = (ctx: Ctx) => (name: string, proc: ChildProcess) => ctx.teardown.child(name, proc);
 
 /** A card for the length of `f`, torn down after it whatever happens. */
 async function withCard<T>(ctx: Ctx, f: (card: Card) => Promise<T>): Promise<T> {
@@ -271,8 +286,8 @@ async function mixOn(ctx: Ctx, name: ServerName): Promise<MixResult> {
   return await withCard(ctx, async (card) => {
     const start =
       name === 'etcd'
-        ? startEtcd(join(card.mount, 'etcd'), card)
-        : startEdgekeeper(ctx.build, join(card.mount, 'edgekeeper'), card);
+        ? startEtcd(join(card.mount, 'etcd'), card, track(ctx))
+        : startEdgekeeper(ctx.build, join(card.mount, 'edgekeeper'), card, {}, track(ctx));
     return await withServer(ctx, start as Promise<Server>, async (s) => {
       let end: (() => Window) | undefined;
       let win: Window | undefined;
@@ -309,7 +324,7 @@ async function mixOn(ctx: Ctx, name: ServerName): Promise<MixResult> {
               );
           }
         },
-        (p) => ctx.teardown.add('loadgen', () => p.kill('SIGKILL')),
+        (p) => ctx.teardown.child('loadgen', p),
       );
       clearInterval(sampler);
       if (!win) throw new Error(`${name}: the loadgen never said done`);
@@ -498,58 +513,62 @@ async function fastPhase(ctx: Ctx): Promise<void> {
   const base = mkdtempSync(join(tmpdir(), 'ek-sdcard-fast-'));
   const forget = ctx.teardown.add('fast data', () => rmSync(base, { recursive: true, force: true }));
   try {
-    await withServer(ctx, startEtcd(join(base, 'etcd')), async (etcd) =>
-      withServer(ctx, startEdgekeeper(ctx.build, join(base, 'edgekeeper')), async (ek) => {
-        const servers: Server[] = ctx.run % 2 === 0 ? [etcd, ek] : [ek, etcd];
-        for (const [measure, args] of [
-          ['fast_seq', ['-mode', 'seq']],
-          ['fast_inflight32', ['-mode', 'inflight', '-n', '32']],
-          ['fast_inflight256', ['-mode', 'inflight', '-n', '256']],
-        ] as const) {
-          const res: Partial<Record<ServerName, Line>> = {};
-          for (const s of servers) {
-            process.stderr.write(`sdcard: run ${ctx.run} ${measure} on ${s.name}\n`);
-            const lines = await runLoadgen(
-              ctx.loadgen,
-              [...args, '-endpoint', s.endpoint, '-duration', `${FAST_SECONDS}s`],
-              undefined,
-              (p) => ctx.teardown.add('loadgen', () => p.kill('SIGKILL')),
-            );
-            res[s.name] = lines.find((l) => l.class === 'put')!;
+    await withServer(ctx, startEtcd(join(base, 'etcd'), undefined, track(ctx)), async (etcd) =>
+      withServer(
+        ctx,
+        startEdgekeeper(ctx.build, join(base, 'edgekeeper'), undefined, {}, track(ctx)),
+        async (ek) => {
+          const servers: Server[] = ctx.run % 2 === 0 ? [etcd, ek] : [ek, etcd];
+          for (const [measure, args] of [
+            ['fast_seq', ['-mode', 'seq']],
+            ['fast_inflight32', ['-mode', 'inflight', '-n', '32']],
+            ['fast_inflight256', ['-mode', 'inflight', '-n', '256']],
+          ] as const) {
+            const res: Partial<Record<ServerName, Line>> = {};
+            for (const s of servers) {
+              process.stderr.write(`sdcard: run ${ctx.run} ${measure} on ${s.name}\n`);
+              const lines = await runLoadgen(
+                ctx.loadgen,
+                [...args, '-endpoint', s.endpoint, '-duration', `${FAST_SECONDS}s`],
+                undefined,
+                (p) => ctx.teardown.child('loadgen', p),
+              );
+              res[s.name] = lines.find((l) => l.class === 'put')!;
+            }
+            const line = (l: Line) => ({
+              opsPerSec: l.opsPerSec,
+              p50: l.p50,
+              p99: l.p99,
+              max: l.max,
+              n: l.acked,
+              issued: l.issued,
+              errors: l.errors,
+              inflight: l.inflight,
+            });
+            const a = res.etcd!;
+            const b = res.edgekeeper!;
+            out({
+              bench: `sdcard.${measure}`,
+              run: ctx.run,
+              server: 'etcd',
+              unit: 'ms',
+              disk: base,
+              ...line(a),
+            });
+            out({
+              bench: `sdcard.${measure}`,
+              run: ctx.run,
+              server: 'edgekeeper',
+              unit: 'ms',
+              disk: base,
+              ...line(b),
+              throughputRatio: ratio(b.opsPerSec, a.opsPerSec),
+              p99Ratio: ratio(b.p99, a.p99),
+              target: measure === 'fast_seq' ? TARGET.fast_seq : TARGET.fast_inflight,
+            });
           }
-          const line = (l: Line) => ({
-            opsPerSec: l.opsPerSec,
-            p50: l.p50,
-            p99: l.p99,
-            max: l.max,
-            n: l.acked,
-            issued: l.issued,
-            errors: l.errors,
-            inflight: l.inflight,
-          });
-          const a = res.etcd!;
-          const b = res.edgekeeper!;
-          out({
-            bench: `sdcard.${measure}`,
-            run: ctx.run,
-            server: 'etcd',
-            unit: 'ms',
-            disk: base,
-            ...line(a),
-          });
-          out({
-            bench: `sdcard.${measure}`,
-            run: ctx.run,
-            server: 'edgekeeper',
-            unit: 'ms',
-            disk: base,
-            ...line(b),
-            throughputRatio: ratio(b.opsPerSec, a.opsPerSec),
-            p99Ratio: ratio(b.p99, a.p99),
-            target: measure === 'fast_seq' ? TARGET.fast_seq : TARGET.fast_inflight,
-          });
-        }
-      }),
+        },
+      ),
     );
   } finally {
     forget();
@@ -572,6 +591,7 @@ async function startFleet(
     ]),
     { stdio: ['ignore', 'pipe', 'pipe'], env: ctx.build.env() },
   );
+  ctx.teardown.child('fleet-server', proc);
   let log = '';
   proc.stderr!.on('data', (d: Buffer) => {
     log = (log + d.toString()).slice(-4000);
@@ -603,17 +623,25 @@ async function wearPhase(ctx: Ctx): Promise<void> {
   try {
     const token = randomBytes(16).toString('hex');
     const fleet = await startFleet(ctx, pg.url, token);
-    const forgetFleet = ctx.teardown.add('fleet-server', () => fleet.proc.kill('SIGKILL'));
     try {
       await withCard(ctx, async (card) => {
-        const start = startEdgekeeper(ctx.build, join(card.mount, 'edgekeeper'), card, {
-          sync: { url: fleet.url, token },
-        });
+        const start = startEdgekeeper(
+          ctx.build,
+          join(card.mount, 'edgekeeper'),
+          card,
+          { sync: { url: fleet.url, token } },
+          track(ctx),
+        );
         await withServer(ctx, start, (d) => wearOn(ctx, card, d));
       });
     } finally {
-      forgetFleet();
-      fleet.proc.kill('SIGTERM');
+      if (fleet.proc.exitCode === null && fleet.proc.signalCode === null) {
+        const exited = new Promise((r) => fleet.proc.once('exit', r));
+        fleet.proc.kill('SIGTERM');
+        const t = setTimeout(() => fleet.proc.kill('SIGKILL'), 10_000);
+        await exited;
+        clearTimeout(t);
+      }
     }
   } finally {
     forgetPg();

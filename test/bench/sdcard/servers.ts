@@ -102,7 +102,10 @@ function launch(argv: string[], card: Card | undefined, env: NodeJS.ProcessEnv, 
 }
 
 /** etcd 3.4 with its defaults, its data in `dataDir`. */
-export async function startEtcd(dataDir: string, card?: Card): Promise<Server> {
+/** Told of each server process the moment it is spawned (for teardown on a signal). */
+export type Track = (name: string, proc: ChildProcess) => void;
+
+export async function startEtcd(dataDir: string, card?: Card, track?: Track): Promise<Server> {
   const [port, peer] = [await freePort(), await freePort()];
   const url = (p: number) => `http://127.0.0.1:${p}`;
   const argv = [
@@ -113,6 +116,7 @@ export async function startEtcd(dataDir: string, card?: Card): Promise<Server> {
     ...['--initial-cluster', `sd=${url(peer)}`, '--log-level', 'error'],
   ];
   const proc = launch(argv, card, process.env);
+  track?.('etcd', proc);
   const log = tail(proc);
   const s = stopper(proc);
   try {
@@ -139,6 +143,7 @@ export async function startEdgekeeper(
   dataDir: string,
   card?: Card,
   extra: Record<string, unknown> = {},
+  track?: Track,
 ): Promise<Daemon> {
   const [httpPort, etcdPort, mqttPort] = [await freePort(), await freePort(), await freePort()];
   mkdirSync(dataDir, { recursive: true });
@@ -162,6 +167,7 @@ export async function startEdgekeeper(
     build.env(),
     dataDir,
   );
+  track?.('edgekeeper', proc);
   const log = tail(proc);
   const s = stopper(proc);
   const httpBase = `http://127.0.0.1:${httpPort}`;
