@@ -6,7 +6,8 @@
  * servers, and that its accounting holds (every request issued is acknowledged or an error, the
  * schedule issued what the mix says, the watcher saw exactly the acknowledged writes, bytes per
  * put are bytes over acknowledged puts, each ratio comes from the same run's two lines), and that
- * no card, loop device or cgroup is left behind, after a clean run or an interrupted one.
+ * no card, loop device, cgroup, server or compiled daemon is left behind, after a clean run or an
+ * interrupted one.
  * Needs root, loop devices, cgroup v1 blkio, go with golang-etcd-server-dev, etcd, PostgreSQL 15.
  */
 import assert from 'node:assert/strict';
@@ -105,6 +106,7 @@ test('the SD-card bench prints every line for both servers with its accounting i
 
   const setup = lines.find((l) => l.bench === 'sdcard.setup');
   assert.ok(setup, 'no setup line');
+  assert.equal(existsSync(String(setup.daemonBuild)), false, 'the compiled daemon was left behind');
   const mix = String(setup.mix);
   const one = (bench: string, server: string) => {
     const found = lines.filter((l) => l.bench === `sdcard.${bench}` && l.server === server);
@@ -223,7 +225,7 @@ test('an interrupted SD-card bench leaves no card, loop device or cgroup behind'
 }, async () => {
   assert.deepEqual(missing, [], 'in CI every peer of the SD-card bench must be there');
   let sent = false;
-  const { code, pid } = await runBench(
+  const { code, pid, lines } = await runBench(
     {
       EDGEKEEPER_BENCH_SDCARD_PHASES: 'mix',
       EDGEKEEPER_BENCH_SDCARD_SECONDS: '2',
@@ -240,4 +242,7 @@ test('an interrupted SD-card bench leaves no card, loop device or cgroup behind'
   assert.ok(sent, 'the bench never reached the mix');
   assert.equal(code, 130);
   assert.deepEqual(leftovers(pid), []);
+  const build = lines.find((l) => l.bench === 'sdcard.setup')?.daemonBuild;
+  assert.equal(typeof build, 'string', 'the setup line names the daemon build');
+  assert.equal(existsSync(build as string), false, 'the compiled daemon was left behind');
 });

@@ -46,7 +46,7 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import mqtt from 'mqtt';
 import { ETCD_BIN, freePort } from '../../etcd/helpers.js';
@@ -796,10 +796,14 @@ export default async function run(): Promise<void> {
   const loadgen = buildLoadgen();
   const build = await buildDaemon();
   const teardown = new Teardown();
+  // registered first, so it goes last, after every process that runs its files
+  teardown.add('daemon build', () => build.cleanup());
   try {
     out({
       bench: 'sdcard.setup',
       daemon: build.root,
+      // the daemon compiled for this run (removed at the end)
+      daemonBuild: dirname(dirname(build.js('src/main.ts'))),
       runs: RUNS,
       phases: PHASES,
       mixSeconds: SECONDS,
@@ -816,10 +820,6 @@ export default async function run(): Promise<void> {
       if (PHASES.includes('wear')) await wearPhase(ctx);
     }
   } finally {
-    try {
-      teardown.all();
-    } finally {
-      build.cleanup();
-    }
+    teardown.all();
   }
 }
