@@ -287,7 +287,12 @@ async function mixOn(ctx: Ctx, name: ServerName): Promise<MixResult> {
     const start =
       name === 'etcd'
         ? startEtcd(join(card.mount, 'etcd'), card, track(ctx))
-        : startEdgekeeper(ctx.build, join(card.mount, 'edgekeeper'), card, {}, track(ctx));
+        : startEdgekeeper(ctx.build, {
+            dataDir: join(card.mount, 'edgekeeper'),
+            configDir: card.dir,
+            card,
+            track: track(ctx),
+          });
     return await withServer(ctx, start as Promise<Server>, async (s) => {
       let end: (() => Window) | undefined;
       let win: Window | undefined;
@@ -481,6 +486,10 @@ function printMix(run: number, res: Record<ServerName, MixResult>): void {
     longestRequestMs: longest(e),
   });
   const kc = histogramWindow(k.metricsBefore, k.metricsAfter, 'edgekeeper_store_commit_seconds');
+  const stall = matching(k.metricsBefore, k.metricsAfter, [
+    'edgekeeper_store_commit_stall_',
+    'edgekeeper_store_checkpoint_',
+  ]);
   out({
     bench: 'sdcard.commit',
     run,
@@ -491,12 +500,25 @@ function printMix(run: number, res: Record<ServerName, MixResult>): void {
     longestRequestMs: longest(k),
     longestRequestRatio: ratio(longest(k), longest(e)),
     readyz: k.readyz,
-    // the store's own account of its longest stall and its cause, where the store has one
-    stallMetrics: matching(k.metricsBefore, k.metricsAfter, [
-      'edgekeeper_store_commit_stall_',
-      'edgekeeper_store_checkpoint_',
-    ]),
+    // its WAL syncs alone, where the store measures them (etcd's walFsync is the counterpart)
+    walSync: histogramWindow(k.metricsBefore, k.metricsAfter, 'edgekeeper_store_sync_seconds'),
+    longestStall: longestStall(stall),
+    // the store's own account of its stalls and checkpoints, as it exports them
+    stallMetrics: stall,
   });
+}
+
+/**
+ * The largest of the store's `edgekeeper_store_commit_stall_max_seconds{cause}` gauges, if it
+ * exports them: its longest stall since the daemon started (the preload included) and its cause.
+ */
+function longestStall(stall: Record<string, { value: number }>): { ms: number; cause: string } | null {
+  let best: { ms: number; cause: string } | null = null;
+  for (const [series, { value }] of Object.entries(stall)) {
+    const m = /^edgekeeper_store_commit_stall_max_seconds\{.*cause="([^"]*)"/.exec(series);
+    if (m && (!best || value * 1000 > best.ms)) best = { ms: value * 1000, cause: m[1]! };
+  }
+  return best;
 }
 
 async function mixPhase(ctx: Ctx): Promise<void> {
@@ -516,7 +538,7 @@ async function fastPhase(ctx: Ctx): Promise<void> {
     await withServer(ctx, startEtcd(join(base, 'etcd'), undefined, track(ctx)), async (etcd) =>
       withServer(
         ctx,
-        startEdgekeeper(ctx.build, join(base, 'edgekeeper'), undefined, {}, track(ctx)),
+        startEdgekeeper(ctx.build, { dataDir: join(base, 'edgekeeper'), configDir: base, track: track(ctx) }),
         async (ek) => {
           const servers: Server[] = ctx.run % 2 === 0 ? [etcd, ek] : [ek, etcd];
           for (const [measure, args] of [
@@ -625,13 +647,13 @@ async function wearPhase(ctx: Ctx): Promise<void> {
     const fleet = await startFleet(ctx, pg.url, token);
     try {
       await withCard(ctx, async (card) => {
-        const start = startEdgekeeper(
-          ctx.build,
-          join(card.mount, 'edgekeeper'),
+        const start = startEdgekeeper(ctx.build, {
+          dataDir: join(card.mount, 'edgekeeper'),
+          configDir: card.dir,
           card,
-          { sync: { url: fleet.url, token } },
-          track(ctx),
-        );
+          extra: { sync: { url: fleet.url, token } },
+          track: track(ctx),
+        });
         await withServer(ctx, start, (d) => wearOn(ctx, card, d));
       });
     } finally {

@@ -5,8 +5,7 @@
  * every part at its defaults) from this checkout or from EDGEKEEPER_BENCH_DAEMON.
  */
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -134,40 +133,44 @@ export async function startEtcd(dataDir: string, card?: Card, track?: Track): Pr
   };
 }
 
+export interface DaemonOptions {
+  /** The state directory (on the card, or on the machine's disk). */
+  dataDir: string;
+  /** Where the config file goes: off the card, as /etc/edgekeeper is off /var/lib. */
+  configDir: string;
+  /** The card whose throttling group the daemon runs in, if any. */
+  card?: Card;
+  /** Config sections over the defaults (sync, for the wear phase). */
+  extra?: Record<string, unknown>;
+  track?: Track;
+}
+
 /**
- * `edgekeeper run` with its data in `dataDir` and every part at its defaults (embedded broker,
- * frames, probes; sync only if `extra` configures it); only the listeners move to free ports.
+ * `edgekeeper run` with every part at its defaults (embedded broker, frames, probes; sync only
+ * if `extra` configures it); only the listeners move to free ports.
  */
-export async function startEdgekeeper(
-  build: DaemonBuild,
-  dataDir: string,
-  card?: Card,
-  extra: Record<string, unknown> = {},
-  track?: Track,
-): Promise<Daemon> {
+export async function startEdgekeeper(build: DaemonBuild, o: DaemonOptions): Promise<Daemon> {
   const [httpPort, etcdPort, mqttPort] = [await freePort(), await freePort(), await freePort()];
-  mkdirSync(dataDir, { recursive: true });
-  // the config file lives off the card, as /etc/edgekeeper does off /var/lib
-  const cfgDir = mkdtempSync(join(tmpdir(), 'ek-sdcard-cfg-'));
-  const cfg = join(cfgDir, 'edgekeeper.json');
+  mkdirSync(o.dataDir, { recursive: true });
+  const cfg = join(o.configDir, 'edgekeeper.json');
   writeFileSync(
     cfg,
     JSON.stringify({
-      node: { name: 'sdbench', dataDir },
+      node: { name: 'sdbench', dataDir: o.dataDir },
       http: { listen: `127.0.0.1:${httpPort}` },
       etcd: { listen: `127.0.0.1:${etcdPort}` },
       mqtt: { listen: `127.0.0.1:${mqttPort}` },
-      ...extra,
+      ...o.extra,
     }),
   );
   // as the unit runs it: plain node on the compiled daemon, the unit's environment, cwd = state
   const proc = launch(
     [process.execPath, build.js('src/main.ts'), 'run', '--config', cfg],
-    card,
+    o.card,
     build.env(),
-    dataDir,
+    o.dataDir,
   );
-  track?.('edgekeeper', proc);
+  o.track?.('edgekeeper', proc);
   const log = tail(proc);
   const s = stopper(proc);
   const httpBase = `http://127.0.0.1:${httpPort}`;
@@ -181,7 +184,6 @@ export async function startEdgekeeper(
     await until('edgekeeper run', proc, log, async () => ready);
   } catch (err) {
     s.kill();
-    rmSync(cfgDir, { recursive: true, force: true });
     throw err;
   }
   return {
@@ -191,14 +193,7 @@ export async function startEdgekeeper(
     httpBase,
     mqttPort,
     metrics: () => fetch(`${httpBase}/metrics`).then((r) => r.text()),
-    async stop() {
-      await s.stop();
-      rmSync(cfgDir, { recursive: true, force: true });
-    },
-    kill() {
-      s.kill();
-      rmSync(cfgDir, { recursive: true, force: true });
-    },
+    ...s,
   };
 }
 
