@@ -20,9 +20,14 @@ declare -A probe=(
   [iproute2]="cmd:ip"
   [chromium]="cmd:chromium"
   [prometheus]="cmd:promtool"
+  [golang-go]="cmd:go"
+  [golang-etcd-server-dev]="file:/usr/share/gocode/src/go.etcd.io/etcd/clientv3/client.go"
+  [e2fsprogs]="cmd:mkfs.ext4"
+  [mount]="cmd:losetup"
 )
 order=(etcd-server etcd-client mosquitto mosquitto-clients bpftrace postgresql strace tesseract-ocr
-  fonts-dejavu-core systemd util-linux iproute2 chromium prometheus)
+  fonts-dejavu-core systemd util-linux iproute2 chromium prometheus golang-go golang-etcd-server-dev
+  e2fsprogs mount)
 
 present() {
   local kind="${1%%:*}" what="${1#*:}"
