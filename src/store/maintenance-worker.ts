@@ -10,7 +10,6 @@ import { openDatabase } from './engine.js';
 const port = parentPort!;
 const { file } = (workerData as { data: { file: string } }).data;
 let db: Database.Database | undefined;
-let frameBytes = 0;
 
 type Msg = { t: 'checkpoint'; mode: 'PASSIVE' | 'TRUNCATE' } | { t: 'vacuum' } | { t: 'close' };
 
@@ -20,7 +19,6 @@ port.on('message', (msg: Msg) => {
       db = openDatabase(file);
       // A checkpoint reads each page once; a large cache would only cost memory.
       db.pragma('cache_size = -256');
-      frameBytes = (db.pragma('page_size', { simple: true }) as number) + 24;
     }
     const t = performance.now();
     if (msg.t === 'checkpoint') {
@@ -29,7 +27,7 @@ port.on('message', (msg: Msg) => {
         log: number;
         checkpointed: number;
       }[];
-      port.postMessage({ ok: true, ...r, ms: performance.now() - t, frameBytes });
+      port.postMessage({ ok: true, ...r, ms: performance.now() - t });
     } else if (msg.t === 'vacuum') {
       db.exec('VACUUM');
       const [r] = db.pragma('wal_checkpoint(TRUNCATE)') as {
@@ -37,7 +35,7 @@ port.on('message', (msg: Msg) => {
         log: number;
         checkpointed: number;
       }[];
-      port.postMessage({ ok: true, ...r, ms: performance.now() - t, frameBytes });
+      port.postMessage({ ok: true, ...r, ms: performance.now() - t });
     } else {
       db?.close();
       db = undefined;

@@ -2,36 +2,40 @@
  * When and how the WAL is checkpointed. SQLite's automatic checkpoint runs inside the commit
  * that crosses its threshold, so every client waiting on that commit waits while pages are
  * copied and the database is synced at the card's speed. Here the writer connection never
- * checkpoints; a thread of our own does (maintenance-worker.ts), passively (it never blocks a
- * writer), small and often: when the writer has been idle since the last commit, or at the
- * latest `FORCE_MS` after the first commit it has not checkpointed.
+ * checkpoints; a thread of our own does (maintenance-worker.ts), passively (it never blocks the
+ * writer), while the writer is idle (no batch executing or syncing, nothing queued) and at most
+ * once a second, so each checkpoint stays small and a burst of writes is never slowed by one: on
+ * an SD card a checkpoint and a commit share the card's few write I/Os. Only a WAL that passed
+ * `BUSY_BYTES` uncopied is checkpointed while the writer is busy.
  *
- * The WAL restarts (is overwritten from its start, in place) only when a writer begins while
- * every frame has been copied. Under steady writes a passive checkpoint never catches up, so
- * the WAL would grow for ever, and every fdatasync of a growing file also writes the file
- * system's metadata (its size) through the journal: measured here, 9 ms per sequential put
- * instead of under 1 ms. So once the WAL holds `RESTART_BYTES`, after a passive checkpoint has
- * copied most of it, the writer holds its queue for one more checkpoint of the few frames
- * committed meanwhile; its next batch restarts the WAL. That hold is the one time background
- * work makes commits wait: a small copy and the database's sync, once per `RESTART_BYTES` of
- * WAL. A WAL reused in place is overwritten block by block, and syncing it writes no metadata.
+ * The WAL restarts (is overwritten from its start, in place) when a writer begins while every
+ * frame has been copied: after an idle checkpoint, at the next commit. Until then it grows, and
+ * every fdatasync of a growing file also writes the file system's metadata (its size) through
+ * the journal: measured here, 9 ms per sequential put instead of under 1 ms. A writer that is
+ * never idle would never let it restart: past `HOLD_BYTES` the writer holds its queue for one
+ * checkpoint of what is left (the one time background work makes commits wait; counted as a
+ * `wal-restart` stall).
+ *
+ * The policy reads the WAL's length and how much of it is copied straight from the WAL-index
+ * header in the -shm file (SQLite's documented layout), without asking SQLite.
  *
  * What the card costs the commits is measured, not assumed: the store asks `causeDuring()`
  * which background work overlapped each sync, and keeps the longest sync per cause (metrics).
  */
+import { closeSync, openSync, readSync } from 'node:fs';
 import type { Worker } from 'node:worker_threads';
 import type { Logger } from '../log.js';
 import { startThread } from '../thread.js';
 import { WAL_LIMIT_BYTES } from './engine.js';
 
-/** How often the policy looks at the writer. */
-const TICK_MS = 100;
-/** An idle writer gets its WAL checkpointed this long after its last commit at the earliest. */
-const IDLE_MS = 200;
-/** Under steady load, checkpoint at least this often (each one then stays small). */
-const FORCE_MS = 1000;
-/** A WAL this large is restarted (see above): half of what the file is kept at. */
-const RESTART_BYTES = WAL_LIMIT_BYTES / 2;
+/** How often the policy looks at the WAL and the writer. */
+const TICK_MS = 50;
+/** Idle checkpoints at most this often: each one syncs the WAL and the database. */
+const MIN_INTERVAL_MS = 1000;
+/** This much uncopied WAL is checkpointed even while the writer is busy. */
+const BUSY_BYTES = WAL_LIMIT_BYTES / 2;
+/** A WAL this long that has not restarted makes the writer hold its queue for one checkpoint. */
+const HOLD_BYTES = WAL_LIMIT_BYTES;
 
 export interface CheckpointResult {
   /** Frames in the WAL, and how many of them are now in the database. */
@@ -39,8 +43,6 @@ export interface CheckpointResult {
   checkpointed: number;
   busy: number;
   ms: number;
-  /** Bytes one WAL frame takes (page size + 24-byte header). */
-  frameBytes: number;
   /** Why it ran; `wal-restart` held the writer's queue for `ms`. */
   cause: StallCause;
 }
@@ -58,15 +60,15 @@ export class Maintenance {
   /** Recent background work, for attributing slow syncs (newest last). */
   private recent: { cause: StallCause; start: number; end: number }[] = [];
   private dead = false;
-  /** Monotonic time of the first commit not yet checkpointed (0: none). */
-  private dirtySince = 0;
-  private lastCommit = 0;
+  private lastCheckpoint = 0;
   private closed = false;
+  private shmFd?: number;
+  private readonly header = Buffer.alloc(100);
 
   constructor(
-    file: string,
+    private readonly file: string,
     private readonly log: Logger,
-    /** True while the writer executes or syncs a batch. */
+    /** True while the writer executes or syncs a batch or has requests queued. */
     private readonly writerBusy: () => boolean,
     private readonly onCheckpoint: (r: CheckpointResult) => void,
     /** Run `fn` while the writer holds its queue (Writer.runExclusive). */
@@ -100,12 +102,6 @@ export class Maintenance {
     this.timer.unref();
   }
 
-  /** A batch committed. */
-  noteCommit(): void {
-    this.lastCommit = performance.now();
-    if (this.dirtySince === 0) this.dirtySince = this.lastCommit;
-  }
-
   /** The background work that overlapped [start, end] (monotonic ms), if any. */
   causeDuring(start: number, end: number): StallCause | undefined {
     if (this.running) return this.running;
@@ -134,34 +130,52 @@ export class Maintenance {
     }
   }
 
+  /**
+   * The WAL's length in frames and how many of them are copied, from the WAL-index header
+   * (offset 16: mxFrame; 96: nBackfill; native byte order), or undefined before it exists.
+   */
+  private wal(): { frames: number; copied: number; frameBytes: number } | undefined {
+    try {
+      this.shmFd ??= openSync(`${this.file}-shm`, 'r');
+      if (readSync(this.shmFd, this.header, 0, 100, 0) < 100) return undefined;
+    } catch {
+      return undefined;
+    }
+    const h = this.header;
+    // iVersion (offset 0) is 3007000 in the writer's byte order.
+    const le = h.readUInt32LE(0) === 3007000;
+    const page = le ? h.readUInt16LE(14) : h.readUInt16BE(14);
+    const frames = le ? h.readUInt32LE(16) : h.readUInt32BE(16);
+    const copied = le ? h.readUInt32LE(96) : h.readUInt32BE(96);
+    return { frames, copied, frameBytes: (page === 1 ? 65536 : page) + 24 };
+  }
+
   private tick(): void {
-    if (this.running || this.dirtySince === 0 || this.closed) return;
-    const now = performance.now();
-    const idle = !this.writerBusy() && now - this.lastCommit >= IDLE_MS;
-    if (!idle && now - this.dirtySince < FORCE_MS) return;
-    this.background().catch((e) =>
+    if (this.running || this.closed || this.dead) return;
+    const w = this.wal();
+    if (!w || w.copied >= w.frames) return;
+    const uncopied = (w.frames - w.copied) * w.frameBytes;
+    const busy = this.writerBusy();
+    if (busy && uncopied < BUSY_BYTES) return;
+    if (!busy && performance.now() - this.lastCheckpoint < MIN_INTERVAL_MS && uncopied < BUSY_BYTES) return;
+    const hold = busy && w.frames * w.frameBytes >= HOLD_BYTES;
+    (hold
+      ? this.holdWriter(async () => {
+          await this.checkpoint('PASSIVE', 'wal-restart');
+        })
+      : this.checkpoint('PASSIVE')
+    ).catch((e) =>
       this.log.warn({ err: e }, 'WAL checkpoint failed; it is retried, and commits are not affected'),
     );
   }
 
-  /** A passive checkpoint, and the held one that lets a large WAL restart (see above). */
-  private async background(): Promise<void> {
-    const r = await this.checkpoint('PASSIVE');
-    // `log` is the WAL's length when this checkpoint began; whatever was committed while it
-    // copied keeps the WAL from restarting, however complete the copy.
-    if (r.log * r.frameBytes >= RESTART_BYTES && !this.closed)
-      await this.holdWriter(async () => {
-        await this.run('wal-restart', { t: 'checkpoint', mode: 'PASSIVE' }).then((x) => this.onCheckpoint(x));
-      });
-  }
-
   /** Copy the WAL into the database (TRUNCATE also empties the WAL file, waiting for readers). */
-  async checkpoint(mode: 'PASSIVE' | 'TRUNCATE'): Promise<CheckpointResult> {
-    const startedDirty = this.dirtySince;
-    this.dirtySince = 0;
-    const r = await this.run('checkpoint', { t: 'checkpoint', mode });
-    // Commits made while it ran may not be in it: look again soon.
-    if (r.checkpointed < r.log && this.dirtySince === 0) this.dirtySince = startedDirty || performance.now();
+  async checkpoint(
+    mode: 'PASSIVE' | 'TRUNCATE',
+    cause: StallCause = 'checkpoint',
+  ): Promise<CheckpointResult> {
+    const r = await this.run(cause, { t: 'checkpoint', mode });
+    this.lastCheckpoint = performance.now();
     this.onCheckpoint(r);
     return r;
   }
@@ -205,6 +219,7 @@ export class Maintenance {
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.timer);
+    if (this.shmFd !== undefined) closeSync(this.shmFd);
     if (!this.dead) {
       // Let a running checkpoint finish; then the thread closes its connection.
       await this.ask({ t: 'close' });

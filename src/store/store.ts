@@ -117,7 +117,7 @@ class SqliteStore implements Store {
     this.maintenance = new Maintenance(
       opts.file,
       this.log,
-      () => this.writer.active,
+      () => this.writer.active || this.writer.pending > 0,
       (r) => this.onCheckpoint(r),
       (fn) => this.writer.runExclusive(fn),
     );
@@ -164,7 +164,6 @@ class SqliteStore implements Store {
   // --- the writer's results -------------------------------------------------------------------
 
   private onBatch(b: DurableBatch, reqs: EngineRequest[]): void {
-    this.maintenance.noteCommit();
     const end = performance.now();
     const cause = this.maintenance.causeDuring(end - b.syncMs, end) ?? 'fsync';
     const changes: { rev: number; events: ChangeEvent[] }[] = [];
