@@ -1,15 +1,18 @@
 /**
- * Is the store still committing? A small heartbeat write goes through the group-commit writer
- * on a timer; the systemd watchdog is pinged only while those writes complete, and readiness
- * fails when they stall, fail, or the commit p99 leaves its objective. A stuck writer therefore
- * stops the pings and systemd restarts us (WatchdogSec=).
+ * Is the store's writer still working? An empty write goes through the group-commit writer on a
+ * timer: it queues behind every batch ahead of it (and waits for their sync), but writes nothing
+ * itself, so it costs the disk nothing and answers on a full disk too. The systemd watchdog is
+ * pinged only while these complete, and readiness fails when they stall or fail. A stuck writer
+ * or a hung disk therefore stops the pings and systemd restarts us (WatchdogSec=); a full disk
+ * does not (writes are refused with a clear error, reads go on).
  */
 import type { Gauge } from 'prom-client';
 import type { Clock, Timer } from '../clock.js';
 import type { Logger } from '../log.js';
 import type { Migration, Store } from '../store/types.js';
 
-/** The daemon's one table: a single row the heartbeat rewrites. */
+/** The daemon's one table: a single row earlier versions rewrote at every heartbeat (kept so
+ * existing databases need no migration). */
 export const daemonMigrations: Migration[] = [
   {
     part: 'daemon',
@@ -17,9 +20,6 @@ export const daemonMigrations: Migration[] = [
     sql: 'CREATE TABLE daemon_heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), ts INTEGER NOT NULL)',
   },
 ];
-
-const HEARTBEAT_SQL =
-  'INSERT INTO daemon_heartbeat (id, ts) VALUES (1, ?) ON CONFLICT (id) DO UPDATE SET ts = excluded.ts';
 
 export interface HeartbeatOptions {
   store: Pick<Store, 'write'>;
@@ -86,28 +86,26 @@ export class Heartbeat {
 
   private beat(): void {
     this.pendingSince = this.o.clock.monotonic();
-    // freesSpace: rewriting one fixed row never grows the file, and the watchdog must keep
-    // running while the database is over its quota (a restart would not help).
-    this.inFlight = this.o.store
-      .write({ sql: [{ sql: HEARTBEAT_SQL, params: [this.o.clock.now()] }], freesSpace: true })
-      .then(
-        () => {
-          this.pendingSince = undefined;
-          this.lastError = undefined;
-          this.lastCommitAt = this.o.clock.now();
-          this.o.lastCommitGauge?.set(this.lastCommitAt / 1000);
-          if (this.warnedStall) this.o.logger.info('store writer commits again');
-          this.warnedStall = false;
-          if (!this.stopped) this.o.onCommitted?.();
-        },
-        (err: unknown) => {
-          this.pendingSince = undefined;
-          const msg = err instanceof Error ? err.message : String(err);
-          if (this.lastError !== msg)
-            this.o.logger.error({ err: msg }, 'heartbeat write failed; withholding watchdog pings');
-          this.lastError = msg;
-        },
-      );
+    // freesSpace: the watchdog must keep running while the database is over its quota (a
+    // restart would not help).
+    this.inFlight = this.o.store.write({ freesSpace: true }).then(
+      () => {
+        this.pendingSince = undefined;
+        this.lastError = undefined;
+        this.lastCommitAt = this.o.clock.now();
+        this.o.lastCommitGauge?.set(this.lastCommitAt / 1000);
+        if (this.warnedStall) this.o.logger.info('store writer commits again');
+        this.warnedStall = false;
+        if (!this.stopped) this.o.onCommitted?.();
+      },
+      (err: unknown) => {
+        this.pendingSince = undefined;
+        const msg = err instanceof Error ? err.message : String(err);
+        if (this.lastError !== msg)
+          this.o.logger.error({ err: msg }, 'heartbeat write failed; withholding watchdog pings');
+        this.lastError = msg;
+      },
+    );
   }
 
   /** Epoch ms of the last committed heartbeat. */

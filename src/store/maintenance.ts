@@ -22,11 +22,11 @@
  * What the card costs the commits is measured, not assumed: the store asks `causeDuring()`
  * which background work overlapped each sync, and keeps the longest sync per cause (metrics).
  */
-import { closeSync, openSync, readSync } from 'node:fs';
 import type { Worker } from 'node:worker_threads';
 import type { Logger } from '../log.js';
 import { startThread } from '../thread.js';
 import { WAL_LIMIT_BYTES } from './engine.js';
+import { WalIndex } from './sql/walindex.js';
 
 /** How often the policy looks at the WAL and the writer. */
 const TICK_MS = 50;
@@ -62,11 +62,10 @@ export class Maintenance {
   private dead = false;
   private lastCheckpoint = 0;
   private closed = false;
-  private shmFd?: number;
-  private readonly header = Buffer.alloc(100);
+  private readonly walIndex: WalIndex;
 
   constructor(
-    private readonly file: string,
+    file: string,
     private readonly log: Logger,
     /** True while the writer executes or syncs a batch or has requests queued. */
     private readonly writerBusy: () => boolean,
@@ -74,6 +73,7 @@ export class Maintenance {
     /** Run `fn` while the writer holds its queue (Writer.runExclusive). */
     private readonly holdWriter: (fn: () => Promise<void>) => Promise<void>,
   ) {
+    this.walIndex = new WalIndex(file);
     // The thread holds a connection and little else: a small young generation is plenty.
     this.worker = startThread(
       import.meta.url,
@@ -130,29 +130,9 @@ export class Maintenance {
     }
   }
 
-  /**
-   * The WAL's length in frames and how many of them are copied, from the WAL-index header
-   * (offset 16: mxFrame; 96: nBackfill; native byte order), or undefined before it exists.
-   */
-  private wal(): { frames: number; copied: number; frameBytes: number } | undefined {
-    try {
-      this.shmFd ??= openSync(`${this.file}-shm`, 'r');
-      if (readSync(this.shmFd, this.header, 0, 100, 0) < 100) return undefined;
-    } catch {
-      return undefined;
-    }
-    const h = this.header;
-    // iVersion (offset 0) is 3007000 in the writer's byte order.
-    const le = h.readUInt32LE(0) === 3007000;
-    const page = le ? h.readUInt16LE(14) : h.readUInt16BE(14);
-    const frames = le ? h.readUInt32LE(16) : h.readUInt32BE(16);
-    const copied = le ? h.readUInt32LE(96) : h.readUInt32BE(96);
-    return { frames, copied, frameBytes: (page === 1 ? 65536 : page) + 24 };
-  }
-
   private tick(): void {
     if (this.running || this.closed || this.dead) return;
-    const w = this.wal();
+    const w = this.walIndex.read();
     if (!w || w.copied >= w.frames) return;
     const uncopied = (w.frames - w.copied) * w.frameBytes;
     const busy = this.writerBusy();
@@ -219,7 +199,7 @@ export class Maintenance {
   async close(): Promise<void> {
     this.closed = true;
     clearInterval(this.timer);
-    if (this.shmFd !== undefined) closeSync(this.shmFd);
+    this.walIndex.close();
     if (!this.dead) {
       // Let a running checkpoint finish; then the thread closes its connection.
       await this.ask({ t: 'close' });

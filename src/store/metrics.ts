@@ -128,7 +128,7 @@ export class StoreMetrics {
 
   onBatch(b: DurableBatch, n: number, cause: string): void {
     this.commit.observe(b.commitMs / 1000);
-    this.sync.observe(b.syncMs / 1000);
+    if (b.synced) this.sync.observe(b.syncMs / 1000);
     this.group.observe(n);
     this.stall(cause, b.syncMs);
   }

@@ -46,6 +46,7 @@ import { dirname } from 'node:path';
 import { BusyError, StorageError, StoreClosedError } from '../errors.js';
 import type { BatchResult, EngineOpenResult, EngineOptions, EngineRequest, EngineResult } from './engine.js';
 import { Engine } from './engine.js';
+import { WalIndex, type WalState } from './sql/walindex.js';
 
 interface Pending {
   req: EngineRequest;
@@ -60,6 +61,11 @@ const LINGER_MIN_COMMIT_MS = 2;
 /** The longest a batch waits for stragglers, however slow the disk. */
 const LINGER_MAX_MS = 10;
 
+/** Whether frames were written between two reads of the WAL index (unknown counts as yes). */
+function wroteFrames(before: WalState | undefined, after: WalState | undefined): boolean {
+  return !before || !after || before.frames !== after.frames || before.checksum !== after.checksum;
+}
+
 /** Rows appended by a bulk request (SQL `rows`/`columns` ops without an etcd txn); 0 when interactive. */
 function bulkRows(req: EngineRequest): number {
   if (req.t !== 'txn' || req.txn || !req.sql) return 0;
@@ -73,7 +79,9 @@ function bulkRows(req: EngineRequest): number {
 
 /** A committed batch as the owner sees it once it is durable. */
 export interface DurableBatch extends BatchResult {
-  /** Milliseconds the WAL sync took (0 with relaxed durability). */
+  /** The WAL was synced for it (false: relaxed durability, or it wrote nothing). */
+  synced: boolean;
+  /** Milliseconds the WAL sync took (0 when not synced). */
   syncMs: number;
   /** Execute + commit + sync. */
   commitMs: number;
@@ -104,6 +112,7 @@ export class Writer {
   private last = { size: 0, commitMs: 0, endedAt: 0 };
   private idleWaiters: (() => void)[] = [];
   private walFd?: number;
+  private readonly walIndex: WalIndex;
   /** Work that must run alone (defragmentation): waits for the writer to be idle. */
   private exclusive: { fn: () => Promise<void>; resolve: () => void; reject: (e: Error) => void }[] = [];
 
@@ -116,6 +125,7 @@ export class Writer {
     private readonly onFatal: (e: Error) => void,
   ) {
     this.engine = new Engine(opts);
+    this.walIndex = new WalIndex(opts.file);
   }
 
   open(): EngineOpenResult {
@@ -234,6 +244,7 @@ export class Writer {
     const reqs = take.map((p) => p.req);
     const start = performance.now();
     let batch: BatchResult;
+    const before = this.walIndex.read();
     try {
       batch = this.engine.runBatch(reqs, this.wantPrev());
     } catch (e) {
@@ -243,8 +254,11 @@ export class Writer {
       return;
     }
     let syncMs = 0;
+    // A batch that wrote no frame (reads, no-ops, the daemon's heartbeat) has nothing to sync: no
+    // I/O at all, which keeps an idle node quiet and lets the heartbeat answer on a full disk.
+    const synced = this.opts.durability === 'fsync' && wroteFrames(before, this.walIndex.read());
     try {
-      syncMs = await this.sync();
+      if (synced) syncMs = await this.sync();
     } catch (e) {
       this.fail(new StorageError(`syncing the WAL failed (${(e as Error).message})`), take);
       return;
@@ -252,7 +266,7 @@ export class Writer {
     const commitMs = performance.now() - start;
     this.last = { size: take.length, commitMs, endedAt: performance.now() };
     try {
-      this.onBatch({ ...batch, syncMs, commitMs }, reqs);
+      this.onBatch({ ...batch, synced, syncMs, commitMs }, reqs);
     } finally {
       for (let i = 0; i < take.length; i++) take[i]!.resolve(batch.results[i]!);
       this.busy = false;
@@ -267,7 +281,6 @@ export class Writer {
 
   /** fdatasync the WAL (see the header); resolves with the milliseconds it took. */
   private sync(): Promise<number> {
-    if (this.opts.durability !== 'fsync') return Promise.resolve(0);
     const fd = this.wal();
     const t = performance.now();
     return new Promise((resolve, reject) =>
@@ -316,6 +329,7 @@ export class Writer {
       await new Promise<void>((r) => this.idleWaiters.push(r));
     if (this.walFd !== undefined) closeSync(this.walFd);
     this.walFd = undefined;
+    this.walIndex.close();
     this.engine.close();
   }
 }

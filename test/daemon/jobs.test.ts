@@ -200,8 +200,6 @@ describe('daemon jobs on the real store', () => {
     await hb.stop();
     assert.ok(pings >= 3, `pings ${pings}`);
     assert.equal(hb.problem(), undefined);
-    const row = store.query<{ ts: number }>('SELECT ts FROM daemon_heartbeat WHERE id = 1').get();
-    assert.equal(row?.ts, hb.lastCommit());
   });
 
   test('a stuck writer stops the watchdog pings and fails readiness; recovery resumes them', async () => {

@@ -354,3 +354,30 @@ test('under steady writes the WAL restarts from its start and stays bounded', as
     assert.ok(maxWal <= 6 * 1024 * 1024, `the WAL grew to ${maxWal} bytes`);
   });
 });
+
+test('a batch that changes nothing is not synced and writes nothing', async () => {
+  const { statSync } = await import('node:fs');
+  const { Registry } = await import('prom-client');
+  const registry = new Registry();
+  await withStore({ durability: 'fsync', registry }, async (s, file) => {
+    const syncs = async () =>
+      (await registry.getSingleMetric('edgekeeper_store_sync_seconds')!.get()).values.find((v) =>
+        (v as { metricName?: string }).metricName?.endsWith('_count'),
+      )?.value ?? 0;
+    await s.put({ key: b('a'), value: b('1') });
+    const before = { syncs: await syncs(), wal: statSync(`${file}-wal`).size };
+    assert.ok(before.syncs >= 1, 'a put is synced');
+    for (let i = 0; i < 10; i++) {
+      await s.write({});
+      await s.deleteRange({ key: b('missing') });
+      await s.txn({
+        compare: [{ key: b('a'), target: 'VERSION', result: 'EQUAL', version: 9 }],
+        success: [],
+      });
+    }
+    assert.equal(await syncs(), before.syncs, 'a batch that wrote nothing was synced');
+    assert.equal(statSync(`${file}-wal`).size, before.wal);
+    await s.put({ key: b('a'), value: b('2') });
+    assert.equal(await syncs(), before.syncs + 1);
+  });
+});
