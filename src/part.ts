@@ -27,6 +27,11 @@ export interface PartContext {
   http: HttpRoutes;
   /** The state directory (holds the database; parts may keep small files here). */
   stateDir: string;
+  /**
+   * For files that need not survive a reboot and are rewritten often (a status frame every few
+   * seconds): a tmpfs, so they cost the SD card nothing. Exists, mode 0700.
+   */
+  runtimeDir: string;
   nodeName: string;
   /** Register a readiness check that names what is wrong ("store commit p99 120 ms > 50 ms"). */
   addReadinessCheck(name: string, check: ReadinessCheck): void;

@@ -26,6 +26,11 @@ export const nodeSection: ConfigSection = {
       doc: 'State directory: holds edgekeeper.db, the pid file and, by default, backups.',
     },
     stateDir: { type: 'renamed', to: 'dataDir' },
+    runtimeDir: {
+      type: 'string',
+      optional: true,
+      doc: 'Files that need not survive a reboot (status frame PNGs, e-ink bitmaps), kept off the SD card. Default: $RUNTIME_DIRECTORY (systemd), else a directory under /dev/shm named after the data directory.',
+    },
   },
   check(v) {
     const problems: string[] = [];
@@ -175,7 +180,7 @@ export const daemonSections: ConfigSection[] = [nodeSection, httpSection, logSec
 
 /** The typed view of the daemon's sections (values after validation). */
 export interface DaemonConfig {
-  node: { name: string; dataDir: string };
+  node: { name: string; dataDir: string; runtimeDir?: string };
   http: { listen: string; maxBodyBytes: number };
   log: { level: string };
   store: {

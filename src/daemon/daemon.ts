@@ -3,9 +3,10 @@
  * READY=1. Stop (idempotent): STOPPING=1, jobs off, HTTP stops taking requests, parts stop in
  * reverse, the store finishes in-flight commits and closes, pid file removed.
  */
-import { randomBytes } from 'node:crypto';
-import { createReadStream, mkdirSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import { createReadStream, existsSync, mkdirSync } from 'node:fs';
 import { rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import cron, { type ScheduledTask } from 'node-cron';
@@ -55,6 +56,23 @@ export interface Daemon {
   stop(): Promise<void>;
 }
 
+/**
+ * Where files that need not survive a reboot go: `node.runtimeDir`, else systemd's
+ * RUNTIME_DIRECTORY (RuntimeDirectory=, a tmpfs under /run), else a directory in /dev/shm (a
+ * tmpfs on every Linux) named after the data directory, so two daemons never share one.
+ */
+function runtimeDirFor(
+  configured: string | undefined,
+  stateDir: string,
+  env: Record<string, string | undefined>,
+): string {
+  if (configured) return resolve(configured);
+  if (env.RUNTIME_DIRECTORY) return resolve(env.RUNTIME_DIRECTORY.split(':')[0]!);
+  const base = existsSync('/dev/shm') ? '/dev/shm' : tmpdir();
+  const tag = createHash('sha256').update(stateDir).digest('hex').slice(0, 12);
+  return join(base, `edgekeeper-${tag}`);
+}
+
 export async function startDaemon(
   config: Config,
   entries: PartEntry[],
@@ -66,6 +84,8 @@ export async function startDaemon(
   const log = logger.child({ part: 'daemon' });
   const stateDir = resolve(config.node.dataDir);
   mkdirSync(stateDir, { recursive: true });
+  const runtimeDir = runtimeDirFor(config.node.runtimeDir, stateDir, opts.env ?? process.env);
+  mkdirSync(runtimeDir, { recursive: true, mode: 0o700 });
   const releasePid = acquirePidFile(stateDir);
   const notifier = createNotifier(env, log);
   const watchdogMs = watchdogIntervalMs(env);
@@ -159,6 +179,7 @@ export async function startDaemon(
       clock,
       http,
       stateDir,
+      runtimeDir,
       nodeName: config.node.name,
       addReadinessCheck: (name, check) => http.addReadinessCheck(name, check),
       readiness: () => http.readiness(),

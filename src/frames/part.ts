@@ -266,7 +266,7 @@ export function createFramesPart(
   }
 
   async function writePngFile(size: FrameSize, png: Buffer): Promise<void> {
-    const path = join(ctx.stateDir, `frame-${size.name}.png`);
+    const path = join(ctx.runtimeDir, `frame-${size.name}.png`);
     const tmp = `${path}.tmp`;
     try {
       await writeFile(tmp, png);
@@ -402,8 +402,8 @@ export function createFramesPart(
         eink = new EinkSink(einkSize.width, einkSize.height, {
           clock,
           minRefreshMs: options.einkMinRefresh ?? 180_000,
-          bitmapPath: options.einkBitmapPath ?? join(ctx.stateDir, 'eink.bin'),
-          pbmPath: options.einkPbmPath ?? join(ctx.stateDir, 'eink.pbm'),
+          bitmapPath: options.einkBitmapPath ?? join(ctx.runtimeDir, 'eink.bin'),
+          pbmPath: options.einkPbmPath ?? join(ctx.runtimeDir, 'eink.pbm'),
           invert: options.einkInvert,
           onError: (err) => sinkFailed('eink', err),
           onWrite: () => sinkOk('eink'),

@@ -303,6 +303,7 @@ describe('the part', () => {
         clock: systemClock,
         http: { add() {} },
         stateDir: dir,
+        runtimeDir: dir,
         nodeName: 'node-7',
         addReadinessCheck: (name, check) => checks.set(name, check),
       },

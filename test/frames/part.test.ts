@@ -73,6 +73,7 @@ before(async () => {
     clock,
     http,
     stateDir,
+    runtimeDir: stateDir,
     nodeName: 'test-node',
     addReadinessCheck: () => {},
   };
@@ -284,6 +285,7 @@ test('bad options are refused at creation with the config path', () => {
     clock,
     http,
     stateDir,
+    runtimeDir: stateDir,
     nodeName: 'x',
     addReadinessCheck: () => {},
   };
@@ -312,6 +314,7 @@ test('a framebuffer that cannot be used is reported; frames still go to the othe
       clock,
       http: { add: () => {} },
       stateDir: dir,
+      runtimeDir: dir,
       nodeName: 'x',
       addReadinessCheck: () => {},
     };

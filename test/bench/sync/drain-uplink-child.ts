@@ -25,6 +25,7 @@ const makePart = () =>
       clock: systemClock,
       http: { add() {} },
       stateDir: dir,
+      runtimeDir: dir,
       nodeName: 'bench',
       addReadinessCheck() {},
     },

@@ -48,6 +48,7 @@ export async function makeHarness(options: ProbesOptions, clock: Clock = systemC
     clock,
     http: { add: (method, path, handler) => routes.set(`${method} ${path}`, handler) },
     stateDir: dir,
+    runtimeDir: dir,
     nodeName: 'test',
     addReadinessCheck: () => {},
   };
