@@ -39,6 +39,8 @@ const BPF_STATS = '/proc/sys/kernel/bpf_stats_enabled';
 const INSERT = 'INSERT INTO probe_samples (ts, probe, metric, data) VALUES (?, ?, ?, ?)';
 /** The fleet sync's upload cursor for this table (`cursors.name`). */
 const CURSOR_NAME = 'probe_samples';
+/** Samples waiting in memory that make a store happen before `storeInterval`. */
+const MAX_PENDING_SAMPLES = 1000;
 /** Label values we keep per keyed map: a map keyed by something unbounded cannot grow /metrics. */
 const MAX_KEYS = 64;
 /** Previous prints kept for deltas: the fixed maps times MAX_KEYS, with room to spare. */
@@ -134,6 +136,7 @@ export class ProbesPart implements Part {
     Pick<
       ProbesOptions,
       | 'interval'
+      | 'storeInterval'
       | 'runqlatPeriod'
       | 'runqlatOn'
       | 'cpuBudget'
@@ -159,6 +162,9 @@ export class ProbesPart implements Part {
   private stopped = false;
   private started = false;
   private writes = new Set<Promise<unknown>>();
+  /** Samples waiting to be stored (see ProbesOptions.storeInterval). */
+  private pending: [number, string, string, Buffer][] = [];
+  private storeTimer: { cancel(): void } | undefined;
   private lastOom: Record<string, string | number> | undefined;
   samplesWritten = 0;
   private bpfStatsPrev: string | undefined;
@@ -171,6 +177,7 @@ export class ProbesPart implements Part {
     this.enabled = resolveEnabled(opts.enabled);
     this.o = {
       interval: opts.interval ?? 10_000,
+      storeInterval: opts.storeInterval ?? 60_000,
       runqlatPeriod: opts.runqlatPeriod ?? 60_000,
       runqlatOn: Math.min(opts.runqlatOn ?? 10_000, opts.runqlatPeriod ?? 60_000),
       cpuBudget: opts.cpuBudget ?? 2,
@@ -277,6 +284,8 @@ export class ProbesPart implements Part {
     this.stopped = true;
     this.retentionTimer?.cancel();
     await this.sup?.stop();
+    this.storeTimer?.cancel();
+    this.flush();
     if (this.bpfStatsPrev !== undefined) {
       try {
         writeFileSync(BPF_STATS, this.bpfStatsPrev);
@@ -443,7 +452,23 @@ export class ProbesPart implements Part {
     }
   }
 
+  /** Keep `rows` until the next store (at most `storeInterval` away, or 1,000 rows). */
   private write(rows: [number, string, string, Buffer][]): void {
+    for (const r of rows) this.pending.push(r);
+    if (this.pending.length >= MAX_PENDING_SAMPLES || this.stopped) this.flush();
+    else
+      this.storeTimer ??= this.ctx.clock.setTimeout(() => {
+        this.storeTimer = undefined;
+        this.flush();
+      }, this.o.storeInterval);
+  }
+
+  private flush(): void {
+    this.storeTimer?.cancel();
+    this.storeTimer = undefined;
+    const rows = this.pending;
+    if (rows.length === 0) return;
+    this.pending = [];
     const p = this.ctx.store
       .write({ sql: [{ sql: INSERT, rows }] })
       .then(() => {

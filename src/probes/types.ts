@@ -18,6 +18,12 @@ export interface ProbesOptions {
   bpftracePath?: string;
   /** 'shared' (default): one bpftrace process for every probe; 'per-probe': one each. */
   sharing?: 'shared' | 'per-probe';
+  /**
+   * Samples are kept in memory and stored this often (or once 1,000 are waiting): each store is
+   * a commit, and on an SD card an idle node's commits are its wear. Samples still waiting are
+   * lost on a crash (they are in /metrics meanwhile). Default 60 s.
+   */
+  storeInterval?: number;
   /** Samples older than this are deleted (once uploaded when an uplink is configured). Default 7 d. */
   retention?: number;
   /** Hard cap on stored sample rows; the oldest go first, uploaded or not, with a warning. */

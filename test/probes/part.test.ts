@@ -137,6 +137,9 @@ describe('bad and dying bpftrace (fake binary)', () => {
       assert.equal(metricValue(m, 'edgekeeper_probe_restarts_total'), 1);
       assert.equal(metricValue(m, 'edgekeeper_probe_tcp_retransmits_total', 'state="ESTABLISHED"'), 3);
       assert.match(h.part.probeStates().fsync, /bpftrace exit code 1: ERROR: fake bpftrace says goodbye/);
+      // Samples wait in memory for storeInterval (1 s in the harness).
+      assert.equal(h.part.samplesWritten, 0);
+      clock.advance(1000);
       await waitFor('rows stored', () => h.part.samplesWritten > 0);
       const n = h.store
         .query<{ n: number }>("SELECT COUNT(*) AS n FROM probe_samples WHERE metric = 'runq_us'")

@@ -52,7 +52,8 @@ export async function makeHarness(options: ProbesOptions, clock: Clock = systemC
     nodeName: 'test',
     addReadinessCheck: () => {},
   };
-  const part = createProbesPart(ctx, options);
+  // Samples are stored every second here (60 s by default): tests look for them in the table.
+  const part = createProbesPart(ctx, { storeInterval: 1000, ...options });
   let server: Server | undefined;
   return {
     part,
