@@ -60,7 +60,7 @@ test('MQTT reports reach PostgreSQL exactly once through a SIGKILL; devices show
       etcd: { listen: `127.0.0.1:${etcdPort}` },
       mqtt: { listen: `127.0.0.1:${mqttPort}` },
       probes: { enabled: [] },
-      sync: { url: fleet.url, token: 'secret-token', idleInterval: '200ms' },
+      sync: { url: fleet.url, token: 'secret-token', idleInterval: '200ms', batchDelay: 0 },
     }),
   );
   let daemon: ChildProcess | undefined;
