@@ -5,6 +5,7 @@
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import type { Registry } from 'prom-client';
 import type { Clock } from './clock.js';
+import type { HostReader } from './host.js';
 import type { Logger } from './log.js';
 import type { Store } from './store/types.js';
 
@@ -37,6 +38,8 @@ export interface PartContext {
   addReadinessCheck(name: string, check: ReadinessCheck): void;
   /** Every readiness check run now (what /readyz answers); absent outside the daemon. */
   readiness?(): { ready: boolean; failing: Record<string, string> };
+  /** The daemon's reader of CPU, memory, disk and temperature (the one /metrics uses). */
+  host?: HostReader;
 }
 
 export interface Part {
