@@ -126,7 +126,11 @@ export class HostReader {
     const text = readText(join(this.proc, 'stat'));
     const line = text?.split('\n', 1)[0];
     if (!line?.startsWith('cpu ')) return undefined;
-    const f = line.trim().split(/\s+/).slice(1, 1 + CPU_MODES.length).map(Number);
+    const f = line
+      .trim()
+      .split(/\s+/)
+      .slice(1, 1 + CPU_MODES.length)
+      .map(Number);
     if (f.length < 4 || f.some((x) => !Number.isFinite(x) || x < 0)) return undefined;
     const seconds = {} as Record<CpuMode, number>;
     CPU_MODES.forEach((m, i) => {

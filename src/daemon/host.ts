@@ -32,8 +32,10 @@ export function registerHostMetrics(registry: Registry, host: HostReader): void 
   add('disk_free_bytes', "Free bytes on the state directory's file system, root's reserve included", () =>
     one(host.disk()?.freeBytes),
   );
-  add('disk_avail_bytes', "Bytes on the state directory's file system an unprivileged writer can still use", () =>
-    one(host.disk()?.availBytes),
+  add(
+    'disk_avail_bytes',
+    "Bytes on the state directory's file system an unprivileged writer can still use",
+    () => one(host.disk()?.availBytes),
   );
   add('soc_temperature_celsius', 'SoC temperature (the cpu/soc thermal zone, else the first one)', () =>
     one(host.temperature()),

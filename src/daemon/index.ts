@@ -16,6 +16,7 @@ export {
   verifyDatabaseFile,
   writeEtcdBackup,
 } from './backup.js';
+export { daemonCliCommands } from './cli.js';
 export { Compactor } from './compaction.js';
 export { type Daemon, type DaemonOptions, startDaemon } from './daemon.js';
 export {

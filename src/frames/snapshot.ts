@@ -178,7 +178,8 @@ export function buildSnapshot(inp: SnapshotInputs): FrameSnapshot {
     });
   }
   const bits = sy.throttledBits ?? 0;
-  if ((bits & 0x1) !== 0) alerts.push({ severity: 'warning', text: 'under-voltage: the power supply is too weak' });
+  if ((bits & 0x1) !== 0)
+    alerts.push({ severity: 'warning', text: 'under-voltage: the power supply is too weak' });
   // Throttled for heat is already said by the temperature alert.
   else if ((bits & 0x6) !== 0 && !(isNum(sy.socTempC) && sy.socTempC >= TEMP_WARN_C))
     alerts.push({ severity: 'warning', text: 'the firmware throttles the CPU' });

@@ -113,7 +113,9 @@ export class DeviceRegistry {
         reports: number;
         online: number;
         last: string | null;
-      }>('SELECT id, first_seen, last_seen, reports, online, last FROM ingest_device_state ORDER BY first_seen, id')
+      }>(
+        'SELECT id, first_seen, last_seen, reports, online, last FROM ingest_device_state ORDER BY first_seen, id',
+      )
       .all();
     const now = this.clock.now();
     for (const r of rows) {

@@ -168,7 +168,10 @@ test('every size draws the status word, and it never contradicts the alert line'
       assert.ok(badge, `${size.name} ${name}: no ${word} badge in the header`);
       const all = texts.map((t) => t.text);
       if (word === 'WARN' || word === 'ALERT') {
-        assert.ok(!all.includes('no active alerts'), `${size.name} ${name}: ${word} above "no active alerts"`);
+        assert.ok(
+          !all.includes('no active alerts'),
+          `${size.name} ${name}: ${word} above "no active alerts"`,
+        );
         const worst = snap.alerts[0]!;
         assert.ok(
           texts.some((t) => t.full === worst.text),
@@ -192,7 +195,10 @@ test('red where it is bad: no device online, a full disk; offline devices say fo
     assert.equal(zero?.tone, 'bad', `${size.name}: "0 online" with every device offline is red`);
     const disk = texts.find((t) => /99%/.test(t.text));
     assert.equal(disk?.tone, 'bad', `${size.name}: a 99% full disk is red`);
-    assert.ok(texts.some((t) => t.text === 'CRIT'), size.name);
+    assert.ok(
+      texts.some((t) => t.text === 'CRIT'),
+      size.name,
+    );
   }
   // A healthy node's online count is green, a few offline devices are amber, not red.
   const r = renderer('800x480');

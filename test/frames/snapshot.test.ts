@@ -3,7 +3,7 @@
  * the change hash at display precision.
  */
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -65,7 +65,9 @@ test('devices, disk, heat and the firmware become alerts; the header word is alw
   assert.equal(failing.devices?.attentionTotal, 12, 'the source says 12 need attention, 3 are named');
   const some = buildSnapshot(inputs.offline!);
   assert.ok(some.alerts.some((a) => a.severity === 'warning' && a.text === '13 devices offline'));
-  assert.ok(some.alerts.some((a) => a.severity === 'warning' && a.text === '1 device sending refused reports'));
+  assert.ok(
+    some.alerts.some((a) => a.severity === 'warning' && a.text === '1 device sending refused reports'),
+  );
   const hot = buildSnapshot({ ...inputs.healthy!, system: { socTempC: 86, throttledBits: 0x4 } });
   assert.deepEqual(
     hot.alerts.map((a) => [a.severity, a.text]),
@@ -73,7 +75,10 @@ test('devices, disk, heat and the firmware become alerts; the header word is alw
     'throttled for heat is said once',
   );
   const capped = buildSnapshot({ ...inputs.healthy!, system: { throttledBits: 0x2 } });
-  assert.deepEqual(capped.alerts.map((a) => a.text), ['the firmware throttles the CPU']);
+  assert.deepEqual(
+    capped.alerts.map((a) => a.text),
+    ['the firmware throttles the CPU'],
+  );
   const past = buildSnapshot({ ...inputs.healthy!, system: { throttledBits: 0x50000 } });
   assert.deepEqual(past.alerts, [], 'what happened since boot is a metric, not an alert');
   for (const [name, inp] of Object.entries(inputs)) {

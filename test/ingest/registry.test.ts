@@ -29,6 +29,7 @@ test('a burst of 300 devices changing state logs 10 lines a second and a summary
   const reg = new DeviceRegistry(store, clock, metrics, pino(sink), {
     mirrorInterval: 1000,
     silenceTimeout: 60_000,
+    maxMetrics: 256,
   });
   try {
     for (let i = 0; i < 300; i++) reg.setOnline(`d${i}`, true, 'connect');
