@@ -74,14 +74,14 @@ const OUTPUT: Record<string, CliOption> = {
 };
 
 export function defineCommand(spec: CommandSpec): CliCommand {
-  const options = { ...(spec.options ?? {}) };
+  const usage = () => (typeof spec.usage === 'function' ? spec.usage() : spec.usage);
   return {
     name: spec.name,
     summary: spec.summary,
     get usage() {
-      return typeof spec.usage === 'function' ? spec.usage() : spec.usage;
+      return usage();
     },
-    options,
+    options: { ...(spec.options ?? {}) },
     subcommands: spec.subcommands ? Object.keys(spec.subcommands) : undefined,
     formats: spec.formats,
     async run(argv) {
@@ -89,7 +89,7 @@ export function defineCommand(spec: CommandSpec): CliCommand {
       try {
         const inv = parse(spec, argv);
         if (inv === 'help') {
-          io.out(`${this.usage.trimEnd()}\n`);
+          io.out(`${usage().trimEnd()}\n`);
           return 0;
         }
         return await spec.main(inv);

@@ -37,6 +37,8 @@ describe('usage errors: exit 2, one line, EDGE_ERR_USAGE', () => {
     ['unknown subcommand', ['kv', 'frob', 'x'], /unknown subcommand "frob"; one of get, put, del, watch/],
     ['missing subcommand', ['lease'], /needs a subcommand: grant, revoke, keep-alive, timetolive, list/],
     ['missing argument', ['kv', 'get'], /get takes 1 to 2 arguments, got 0/],
+    ['a device command without its id', ['device', 'add'], /add takes 1 argument, got 0/],
+    ['an argument where none is taken', ['device', 'list', 'extra'], /list takes 0 arguments, got 1/],
     ['one argument too many', ['backup', 'a', 'b'], /takes 1 argument, got 2 \("b" is one too many\)/],
     ['output format', ['status', '-w', 'yaml'], /-w must be one of simple, table, json, got "yaml"/],
     ['--json against -w table', ['device', 'list', '--json', '-w', 'table'], /contradict/],

@@ -46,7 +46,7 @@ export interface SnapshotInputs {
   alerts?: AlertInput[];
 }
 
-const plural = (n: number, what: string) => `${n.toLocaleString('en-US')} ${what}${n === 1 ? '' : 's'}`;
+const fmt = (n: number) => n.toLocaleString('en-US');
 
 /** A finite, non-negative number or undefined: NaN, Infinity and negatives are "unknown". */
 function num(v: unknown): number | undefined {
@@ -183,17 +183,22 @@ export function buildSnapshot(inp: SnapshotInputs): FrameSnapshot {
   // Throttled for heat is already said by the temperature alert.
   else if ((bits & 0x6) !== 0 && !(isNum(sy.socTempC) && sy.socTempC >= TEMP_WARN_C))
     alerts.push({ severity: 'warning', text: 'the firmware throttles the CPU' });
+  // Texts put the count after a colon: the fleet's health tracker keys alerts by the words
+  // before it, so a count that moves is the same alert, not a new one.
   const dv = snap.devices;
   if (dv) {
     const rejecting = num(d?.rejecting) ?? dv.attention.filter((a) => a.reason === 'rejected').length;
     if (rejecting > 0)
-      alerts.push({ severity: 'warning', text: `${plural(rejecting, 'device')} sending refused reports` });
+      alerts.push({ severity: 'warning', text: `devices sending refused reports: ${fmt(rejecting)}` });
     // Some devices offline is a warning; none left online is critical.
     if (isNum(dv.offline) && dv.offline > 0)
       alerts.push(
         dv.online === 0
-          ? { severity: 'critical', text: `${plural(dv.offline, 'device')} offline, none online` }
-          : { severity: 'warning', text: `${plural(dv.offline, 'device')} offline` },
+          ? { severity: 'critical', text: `every device offline: ${fmt(dv.offline)}` }
+          : {
+              severity: 'warning',
+              text: `devices offline: ${fmt(dv.offline)}${isNum(dv.online) ? ` of ${fmt(dv.online + dv.offline)}` : ''}`,
+            },
       );
   }
   if (snap.uplink?.state === 'down') {

@@ -59,14 +59,14 @@ test('garbage from a source becomes unknown, never zero or a crash', () => {
 test('devices, disk, heat and the firmware become alerts; the header word is always the worst alert', () => {
   const failing = buildSnapshot(inputs.failing!);
   const texts = failing.alerts.map((a) => `${a.severity} ${a.text}`);
-  assert.ok(texts.includes('critical 12 devices offline, none online'), texts.join(' | '));
+  assert.ok(texts.includes('critical every device offline: 12'), texts.join(' | '));
   assert.ok(texts.includes('critical disk 99% full: writes are about to fail'), texts.join(' | '));
   assert.ok(texts.includes('warning under-voltage: the power supply is too weak'), texts.join(' | '));
   assert.equal(failing.devices?.attentionTotal, 12, 'the source says 12 need attention, 3 are named');
   const some = buildSnapshot(inputs.offline!);
-  assert.ok(some.alerts.some((a) => a.severity === 'warning' && a.text === '13 devices offline'));
+  assert.ok(some.alerts.some((a) => a.severity === 'warning' && a.text === 'devices offline: 13 of 42'));
   assert.ok(
-    some.alerts.some((a) => a.severity === 'warning' && a.text === '1 device sending refused reports'),
+    some.alerts.some((a) => a.severity === 'warning' && a.text === 'devices sending refused reports: 1'),
   );
   const hot = buildSnapshot({ ...inputs.healthy!, system: { socTempC: 86, throttledBits: 0x4 } });
   assert.deepEqual(
