@@ -156,17 +156,13 @@ function parse(spec: CommandSpec, argv: string[]): Invocation | 'help' {
     range = spec.subcommands[sub]!;
     args = args.slice(1);
   }
-  const what = sub ? `${sub} takes` : 'takes';
   if (args.length < range[0] || args.length > range[1]) {
     const n =
       range[0] === range[1]
-        ? `${range[0]}`
-        : range[1] === Number.POSITIVE_INFINITY
-          ? `at least ${range[0]}`
-          : `${range[0]} to ${range[1]}`;
-    throw new UsageError(
-      `${what} ${n} argument${range[1] === 1 && range[0] === 1 ? '' : 's'}, got ${args.length}${args.length > range[1] ? ` (${JSON.stringify(args[range[1]])} is one too many)` : ''}`,
-    );
+        ? `${range[0]} argument${range[0] === 1 ? '' : 's'}`
+        : `${range[0]} to ${range[1]} arguments`;
+    const extra = args.length > range[1] ? ` (${JSON.stringify(args[range[1]])} is one too many)` : '';
+    throw new UsageError(`${sub ? `${sub} takes` : 'takes'} ${n}, got ${args.length}${extra}`);
   }
   return { values, sub, args, rest: dash >= 0 ? argv.slice(dash + 1) : [], format };
 }
