@@ -366,3 +366,33 @@ export class NotEtcdSnapshotError extends EdgeError {
     );
   }
 }
+
+// --- command line ---------------------------------------------------------------------------------
+
+/** The command line is wrong: an unknown command, subcommand or flag, a missing or extra argument. */
+export class UsageError extends EdgeError {
+  constructor(message: string) {
+    super('EDGE_ERR_USAGE', message, 400);
+  }
+}
+
+/** Nothing answers at the address a command was given (no daemon, no etcd, no fleet server). */
+export class UnreachableError extends EdgeError {
+  constructor(what: string, detail: string, options?: { cause?: unknown }) {
+    super('EDGE_ERR_UNREACHABLE', `nothing answers at ${what} (${detail})`, 503, options);
+  }
+}
+
+/** A file, directory or listen address a command needs could not be used (the OS's reason and path). */
+export class FileError extends EdgeError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('EDGE_ERR_IO', message, 500, options);
+  }
+}
+
+/** An etcd server refused a request with a status edgekeeper has no code of its own for. */
+export class EtcdRemoteError extends EdgeError {
+  constructor(grpcCode: string, details: string) {
+    super('EDGE_ERR_ETCD', `${details} (gRPC ${grpcCode})`, 502);
+  }
+}

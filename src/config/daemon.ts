@@ -146,7 +146,7 @@ export const storeSection: ConfigSection = {
       type: 'duration',
       default: 50,
       min: 1,
-      doc: "Readiness objective: /readyz fails while the p99 of the last minute's commits (at least 20 of them; at most the last 1,000) is above it.",
+      doc: "Commit latency objective: edgekeeper_daemon_commit_objective_met is 0 while the p99 of the last minute's commits (at least 20 of them) is above it. A metric and an alert, not a readiness condition.",
     },
     quotaBackendBytes: { type: 'renamed', to: 'quota' },
     autoCompactionMode: { type: 'renamed', to: 'compactionMode' },

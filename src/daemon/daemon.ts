@@ -14,13 +14,21 @@ import { Counter, collectDefaultMetrics, Gauge, Registry } from 'prom-client';
 import { type Clock, systemClock } from '../clock.js';
 import { type Config, parseDuration } from '../config/index.js';
 import { HttpServer, sendJson } from '../http/index.js';
+import { HostReader } from '../host.js';
 import { createLogger, type Logger } from '../log.js';
 import type { Part, PartContext } from '../part.js';
 import { openStore } from '../store/index.js';
 import type { Store } from '../store/types.js';
 import { DB_FILE, runScheduledBackup, writeEtcdBackup } from './backup.js';
 import { Compactor } from './compaction.js';
-import { daemonMigrations, Heartbeat, storeReadinessCheck } from './health.js';
+import {
+  daemonMigrations,
+  Heartbeat,
+  registerObjectiveMetrics,
+  registerReadinessMetrics,
+  storeReadinessCheck,
+} from './health.js';
+import { registerHostMetrics } from './host.js';
 import { JobRecorder } from './jobs.js';
 import { createNotifier, watchdogIntervalMs } from './notify.js';
 import type { PartEntry } from './parts.js';
@@ -161,16 +169,11 @@ export async function startDaemon(
         void notifier.send('WATCHDOG=1');
       },
     });
-    http.addReadinessCheck('store', storeReadinessCheck(store, sc.commitP99Objective, heartbeat));
-    const ready = new Gauge({
-      name: 'edgekeeper_daemon_ready',
-      help: '1 while every readiness check passes (what /readyz answers)',
-      registers: [registry],
-      collect() {
-        this.set(http.readiness().ready ? 1 : 0);
-      },
-    });
-    void ready;
+    http.addReadinessCheck('store', storeReadinessCheck(store, heartbeat));
+    registerReadinessMetrics(registry, () => http.readiness());
+    registerObjectiveMetrics(registry, store, sc.commitP99Objective);
+    const host = new HostReader({ diskPath: stateDir });
+    registerHostMetrics(registry, host);
 
     const ctx: PartContext = {
       store,
@@ -183,6 +186,7 @@ export async function startDaemon(
       nodeName: config.node.name,
       addReadinessCheck: (name, check) => http.addReadinessCheck(name, check),
       readiness: () => http.readiness(),
+      host,
     };
     const started: Part[] = [];
     cleanups.push(async () => {

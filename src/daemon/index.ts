@@ -16,9 +16,16 @@ export {
   verifyDatabaseFile,
   writeEtcdBackup,
 } from './backup.js';
+export { daemonCliCommands } from './cli.js';
 export { Compactor } from './compaction.js';
 export { type Daemon, type DaemonOptions, startDaemon } from './daemon.js';
-export { daemonMigrations, Heartbeat, storeReadinessCheck } from './health.js';
+export {
+  daemonMigrations,
+  Heartbeat,
+  registerObjectiveMetrics,
+  registerReadinessMetrics,
+  storeReadinessCheck,
+} from './health.js';
 export { JobRecorder } from './jobs.js';
 export { createNotifier, watchdogIntervalMs } from './notify.js';
 export { allFlags, allSections, type PartEntry, partCommands, parts } from './parts.js';

@@ -45,6 +45,8 @@ export interface IngestOptions {
   retentionInterval: number;
   /** Rows kept in the dead-letter table ingest_rejects (oldest dropped first). */
   rejectsMax: number;
+  /** Most per-device last-seen series on /metrics (first seen first); the rest are counted. */
+  deviceSeries: number;
   /** How far back (ms) a (device, seq, ts) is checked for duplicates. */
   dedupeWindow: number;
   /** A command not delivered within this long (ms) is marked expired. */
@@ -178,6 +180,13 @@ export const ingestConfigSection: ConfigSection = {
       min: 10,
       max: 1_000_000,
       doc: 'Rows kept in the dead-letter table ingest_rejects.',
+    },
+    deviceSeries: {
+      type: 'integer',
+      default: 1000,
+      min: 0,
+      max: 100_000,
+      doc: 'Most per-device last-seen series on /metrics (devices first seen first); the rest are counted in edgekeeper_ingest_devices_unexported.',
     },
     dedupeWindow: {
       type: 'duration',

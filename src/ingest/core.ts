@@ -39,6 +39,7 @@ export class IngestCore {
     this.registry = new DeviceRegistry(store, clock, metrics, log, {
       mirrorInterval: opts.mirrorInterval,
       silenceTimeout: opts.silenceTimeout,
+      maxMetrics: opts.maxMetrics,
     });
     this.rejects = new DeadLetters(store, clock, metrics, log, opts.rejectsMax);
   }

@@ -21,7 +21,7 @@ export type ReportOutcome = 'stored' | RejectReason;
 
 export type PasswordCheck = 'ok' | 'unknown' | 'wrong';
 
-/** A device's reports committed since the last sighting: how many, and the last one. */
+/** A device's reports committed since the last sighting: how many, and the last one (with every metric they carried). */
 export interface Sighting {
   device: string;
   count: number;
@@ -153,7 +153,10 @@ export class IngestEdge {
     const s = this.sightings.get(device);
     if (s) {
       s.count++;
-      s.report = report;
+      // The mirror keeps every metric's last value: one that only an earlier report of this
+      // sighting carried must not be lost. Spread, not Object.assign: a metric named
+      // `__proto__` stays a plain key.
+      s.report = { ...report, metrics: { ...s.report.metrics, ...report.metrics } };
     } else this.sightings.set(device, { device, count: 1, report });
     this.sightingTimer ??= setTimeout(
       () => this.postSightings(),

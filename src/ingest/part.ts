@@ -28,6 +28,8 @@ export interface IngestPart extends Part {
 }
 
 const MAX_BODY = 4096;
+/** Devices named in status(): more than a status frame has room for. */
+const ATTENTION_LISTED = 10;
 
 async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
   const chunks: Buffer[] = [];
@@ -69,6 +71,18 @@ export function createIngestPart(ctx: PartContext, opts: IngestOptions): IngestP
   const log = ctx.logger.child({ part: 'ingest' });
   const metrics = createMetrics(ctx.registry);
   const core = new IngestCore(ctx.store, ctx.clock, metrics, log, options);
+  const source = {
+    neverConnected: () => {
+      let n = 0;
+      for (const { id } of ctx.store.query<{ id: string }>('SELECT id FROM ingest_devices').iterate())
+        if (!core.registry.devices.has(id)) n++;
+      return n;
+    },
+    devices: () => core.registry.devices.values(),
+    count: () => core.registry.devices.size,
+    maxSeries: options.deviceSeries,
+  };
+  metrics.source.current = source;
   let thread: IngestThread | undefined;
   let addresses: Address[] = [];
   // the downlink's transport is the thread, made at start
@@ -167,19 +181,17 @@ export function createIngestPart(ctx: PartContext, opts: IngestOptions): IngestP
     },
     status() {
       const { online, offline } = core.registry.counts();
-      const attention: { id: string; why: string }[] = [];
-      for (const d of core.registry.devices.values()) {
-        if (!d.online) attention.push({ id: d.id, why: d.reason ?? 'offline' });
-        else if (d.rejects > 0) attention.push({ id: d.id, why: `${d.rejects} rejected` });
-        if (attention.length >= 5) break;
-      }
+      const attention = core.registry.attention(ATTENTION_LISTED);
       return {
         mode: options.mode,
-        devices: { online, offline },
+        devices: { online, offline, never: source.neverConnected() },
         connections: options.mode === 'embedded' ? core.connections : null,
-        attention,
+        attention: attention.list,
+        attentionTotal: attention.total,
+        rejecting: attention.rejecting,
         reportsPerMinute: core.ratePerMinute(),
         rejects: Object.fromEntries(core.rejects.counts),
+        rejectsUnrecorded: Object.fromEntries(core.rejects.unrecorded),
         queued: thread?.queued ?? 0,
         commandsPending: downlink.pendingCount(),
       };

@@ -128,6 +128,36 @@ export function parseOomLine(text: string): Record<string, string | number> | un
   };
 }
 
+/**
+ * `edgekeeper_probe_up`'s reason: one word from a fixed set, so a label never carries free text
+ * (paths, exit messages, percentages). The full sentence is in /v1/probes and the log.
+ */
+const REASON_CODES: [RegExp, string][] = [
+  [/^running$/, 'running'],
+  [/^idle/, 'idle'],
+  // First: a restart's reason quotes bpftrace's own output, which may contain any other phrase.
+  [/restarting in \d+ s$/, 'restarting'],
+  [/disabled in config/, 'disabled'],
+  [/^not root/, 'no_root'],
+  [/missing capabilities/, 'no_capabilities'],
+  [/bpftrace not found/, 'no_bpftrace'],
+  [/does not run$/, 'bpftrace_broken'],
+  [/too old/, 'bpftrace_too_old'],
+  [/tracefs not mounted/, 'no_tracefs'],
+  [/bpftrace -l failed/, 'bpftrace_list_failed'],
+  [/tracepoint missing/, 'no_tracepoint'],
+  [/over CPU budget/, 'over_cpu_budget'],
+  [/^starting$/, 'starting'],
+  [/^not started$/, 'not_started'],
+  [/^stopped$/, 'stopped'],
+];
+
+export function reasonCode(state: ProbeStatus): string {
+  const why = state.replace(/^unavailable: /, '');
+  for (const [re, code] of REASON_CODES) if (re.test(why)) return code;
+  return 'other';
+}
+
 export class ProbesPart implements Part {
   readonly name = 'probes';
   private readonly log: Logger;
@@ -191,11 +221,8 @@ export class ProbesPart implements Part {
     };
     this.metrics = createProbeMetrics(ctx.registry, (g) => {
       g.reset();
-      for (const [probe, s] of Object.entries(this.probeStates())) {
-        const up = s === 'running' || s === 'idle (duty cycle)';
-        const reason = up ? (s === 'running' ? '' : s) : s.replace(/^unavailable: /, '');
-        g.set({ probe, reason: reason.slice(0, 160) }, up ? 1 : 0);
-      }
+      for (const [probe, s] of Object.entries(this.probeStates()))
+        g.set({ probe, reason: reasonCode(s) }, s === 'running' || s === 'idle (duty cycle)' ? 1 : 0);
     });
     for (const [map, spec] of Object.entries(HIST_METRICS)) {
       registerBucketHistogram(ctx.registry, spec.metric, spec.help, () => this.series(map));
