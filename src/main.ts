@@ -2,7 +2,8 @@
 /**
  * The `edgekeeper` command line. Built-in commands: run, backup, restore, help; parts add
  * theirs through `src/daemon/parts.ts`. Exit codes: 0 ok, 1 failure, 2 usage error (unknown
- * command or flag), 78 invalid configuration (EX_CONFIG; the systemd unit does not restart on it).
+ * command or flag), 65 the database was written by a newer edgekeeper (EX_DATAERR), 78 invalid
+ * configuration (EX_CONFIG); the systemd unit restarts on neither.
  */
 import { createWriteStream, existsSync } from 'node:fs';
 import { rename, rm } from 'node:fs/promises';
@@ -27,12 +28,14 @@ import {
   writeEtcdBackup,
 } from './daemon/index.js';
 import { verifyEtcdSnapshot } from './etcd/index.js';
-import { ConfigError, EdgeError } from './errors.js';
+import { ConfigError, EdgeError, SchemaTooNewError } from './errors.js';
 import { silentLogger } from './log.js';
 import type { CliCommand } from './part.js';
 import { openStore } from './store/index.js';
 
 const EXIT_USAGE = 2;
+/** EX_DATAERR: the database was written by a newer edgekeeper; the unit does not restart on it. */
+const EXIT_NEWER_DATABASE = 65;
 const EXIT_CONFIG = 78;
 
 /** A usage error: printed with a pointer to the command's help, exit 2. */
@@ -63,6 +66,7 @@ function runUsage(): string {
     '',
     'Options:',
     `${'  --config FILE'.padEnd(30)}JSON config file (see docs/configuration.md)`,
+    `${'  --check'.padEnd(30)}only check the configuration: exit 0 when valid, 78 with every problem`,
     ...lines,
     `${'  -h, --help'.padEnd(30)}show this help`,
   ].join('\n');
@@ -77,11 +81,22 @@ const builtins: CliCommand[] = [
     },
     async run(args) {
       const flags = allFlags();
-      const options: Record<string, { type: 'string' }> = { config: { type: 'string' } };
+      const options: Record<string, { type: 'string' | 'boolean' }> = {
+        config: { type: 'string' },
+        check: { type: 'boolean' },
+      };
       for (const f of flags) options[f.flag] = { type: 'string' };
       const { values } = parse('run', args, options, 0);
-      const { config: file, ...rest } = values as Record<string, string | undefined>;
+      const {
+        config: file,
+        check,
+        ...rest
+      } = values as Record<string, string | undefined> & { check?: boolean };
       const config = loadConfig({ file, flags: rest, flagSpecs: flags, sections: allSections() });
+      if (check) {
+        process.stdout.write(`configuration ok${file ? `: ${resolve(file)}` : ' (defaults)'}\n`);
+        return 0;
+      }
       return runDaemon(config, parts);
     },
   },
@@ -365,6 +380,10 @@ export async function main(argv: string[]): Promise<number> {
     if (err instanceof ConfigError) {
       process.stderr.write(`edgekeeper: ${err.message}\n`);
       return EXIT_CONFIG;
+    }
+    if (err instanceof SchemaTooNewError) {
+      fail(`${err.message} [${err.code}]`);
+      return EXIT_NEWER_DATABASE;
     }
     if (err instanceof EdgeError) return fail(`${err.message} [${err.code}]`);
     process.stderr.write(`edgekeeper: ${first} failed: ${(err as Error)?.stack ?? String(err)}\n`);

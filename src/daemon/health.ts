@@ -8,14 +8,19 @@ import type { Gauge } from 'prom-client';
 import type { Clock, Timer } from '../clock.js';
 import type { Logger } from '../log.js';
 import type { Migration, Store } from '../store/types.js';
+import { VERSIONS_TABLE_SQL } from './upgrade.js';
 
-/** The daemon's one table: a single row the heartbeat rewrites. */
+/**
+ * The daemon's tables: a single row the heartbeat rewrites; the versions that ran on this
+ * database (the last names the edgekeeper a downgrade must go back to).
+ */
 export const daemonMigrations: Migration[] = [
   {
     part: 'daemon',
     version: 1,
     sql: 'CREATE TABLE daemon_heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), ts INTEGER NOT NULL)',
   },
+  { part: 'daemon', version: 2, sql: VERSIONS_TABLE_SQL },
 ];
 
 const HEARTBEAT_SQL =
