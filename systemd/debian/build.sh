@@ -118,7 +118,8 @@ done
 find "$app/node_modules" -type f \( -name '*.md' -o -name '*.markdown' -o -name '*.d.ts' -o -name '*.d.mts' \
   -o -name '*.d.cts' -o -name '*.map' -o -name '*.musl.node' -o -name '*.tsbuildinfo' \) \
   -not -iname 'licen[cs]e*' -delete
-rm -rf "$app/package-lock.json" "$app/node_modules/.bin" "$app/node_modules/.package-lock.json"
+rm -rf "$app/package-lock.json" "$app/node_modules/.package-lock.json"
+find "$app/node_modules" -name .bin -type d -prune -exec rm -rf {} +
 
 # Every native addon must be for the target architecture.
 wrong=""

@@ -166,7 +166,7 @@ stop_daemon() {
 # /healthz: /readyz may say "not ready" on a loaded machine (the commit p99 objective).
 ready() { http_get http://127.0.0.1:9480/healthz; }
 
-echo "# install"
+echo "# install ($(date +%T))"
 if in_root apt-get install -y --no-install-recommends /tmp/edgekeeper.deb >"$R/tmp/install.log" 2>&1; then
   ok "apt-get install ./edgekeeper_${OLD}.deb"
 else
@@ -183,7 +183,7 @@ check "/etc/edgekeeper/edgekeeper.json is a conffile" sh -c "chroot $R dpkg-quer
 check "LICENSE and copyright shipped" test -s "$R/usr/lib/edgekeeper/LICENSE" -a -s "$R/usr/share/doc/edgekeeper/copyright"
 check "the configuration checks out" in_root edgekeeper run --config /etc/edgekeeper/edgekeeper.json --check
 
-echo "# the daemon, run as the unit runs it"
+echo "# the daemon, run as the unit runs it ($(date +%T))"
 start_daemon
 if wait_for 120 ready; then ok "serving on 127.0.0.1:9480"; else fail "not serving: $(tail -5 "$R/tmp/daemon.log")"; fi
 check "etcdctl put" etcd put /smoke/key hello
@@ -197,7 +197,7 @@ check "the device is mirrored to /edgekeeper/devices/smoke-1" wait_for 60 \
 check "a status frame (GET /frame.png)" wait_for 60 http_get http://127.0.0.1:9480/frame.png png
 check "the database is in /var/lib/edgekeeper" test -s "$R/var/lib/edgekeeper/edgekeeper.db"
 
-echo "# upgrade with an invalid configuration: refused, the old daemon keeps serving"
+echo "# upgrade with an invalid configuration: refused, the old daemon keeps serving ($(date +%T))"
 cp "$R/etc/edgekeeper/edgekeeper.json" "$R/tmp/edgekeeper.json.good"
 echo '{"http": {"listen": "everywhere"}}' >"$R/etc/edgekeeper/edgekeeper.json"
 if in_root dpkg --force-confold -i /tmp/edgekeeper-next.deb >"$R/tmp/upgrade.log" 2>&1; then
@@ -225,7 +225,7 @@ if wait_for 120 ready; then ok "the new version serves the same data"; else fail
 check "etcdctl get after the upgrade" test "$(etcd get --print-value-only /smoke/key)" = hello
 stop_daemon || true
 
-echo "# a database from a newer edgekeeper"
+echo "# a database from a newer edgekeeper ($(date +%T))"
 db=/var/lib/edgekeeper/edgekeeper.db
 in_root node --input-type=module -e "
   import { createRequire } from 'node:module';
@@ -248,7 +248,7 @@ in_root node --input-type=module -e "
   db.prepare(\"DELETE FROM schema_migrations WHERE part = 'daemon' AND version = 99\").run();
   db.close();"
 
-echo "# remove keeps the data, reinstall finds it, purge keeps nothing"
+echo "# remove keeps the data, reinstall finds it, purge keeps nothing ($(date +%T))"
 if in_root apt-get remove -y edgekeeper >"$R/tmp/remove.log" 2>&1; then ok "apt-get remove"; else fail "apt-get remove"; fi
 check "the program is gone" test ! -e "$R/usr/lib/edgekeeper" -a ! -e "$R/usr/bin/edgekeeper"
 check "the database is kept" test -s "$R/var/lib/edgekeeper/edgekeeper.db"
@@ -266,7 +266,7 @@ check "purge keeps nothing: /etc/edgekeeper" test ! -e "$R/etc/edgekeeper"
 check "purge keeps nothing: no unit links" sh -c "! find $R/etc/systemd -name 'edgekeeper*' | grep -q ."
 check "purge keeps nothing: dpkg forgets it" sh -c "! chroot $R dpkg-query -W edgekeeper"
 
-echo "# a hand-installed unit and a data directory owned by another user"
+echo "# a hand-installed unit and a data directory owned by another user ($(date +%T))"
 printf '[Service]\nExecStart=/usr/local/bin/edgekeeper run\n' >"$R/etc/systemd/system/edgekeeper.service"
 mkdir -p -m 0700 "$R/var/lib/edgekeeper"
 chown 1000:1000 "$R/var/lib/edgekeeper"
@@ -279,5 +279,5 @@ chroot "$R" /usr/bin/setpriv --inh-caps=-all --bounding-set=-all,+bpf,+perfmon,+
   /usr/bin/edgekeeper run --data-dir /var/lib/edgekeeper >"$R/tmp/owner.log" 2>&1 || code=$?
 check "the daemon refuses it with one clear line (exit $code)" grep -q 'cannot write .*/var/lib/edgekeeper.*uid 1000' "$R/tmp/owner.log"
 
-echo "# $fails failed"
+echo "# $fails failed ($(date +%T))"
 exit "$fails"
