@@ -136,14 +136,15 @@ export async function startDaemon(
     );
     cleanups.push(() => store.close());
     if (prepared.pending.length) log.info({ steps: prepared.pending }, 'schema migrated');
-    // One row per version ever run here; allowed over the quota (freesSpace) so that a full
-    // database still starts, and never fatal.
-    await store
-      .write({
-        sql: [{ sql: RECORD_VERSION_SQL, params: [VERSION, clock.now(), clock.now()] }],
-        freesSpace: true,
-      })
-      .catch((err: unknown) => log.warn({ err }, 'could not record the version in the database'));
+    // One row per version ever run here, written when this version is new to the database (no
+    // extra commit on an ordinary restart); allowed over the quota (freesSpace) and never fatal.
+    if (prepared.lastVersion !== VERSION)
+      await store
+        .write({
+          sql: [{ sql: RECORD_VERSION_SQL, params: [VERSION, clock.now(), clock.now()] }],
+          freesSpace: true,
+        })
+        .catch((err: unknown) => log.warn({ err }, 'could not record the version in the database'));
 
     const info = new Gauge({
       name: 'edgekeeper_daemon_info',

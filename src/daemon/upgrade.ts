@@ -50,6 +50,8 @@ export function checkStateDir(dir: string, dbFile: string): void {
 export interface PreparedDatabase {
   /** Schema steps the store will apply ("part version"). */
   pending: string[];
+  /** The version that last started on this database, when it says. */
+  lastVersion?: string;
   /** The backup taken because steps are pending, when the file held data. */
   backup?: string;
 }
@@ -90,23 +92,23 @@ export async function prepareDatabase(
       const hint = await rollbackHint(backupDir, dirname(file), writtenBy);
       throw new SchemaTooNewError(file, status.newer, status.known, hint);
     }
-    if (!status.pending.length || empty) return { pending: status.pending };
-    await mkdir(backupDir, { recursive: true });
+    if (!status.pending.length || empty) return { pending: status.pending, lastVersion: writtenBy };
     const name = `edgekeeper-pre-upgrade-${new Date(nowMs).toISOString().replace(/[-:.]/g, '')}.db`;
     const tmp = join(backupDir, `.${name}.tmp`);
     try {
+      await mkdir(backupDir, { recursive: true });
       await db.backup(tmp);
       verifyDatabaseFile(tmp);
       await rename(tmp, join(backupDir, name));
     } catch (err) {
-      await rm(tmp, { force: true });
+      await rm(tmp, { force: true }).catch(() => {});
       throw new UpgradeBackupError(file, join(backupDir, name), (err as Error).message);
     }
     fsyncDir(backupDir);
     const ours = (await readdir(backupDir)).filter((f) => PRE_UPGRADE_RE.test(f)).sort();
     for (const f of ours.slice(0, Math.max(0, ours.length - KEEP_PRE_UPGRADE)))
       await unlink(join(backupDir, f));
-    return { pending: status.pending, backup: join(backupDir, name) };
+    return { pending: status.pending, lastVersion: writtenBy, backup: join(backupDir, name) };
   } finally {
     db.close();
   }
