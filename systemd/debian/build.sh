@@ -149,11 +149,20 @@ find "$app" -type d -exec chmod 0755 {} +
 find "$app" -type f -exec chmod 0644 {} +
 find "$app/node_modules" -name '*.node' -exec chmod 0755 {} +
 
-cat >"$root/usr/bin/edgekeeper" <<'EOF'
+cat >"$root/usr/bin/edgekeeper" <<EOF
 #!/bin/sh
-# The native addons are built for the ABI of Debian's node (the package's nodejs dependency),
-# so edgekeeper runs on /usr/bin/node whatever else is first on PATH.
-exec /usr/bin/node /usr/lib/edgekeeper/dist/main.js "$@"
+# The native addons are built for the ABI of the node the package depends on (/usr/bin/node),
+# so edgekeeper runs on it whatever else is first on PATH. A broken install gets one line
+# instead of a stack trace (and exit 127, like a missing command).
+if [ ! -x /usr/bin/node ]; then
+  echo "edgekeeper: /usr/bin/node is missing; edgekeeper needs nodejs $node_major: apt install nodejs" >&2
+  exit 127
+fi
+if [ ! -f /usr/lib/edgekeeper/dist/main.js ]; then
+  echo "edgekeeper: the package is not fully installed (/usr/lib/edgekeeper is incomplete): apt install --reinstall edgekeeper" >&2
+  exit 127
+fi
+exec /usr/bin/node /usr/lib/edgekeeper/dist/main.js "\$@"
 EOF
 chmod 0755 "$root/usr/bin/edgekeeper"
 

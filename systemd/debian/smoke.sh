@@ -260,6 +260,17 @@ start_daemon
 if wait_for 120 ready; then ok "the reinstalled daemon serves the kept data"; else fail "not ready after reinstall"; fi
 check "etcdctl get after reinstall" test "$(etcd get --print-value-only /smoke/key)" = hello
 stop_daemon || true
+# A half-removed install (files gone, dpkg still lists it) and a node removed with --force: one line each.
+mv "$R/usr/lib/edgekeeper/dist/main.js" "$R/tmp/main.js.off"
+out=$(in_root edgekeeper --version 2>&1) && code=0 || code=$?
+check "a half-removed install: one line and exit 127" test "$code" = 127 -a "$(echo "$out" | wc -l)" = 1
+check "which says to reinstall" sh -c "echo '$out' | grep -q 'apt install --reinstall edgekeeper'"
+if in_root dpkg -i /tmp/edgekeeper-next.deb >/dev/null 2>&1; then ok "reinstall repairs it"; else fail "reinstall did not repair it"; fi
+check "edgekeeper --version after the repair" test "$(in_root edgekeeper --version)" = "$NEXT"
+mv "$R/usr/bin/node" "$R/tmp/node.off"
+out=$(in_root edgekeeper --version 2>&1) && code=0 || code=$?
+check "no /usr/bin/node: one line naming nodejs (exit $code)" sh -c "test $code = 127 && echo '$out' | grep -q 'needs nodejs'"
+mv "$R/tmp/node.off" "$R/usr/bin/node"
 if in_root apt-get purge -y edgekeeper >"$R/tmp/purge.log" 2>&1; then ok "apt-get purge"; else fail "apt-get purge"; fi
 check "purge keeps nothing: /var/lib/edgekeeper" test ! -e "$R/var/lib/edgekeeper"
 check "purge keeps nothing: /etc/edgekeeper" test ! -e "$R/etc/edgekeeper"
