@@ -29,7 +29,7 @@ import {
 } from './daemon/index.js';
 import { verifyEtcdSnapshot } from './etcd/index.js';
 import { ConfigError, EdgeError, SchemaTooNewError } from './errors.js';
-import { silentLogger } from './log.js';
+import { isJournalStream, silentLogger } from './log.js';
 import type { CliCommand } from './part.js';
 import { openStore } from './store/index.js';
 
@@ -253,8 +253,18 @@ function hasFlag(args: string[], name: string): boolean {
   return args.some((a) => a === `--${name}` || a.startsWith(`--${name}=`));
 }
 
+/**
+ * An error for stderr. When stderr is the journal (under the unit) it is one entry at priority
+ * err, so `journalctl -p err -u edgekeeper` shows why the daemon would not start.
+ */
+function errorLine(message: string): string {
+  return isJournalStream(process.env, 2)
+    ? `<3>edgekeeper: ${message.replace(/\s*\n\s*/g, ' ')}\n`
+    : `edgekeeper: ${message}\n`;
+}
+
 function fail(message: string): number {
-  process.stderr.write(`edgekeeper: ${message}\n`);
+  process.stderr.write(errorLine(message));
   return 1;
 }
 
@@ -378,7 +388,7 @@ export async function main(argv: string[]): Promise<number> {
   } catch (err) {
     if (err instanceof UsageError) return usageError(err.message, cmd.name);
     if (err instanceof ConfigError) {
-      process.stderr.write(`edgekeeper: ${err.message}\n`);
+      process.stderr.write(errorLine(err.message));
       return EXIT_CONFIG;
     }
     if (err instanceof SchemaTooNewError) {
@@ -386,7 +396,7 @@ export async function main(argv: string[]): Promise<number> {
       return EXIT_NEWER_DATABASE;
     }
     if (err instanceof EdgeError) return fail(`${err.message} [${err.code}]`);
-    process.stderr.write(`edgekeeper: ${first} failed: ${(err as Error)?.stack ?? String(err)}\n`);
+    process.stderr.write(errorLine(`${first} failed: ${(err as Error)?.stack ?? String(err)}`));
     return 1;
   }
 }

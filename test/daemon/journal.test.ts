@@ -4,7 +4,8 @@
  * Proven against a real systemd-journald, run in a private mount namespace with its own /run
  * and /var/log, with the daemon's stdout connected to it through systemd-cat (which, unlike
  * systemd, does not set JOURNAL_STREAM; the wrapper sets it from its own stdout, as systemd
- * would): `journalctl -p warning` returns the daemon's warnings and not its info lines.
+ * would): `journalctl -p warning` returns the daemon's warnings and not its info lines, and a
+ * start refused for its configuration is one entry at priority err.
  * Needs root, unshare (util-linux), systemd-journald, systemd-cat, journalctl (systemd).
  */
 import assert from 'node:assert/strict';
@@ -113,7 +114,12 @@ for i in $(seq 600); do
 done
 kill -TERM $(pgrep -P $d) $d 2>/dev/null || true
 wait $d || true
+echo '{"http": {"listen": "nowhere"}}' > "${dir}/bad.json"
+systemd-cat -t edgekeeper-bad sh -c \
+  'JOURNAL_STREAM=$(stat -L -c %d:%i /proc/$$/fd/1) exec "${process.execPath}" --import tsx "${join(repo, 'src', 'main.ts')}" run --config "${dir}/bad.json"' || true
+sleep 0.5
 journalctl -D /run/log/journal -t edgekeeper --no-pager -o json -p warning > "${dir}/warning.json"
+journalctl -D /run/log/journal -t edgekeeper-bad --no-pager -o json > "${dir}/bad-config.json"
 journalctl -D /run/log/journal -t edgekeeper --no-pager -o json > "${dir}/all.json"
 kill $j; wait $j || true
 `;
@@ -147,6 +153,14 @@ kill $j; wait $j || true
       );
       assert.ok(!warnings.some((w) => w.MESSAGE.startsWith('edgekeeper ready')));
       assert.ok(!all.some((e) => e.MESSAGE.startsWith('<')), 'a priority prefix reached the journal');
+      // A start refused for its configuration: one entry at priority err, every problem in it.
+      const bad = read('bad-config.json');
+      assert.equal(bad.length, 1, JSON.stringify(bad));
+      assert.equal(bad[0]!.PRIORITY, '3');
+      assert.match(
+        bad[0]!.MESSAGE,
+        /^edgekeeper: invalid configuration: - Expected `http\.listen` to be HOST:PORT/,
+      );
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
