@@ -299,7 +299,11 @@ describe('config documentation', () => {
         }
       }
     }
-    assert.deepEqual(missing, [], `document these keys in docs/ (each part's configuration table): ${missing.join(', ')}`);
+    assert.deepEqual(
+      missing,
+      [],
+      `document these keys in docs/ (each part's configuration table): ${missing.join(', ')}`,
+    );
   });
 
   test('the shipped example configuration is valid', () => {
