@@ -10,7 +10,7 @@
  * ("@system-service") are expanded with `systemd-analyze syscall-filter`, so they match the
  * systemd that runs the unit.
  */
-import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync, realpathSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { CheckItem } from './environment.js';
 
@@ -61,6 +61,8 @@ export function parseUnit(text: string, file = 'unit'): UnitLine[] {
 export interface LoadedUnit {
   /** The unit file in effect (the first of UNIT_DIRS that has it). */
   file: string;
+  /** Linked to /dev/null (systemctl mask; the package's removal masks it until purge). */
+  masked?: boolean;
   /** Unit files of the same name further down the search path, hidden by `file`. */
   shadowed: string[];
   dropIns: string[];
@@ -78,6 +80,9 @@ export function loadUnit(
   dirs: readonly string[] = UNIT_DIRS,
 ): LoadedUnit | undefined {
   if (file) return { file, shadowed: [], dropIns: [], lines: parseUnit(readFileSync(file, 'utf8'), file) };
+  const first = dirs.map((d) => join(d, name)).find((f) => existsSync(f));
+  if (first && realpathSync(first) === '/dev/null')
+    return { file: first, masked: true, shadowed: [], dropIns: [], lines: [] };
   const found = dirs.map((d) => join(d, name)).filter((f) => existsSync(f) && statSync(f).size > 0);
   if (found.length === 0) return undefined;
   // /lib is /usr/lib on merged-/usr systems: the same file twice is not a shadow.
@@ -223,6 +228,16 @@ export interface UnitCheckOptions {
 export function checkUnit(o: UnitCheckOptions): CheckItem[] {
   const { lines } = o.unit;
   const out: CheckItem[] = [];
+  if (o.unit.masked) {
+    return [
+      {
+        name: 'unit',
+        ok: false,
+        detail: `${o.unit.file} is masked: the edgekeeper package was removed and not purged, or an admin masked it`,
+        fix: 'apt install edgekeeper (its data and configuration were kept), or systemctl unmask edgekeeper',
+      },
+    ];
+  }
   const where = `${o.unit.file}${o.unit.dropIns.length ? ` + ${o.unit.dropIns.join(', ')}` : ''}`;
   out.push({ name: 'unit', ok: true, detail: where });
   for (const s of o.unit.shadowed) {

@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
@@ -158,6 +158,19 @@ SystemCallFilter=@default bpf perf_event_open
       c2.find((c) => c.name === 'ExecStart')!.detail,
       /\/usr\/local\/bin\/edgekeeper does not exist: .*203\/EXEC/,
     );
+  });
+
+  test('a masked unit (the package removed, not purged) is named as such', () => {
+    const m = join(tmp, 'masked');
+    mkdirSync(m, { recursive: true });
+    symlinkSync('/dev/null', join(m, 'edgekeeper.service'));
+    writeFileSync(join(lib, 'edgekeeper.service'), unit);
+    const loaded = loadUnit('edgekeeper.service', undefined, [m, lib])!;
+    assert.equal(loaded.masked, true);
+    const [c] = checkUnit({ unit: loaded, groups, kernelRelease: '6.1.0' });
+    assert.equal(c?.ok, false);
+    assert.match(c!.detail, /is masked: the edgekeeper package was removed and not purged/);
+    assert.match(c!.fix!, /apt install edgekeeper/);
   });
 
   test('memlock on kernels before 5.11, address families without AF_UNIX', () => {
