@@ -40,13 +40,18 @@ function run(cmd: string, args: string[], timeoutMs = 15 * 60_000) {
 describe(`the Debian package (${arch})`, () => {
   let out: string;
   let deb: string;
-  before(() => {
-    out = mkdtempSync(join(tmpdir(), 'ek-package-'));
-    const r = run('bash', [join(repo, 'systemd', 'debian', 'build.sh'), '--out', out]);
-    assert.equal(r.status, 0, r.stderr);
-    deb = r.stdout.trim().split('\n').at(-1)!;
-    assert.ok(existsSync(deb), `${r.stdout}${r.stderr}`);
-  });
+  // Longer than npm test's default per test: npm ci against the registry, and on a machine
+  // without the cached root, mmdebstrap against the Debian mirror.
+  before(
+    () => {
+      out = mkdtempSync(join(tmpdir(), 'ek-package-'));
+      const r = run('bash', [join(repo, 'systemd', 'debian', 'build.sh'), '--out', out]);
+      assert.equal(r.status, 0, r.stderr);
+      deb = r.stdout.trim().split('\n').at(-1)!;
+      assert.ok(existsSync(deb), `${r.stdout}${r.stderr}`);
+    },
+    { timeout: 15 * 60_000 },
+  );
   after(() => rmSync(out, { recursive: true, force: true }));
 
   test('build.sh refuses an architecture it cannot build, with the list it can', () => {
@@ -192,7 +197,9 @@ describe(`the Debian package (${arch})`, () => {
     }
   });
 
-  test('installs into a clean Debian trixie root and passes the smoke test there', (t) => {
+  test('installs into a clean Debian trixie root and passes the smoke test there', {
+    timeout: 20 * 60_000,
+  }, (t) => {
     const r = run('bash', [join(repo, 'systemd', 'debian', 'smoke.sh'), '--deb', deb], 20 * 60_000);
     for (const line of r.stdout.split('\n').filter((l) => l.startsWith('#') || l.startsWith('FAIL')))
       t.diagnostic(line);
