@@ -167,7 +167,7 @@ describe('edgekeeper.service, applied', () => {
       const db = new Database(join(d, 'state', 'edgekeeper.db'), { readonly: true });
       try {
         const row = db
-          .prepare("SELECT count(*) AS n FROM kv WHERE key = CAST('/sandbox/k' AS BLOB)")
+          .prepare("SELECT count(*) AS n FROM kv_log WHERE key = CAST('/sandbox/k' AS BLOB) AND deleted = 0")
           .get() as { n: number };
         assert.equal(row.n, 1);
         const reports = db.prepare('SELECT count(*) AS n FROM reports').get() as { n: number };
