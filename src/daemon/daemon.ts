@@ -1,7 +1,6 @@
 /**
  * Wiring and lifecycle. Start: pid file, store (after a backup when its schema is upgraded),
- * registry, HTTP, parts in order, jobs, then READY=1, then the parts that start after it and the
- * backup schedule. Stop (idempotent): STOPPING=1, jobs off, HTTP stops taking requests, parts stop in
+ * registry, HTTP, parts in order, jobs, then READY=1 and the backup schedule. Stop (idempotent): STOPPING=1, jobs off, HTTP stops taking requests, parts stop in
  * reverse, the store finishes in-flight commits and closes, pid file removed.
  */
 import { randomBytes } from 'node:crypto';
@@ -215,19 +214,14 @@ export async function startDaemon(
     cleanups.push(() => http.close());
     addDaemonRoutes(http, store, stateDir, config, started, clock);
     const peers = new Map<string, Part>();
-    const startPart = async (part: Part) => {
-      // Listed before start() so a part that fails half-way is still stopped (stop is idempotent).
-      started.push(part);
-      await timed(part.name, () => part.start());
-      log.info({ name: part.name }, 'part started');
-    };
-    const afterReady: Part[] = [];
     for (const entry of entries) {
       await notifier.send(`STATUS=starting ${entry.name}`);
       const part = entry.create(ctx, config, peers);
       peers.set(entry.name, part);
-      if (entry.startAfterReady) afterReady.push(part);
-      else await startPart(part);
+      // Listed before start() so a part that fails half-way is still stopped (stop is idempotent).
+      started.push(part);
+      await timed(part.name, () => part.start());
+      log.info({ name: part.name }, 'part started');
     }
 
     const address = await timed('http', () =>
@@ -274,16 +268,14 @@ export async function startDaemon(
         stateDir,
         durability: sc.durability,
         http: `${fmtHost(address.host)}:${address.port}`,
-        parts: [...started, ...afterReady].map((p) => p.name),
+        parts: started.map((p) => p.name),
         notify: notifier.enabled,
         watchdogMs,
-        // before: process start to startDaemon (module loading, config); then each phase
-        // (parts that start after READY=1 are not in it).
+        // before: process start to startDaemon (module loading, config); then each phase.
         startupMs: { total: Math.round(performance.now()), before: Math.round(startedAt), ...phases },
       },
       'edgekeeper ready',
     );
-    for (const part of afterReady) await startPart(part);
     // After READY=1: creating the cron task costs ~50 ms of CPU, and nothing waits for it.
     if (sc.backupSchedule !== '') {
       backupTask = cron.schedule(

@@ -1,7 +1,7 @@
 /**
  * The one place where parts are wired in. Adding a part is one entry here: its config section,
- * its tables, its `run` flags, its CLI commands and its factory. Parts start in this order (those
- * marked startAfterReady once the daemon is ready) and stop in reverse.
+ * its tables, its `run` flags, its CLI commands and its factory. Parts start in this order and
+ * stop in reverse.
  *
  * Parts never import each other. Where one needs another (ingest asks the fleet sync whether
  * reports may be acknowledged; frames show every part's state; the sync uploads the latest
@@ -62,11 +62,6 @@ export interface PartEntry {
   flags?: FlagSpec[];
   /** `edgekeeper <command>` subcommands. */
   commands?: CliCommand[];
-  /**
-   * Start once the daemon is ready (READY=1 sent, HTTP listening) rather than before: for a part
-   * nothing else waits on, whose start would only delay readiness.
-   */
-  startAfterReady?: boolean;
   create(ctx: PartContext, config: Config, peers: Peers): Part;
 }
 
@@ -125,9 +120,6 @@ export const parts: PartEntry[] = [
   {
     name: 'frames',
     section: framesConfigSection,
-    // Its first frame loads Skia and draws at once (~150 ms of CPU); etcd, MQTT and HTTP need
-    // not wait for it. /frame.png answers once it has started.
-    startAfterReady: true,
     commands: framesCliCommands,
     create: (ctx, config, peers) =>
       createFramesPart(ctx, {
