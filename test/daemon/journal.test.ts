@@ -123,11 +123,27 @@ journalctl -D /run/log/journal -t edgekeeper-bad --no-pager -o json > "${dir}/ba
 journalctl -D /run/log/journal -t edgekeeper --no-pager -o json > "${dir}/all.json"
 kill $j; wait $j || true
 `;
-      const r = spawnSync('unshare', ['--mount', '--propagation', 'private', 'bash', '-c', script], {
-        cwd: repo,
-        encoding: 'utf8',
-        timeout: 120_000,
-      });
+      // A pid namespace too: whatever the script leaves running dies with it.
+      const r = spawnSync(
+        'unshare',
+        [
+          '--mount',
+          '--pid',
+          '--fork',
+          '--kill-child',
+          '--mount-proc',
+          '--propagation',
+          'private',
+          'bash',
+          '-c',
+          script,
+        ],
+        {
+          cwd: repo,
+          encoding: 'utf8',
+          timeout: 120_000,
+        },
+      );
       assert.equal(r.status, 0, `${r.stdout}${r.stderr}`);
       const read = (f: string) =>
         spawnSync('cat', [join(dir, f)], { encoding: 'utf8' })
