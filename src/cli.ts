@@ -11,7 +11,15 @@
  */
 import { parseArgs } from 'node:util';
 import { parseHostPort } from './config/index.js';
-import { ConfigError, EdgeError, FileError, UnreachableError, UsageError } from './errors.js';
+import {
+  ConfigError,
+  EdgeError,
+  FileError,
+  SchemaTooNewError,
+  UnreachableError,
+  UsageError,
+} from './errors.js';
+import { isJournalStream } from './log.js';
 import type { CliCommand, CliOption, OutputFormat } from './part.js';
 
 export type { CliCommand, CliOption, OutputFormat } from './part.js';
@@ -32,6 +40,8 @@ export const io = {
 };
 const EXIT_FAILURE = 1;
 const EXIT_USAGE = 2;
+/** EX_DATAERR: the database was written by a newer edgekeeper; the unit does not restart on it. */
+const EXIT_NEWER_DATABASE = 65;
 const EXIT_CONFIG = 78;
 
 /** What a command's `main` gets: checked values and arguments. */
@@ -198,15 +208,24 @@ const CONNECT_ERRNOS = new Set([
 export function report(cmd: string, err: unknown, debug = false): number {
   if (err instanceof ConfigError) {
     // The one multi-line error: every configuration problem with its path.
-    io.err(`edgekeeper: ${err.message}\n`);
+    io.err(errorEntry(`edgekeeper: ${err.message}`));
     return EXIT_CONFIG;
   }
   const e = asEdgeError(err);
   const hint = e instanceof UsageError && cmd ? `; see 'edgekeeper ${cmd} --help'` : '';
   const internal = e.code === 'EDGE_ERR_INTERNAL' && !debug ? ' (run with --debug for the stack)' : '';
-  io.err(`edgekeeper${cmd ? ` ${cmd}` : ''}: ${oneLine(e.message)}${hint}${internal} [${e.code}]\n`);
+  io.err(errorEntry(`edgekeeper${cmd ? ` ${cmd}` : ''}: ${oneLine(e.message)}${hint}${internal} [${e.code}]`));
   if (debug && err instanceof Error && err.stack) io.err(`${err.stack}\n`);
+  if (e instanceof SchemaTooNewError) return EXIT_NEWER_DATABASE;
   return e instanceof UsageError ? EXIT_USAGE : EXIT_FAILURE;
+}
+
+/**
+ * An error for stderr. When stderr is the journal (under the unit) it is one entry at priority
+ * err, so `journalctl -p err -u edgekeeper` shows why the daemon would not start.
+ */
+function errorEntry(message: string): string {
+  return isJournalStream(process.env, 2) ? `<3>${message.replace(/\s*\n\s*/g, ' ')}\n` : `${message}\n`;
 }
 
 function asEdgeError(err: unknown): EdgeError {

@@ -131,6 +131,47 @@ export class WatchOverflowError extends EdgeError {
   }
 }
 
+/**
+ * The database holds schema steps ("part version") this edgekeeper does not know: a newer version
+ * upgraded it. It is left untouched; `hint` says how to get back (the daemon names the backups).
+ */
+export class SchemaTooNewError extends EdgeError {
+  constructor(
+    readonly file: string,
+    readonly newer: string[],
+    readonly known: string[],
+    hint = 'install that newer edgekeeper again, or restore the backup taken before the upgrade (`edgekeeper restore FILE`)',
+  ) {
+    super(
+      'EDGE_ERR_SCHEMA_TOO_NEW',
+      `database ${file} was upgraded by a newer edgekeeper: it has schema ${newer.join(', ')}, this edgekeeper knows up to ${known.join(', ')}; it was not changed. To go on, ${hint}`,
+      500,
+    );
+  }
+}
+
+/** The state directory (or the database in it) is not this process' to write. */
+export class StateDirError extends EdgeError {
+  constructor(path: string, owner: number, mode: number, euid: number, errno: string) {
+    super(
+      'EDGE_ERR_STATE_DIR',
+      `cannot write ${path} (${errno}): it belongs to uid ${owner} with mode ${mode.toString(8).padStart(4, '0')}, and edgekeeper runs as uid ${euid}${euid === 0 ? ' without CAP_DAC_OVERRIDE under its unit' : ''}; give it to that user (chown -R ${euid}:${euid} ${path}) or set node.dataDir to a directory it owns`,
+      500,
+    );
+  }
+}
+
+/** The backup taken before a schema upgrade failed; nothing was migrated. */
+export class UpgradeBackupError extends EdgeError {
+  constructor(file: string, backup: string, detail: string) {
+    super(
+      'EDGE_ERR_UPGRADE_BACKUP',
+      `cannot back up ${file} to ${backup} before upgrading its schema (${detail}); nothing was migrated. Free space in that directory (store.backupDir) and start again`,
+      500,
+    );
+  }
+}
+
 export class ConfigError extends EdgeError {
   constructor(readonly problems: string[]) {
     super('EDGE_ERR_CONFIG', `invalid configuration:\n  - ${problems.join('\n  - ')}`, 400);

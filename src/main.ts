@@ -2,7 +2,8 @@
 /**
  * The `edgekeeper` command line: one table of commands (the daemon's, each part's, `completion`
  * and `help`), every one following the grammar of src/cli.ts. Exit codes: 0 ok, 1 failure,
- * 2 usage error, 78 invalid configuration (EX_CONFIG; the systemd unit does not restart on it).
+ * 2 usage error, 65 the database was written by a newer edgekeeper (EX_DATAERR), 78 invalid
+ * configuration (EX_CONFIG); the systemd unit restarts on neither.
  */
 import { realpathSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
@@ -77,7 +78,7 @@ function topHelp(): string {
     '',
     'Every command: -h/--help for its usage, --debug for a stack trace with an unexpected error;',
     'commands that print data take -w simple|table|json. Exit status: 0 ok, 1 failure, 2 usage',
-    'error, 78 invalid configuration.',
+    'error, 65 database upgraded by a newer edgekeeper, 78 invalid configuration.',
   ].join('\n');
 }
 

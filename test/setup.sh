@@ -25,10 +25,13 @@ declare -A probe=(
   [e2fsprogs]="cmd:mkfs.ext4"
   [mount]="cmd:losetup"
   [zsh]="cmd:zsh"
+  [gcc]="cmd:gcc"
+  [libseccomp-dev]="file:/usr/include/seccomp.h"
+  [mmdebstrap]="cmd:mmdebstrap"
 )
 order=(etcd-server etcd-client mosquitto mosquitto-clients bpftrace postgresql strace tesseract-ocr
   fonts-dejavu-core systemd util-linux iproute2 chromium prometheus golang-go golang-etcd-server-dev
-  e2fsprogs mount zsh)
+  e2fsprogs mount zsh gcc libseccomp-dev mmdebstrap)
 
 present() {
   local kind="${1%%:*}" what="${1#*:}"

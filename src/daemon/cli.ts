@@ -59,13 +59,17 @@ function runUsage(): string {
     '',
     'Options:',
     `${'  --config FILE'.padEnd(30)}JSON config file (see docs/configuration.md)`,
+    `${'  --check'.padEnd(30)}only check the configuration: exit 0 when valid, 78 with every problem`,
     ...lines,
     `${'  -h, --help'.padEnd(30)}show this help`,
   ].join('\n');
 }
 
 const runOptions = (): Record<string, CliOption> => {
-  const o: Record<string, CliOption> = { config: { type: 'string', value: 'FILE' } };
+  const o: Record<string, CliOption> = {
+    config: { type: 'string', value: 'FILE' },
+    check: { type: 'boolean' },
+  };
   for (const f of allFlags()) o[f.flag] = { type: 'string', value: f.flag === 'data-dir' ? 'DIR' : 'VALUE' };
   return o;
 };
@@ -76,8 +80,18 @@ const runCommand = defineCommand({
   usage: runUsage,
   options: runOptions(),
   async main({ values }) {
-    const { config: file, debug: _d, help: _h, ...rest } = values as Record<string, string | undefined>;
+    const {
+      config: file,
+      check,
+      debug: _d,
+      help: _h,
+      ...rest
+    } = values as Record<string, string | undefined> & { check?: boolean };
     const config = loadConfig({ file, flags: rest, flagSpecs: allFlags(), sections: allSections() });
+    if (check) {
+      io.out(`configuration ok${file ? `: ${resolve(file)}` : ' (defaults)'}\n`);
+      return 0;
+    }
     return runDaemon(config, parts);
   },
 });

@@ -16,15 +16,20 @@ import type { Clock, Timer } from '../clock.js';
 import type { Logger } from '../log.js';
 import type { Migration, Store } from '../store/types.js';
 import { registerCollector } from './collector.js';
+import { VERSIONS_TABLE_SQL } from './upgrade.js';
 
-/** The daemon's one table: a single row earlier versions rewrote at every heartbeat (kept so
- * existing databases need no migration). */
+/**
+ * The daemon's tables: a single row earlier versions rewrote at every heartbeat (kept so existing
+ * databases need no migration); the versions that ran on this database (the last names the
+ * edgekeeper a downgrade must go back to).
+ */
 export const daemonMigrations: Migration[] = [
   {
     part: 'daemon',
     version: 1,
     sql: 'CREATE TABLE daemon_heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), ts INTEGER NOT NULL)',
   },
+  { part: 'daemon', version: 2, sql: VERSIONS_TABLE_SQL },
 ];
 
 export interface HeartbeatOptions {

@@ -98,7 +98,12 @@ export const parts: PartEntry[] = [
     migrations: probesMigrations,
     commands: probesCliCommands,
     create: (ctx, config) =>
-      createProbesPart(ctx, { ...section<ProbesOptions>(config, 'probes'), uplinkEnabled: uplinkOn(config) }),
+      // In the background: READY=1 does not wait for bpftrace (0.3-0.7 s to check and start).
+      createProbesPart(ctx, {
+        ...section<ProbesOptions>(config, 'probes'),
+        uplinkEnabled: uplinkOn(config),
+        background: true,
+      }),
   },
   {
     name: 'sync',

@@ -2,9 +2,11 @@
  * `edgekeeper probes`: status and latest percentiles from a running daemon (GET /v1/probes).
  * `edgekeeper doctor`: checks this machine for what the probes need and prints the fixes.
  */
+import { release } from 'node:os';
 import { type CliCommand, DEFAULT_HTTP, daemonJson, defineCommand, output } from '../cli.js';
 import { PROBE_NAMES, PROBES } from './catalog.js';
-import { checkEnvironment, type HostAccess } from './environment.js';
+import { type CheckItem, checkEnvironment, type HostAccess, realHost } from './environment.js';
+import { checkUnit, loadUnit, parseSyscallGroups } from './unit.js';
 
 function fmtMs(v: unknown): string {
   return typeof v === 'number'
@@ -76,16 +78,22 @@ export function doctorCommand(host?: HostAccess): CliCommand {
   return defineCommand({
     name: 'doctor',
     summary: 'Check this machine for what the eBPF probes need, and say how to fix what is missing',
-    usage: `Usage: edgekeeper doctor [--bpftrace PATH] [--tracefs DIR] [--no-mount] [-w simple|table|json]
+    usage: `Usage: edgekeeper doctor [--bpftrace PATH] [--tracefs DIR] [--no-mount] [--unit [--unit-file FILE]] [-w simple|table|json]
 
 Checks, on this machine: root with CAP_BPF + CAP_PERFMON, the bpftrace binary and its version,
 setpriv, tracefs (mounted when missing and allowed, unless --no-mount), BTF (not needed), and
 every tracepoint each probe attaches to. Prints what is missing with the exact fix.
-Exit code 0 when every probe can run, 1 otherwise.`,
+--unit also checks edgekeeper.service as systemd loads it (or --unit-file FILE alone): its
+system call filter, capabilities, user and memlock limit against what bpftrace needs, the
+program it runs, and a second unit file hiding the first. A shell has none of the unit's
+sandbox, so without --unit a probe can pass here and still fail under systemd.
+Exit code 0 when every probe can run (and the unit lets them), 1 otherwise.`,
     options: {
       bpftrace: { type: 'string', value: 'PATH', default: 'bpftrace' },
       tracefs: { type: 'string', value: 'DIR', default: '/sys/kernel/tracing' },
       'no-mount': { type: 'boolean' },
+      unit: { type: 'boolean' },
+      'unit-file': { type: 'string', value: 'FILE' },
     },
     formats: ['simple', 'table', 'json'],
     async main({ values, format }) {
@@ -96,10 +104,15 @@ Exit code 0 when every probe can run, 1 otherwise.`,
         probes: PROBE_NAMES,
         host,
       });
-      const allOk = PROBE_NAMES.every((p) => report.unavailable[p] === undefined);
+      const unit =
+        values.unit || values['unit-file']
+          ? await unitChecks(values['unit-file'] as string | undefined, host)
+          : undefined;
+      const allOk =
+        PROBE_NAMES.every((p) => report.unavailable[p] === undefined) && (unit?.every((c) => c.ok) ?? true);
       output(format, {
-        json: { ok: allOk, ...report },
-        table: report.checks.map((c) => ({
+        json: { ok: allOk, ...report, unit },
+        table: [...report.checks, ...(unit ?? []).map((c) => ({ ...c, name: `unit: ${c.name}` }))].map((c) => ({
           check: c.name,
           ok: c.ok ? 'ok' : 'FAIL',
           detail: c.detail,
@@ -116,6 +129,13 @@ Exit code 0 when every probe can run, 1 otherwise.`,
             const why = report.unavailable[p];
             out.push(`${p.padEnd(11)} ${why ? `unavailable: ${why}` : 'can run'}  (${PROBES[p].summary})`);
           }
+          if (unit) {
+            out.push('', 'systemd unit:');
+            for (const c of unit) {
+              out.push(`${c.ok ? 'ok  ' : 'FAIL'} ${c.name}: ${c.detail}`);
+              if (!c.ok && c.fix) out.push(`     fix: ${c.fix}`);
+            }
+          }
           if (
             !allOk &&
             report.checks.some((c) => !c.ok && (c.name === 'root' || c.name === 'capabilities'))
@@ -131,6 +151,38 @@ Exit code 0 when every probe can run, 1 otherwise.`,
       return allOk ? 0 : 1;
     },
   });
+}
+
+/** The unit's checks; never throws (a missing unit or systemd-analyze is a failed check). */
+async function unitChecks(file: string | undefined, host: HostAccess = realHost): Promise<CheckItem[]> {
+  let unit: ReturnType<typeof loadUnit>;
+  try {
+    unit = loadUnit('edgekeeper.service', file);
+  } catch (err) {
+    return [{ name: 'unit', ok: false, detail: (err as Error).message }];
+  }
+  if (!unit) {
+    return [
+      {
+        name: 'unit',
+        ok: false,
+        detail: 'edgekeeper.service is not installed',
+        fix: 'install the edgekeeper package (docs/operations.md)',
+      },
+    ];
+  }
+  const r = await host.run('systemd-analyze', ['syscall-filter', '--no-pager'], 15_000);
+  if (r.code !== 0) {
+    return [
+      {
+        name: 'SystemCallFilter',
+        ok: false,
+        detail: `systemd-analyze syscall-filter failed: ${r.stderr.trim().slice(0, 120)}`,
+        fix: 'apt-get install systemd',
+      },
+    ];
+  }
+  return checkUnit({ unit, groups: parseSyscallGroups(r.stdout), kernelRelease: release() });
 }
 
 export const probesCliCommands: CliCommand[] = [probesCommand, doctorCommand()];

@@ -191,6 +191,7 @@ export class ProbesPart implements Part {
   private retentionTimer: { cancel(): void } | undefined;
   private stopped = false;
   private started = false;
+  private booting: Promise<void> | undefined;
   private writes = new Set<Promise<unknown>>();
   /** Samples waiting to be stored (see ProbesOptions.storeInterval). */
   private pending: [number, string, string, Buffer][] = [];
@@ -244,6 +245,20 @@ export class ProbesPart implements Part {
   async start(): Promise<void> {
     if (this.started) return;
     this.started = true;
+    this.scheduleRetention(0);
+    if (this.enabled.length === 0) {
+      // Nothing to run: no bpftrace is looked for or started, so probes that are off cost nothing.
+      const off = 'disabled in config (probes.enabled)';
+      const unavailable = Object.fromEntries(PROBE_NAMES.map((p) => [p, off])) as Record<ProbeName, string>;
+      this.env = { checks: [], unavailable };
+      return;
+    }
+    this.booting = this.boot().catch((err: unknown) => this.log.error({ err }, 'probes failed to start'));
+    if (!this.opts.background) await this.booting;
+  }
+
+  /** Checks the machine, then starts the supervisor for the probes that can run. */
+  private async boot(): Promise<void> {
     this.env = await checkEnvironment({
       bpftracePath: this.o.bpftracePath,
       tracefsDir: this.o.tracefsDir,
@@ -287,7 +302,6 @@ export class ProbesPart implements Part {
       });
       this.sup.start();
     }
-    this.scheduleRetention(0);
   }
 
   private enableBpfStats(): void {
@@ -310,6 +324,7 @@ export class ProbesPart implements Part {
     if (this.stopped) return;
     this.stopped = true;
     this.retentionTimer?.cancel();
+    await this.booting;
     await this.sup?.stop();
     this.storeTimer?.cancel();
     this.flush();

@@ -39,6 +39,12 @@ export interface ProbesOptions {
   bpfStats?: boolean;
   /** True when the fleet uplink runs: retention keeps rows its cursor has not passed. */
   uplinkEnabled?: boolean;
+  /**
+   * start() returns at once and the machine check (bpftrace --version, bpftrace -l: 0.3-0.7 s)
+   * and bpftrace's start run behind it; probes say "unavailable: starting" meanwhile. The daemon
+   * sets it so that READY=1 does not wait for bpftrace. Default false: start() waits.
+   */
+  background?: boolean;
 
   // --- injection points for tests ---
   host?: HostAccess;
