@@ -214,7 +214,9 @@ export function report(cmd: string, err: unknown, debug = false): number {
   const e = asEdgeError(err);
   const hint = e instanceof UsageError && cmd ? `; see 'edgekeeper ${cmd} --help'` : '';
   const internal = e.code === 'EDGE_ERR_INTERNAL' && !debug ? ' (run with --debug for the stack)' : '';
-  io.err(errorEntry(`edgekeeper${cmd ? ` ${cmd}` : ''}: ${oneLine(e.message)}${hint}${internal} [${e.code}]`));
+  io.err(
+    errorEntry(`edgekeeper${cmd ? ` ${cmd}` : ''}: ${oneLine(e.message)}${hint}${internal} [${e.code}]`),
+  );
   if (debug && err instanceof Error && err.stack) io.err(`${err.stack}\n`);
   if (e instanceof SchemaTooNewError) return EXIT_NEWER_DATABASE;
   return e instanceof UsageError ? EXIT_USAGE : EXIT_FAILURE;

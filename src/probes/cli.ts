@@ -112,12 +112,14 @@ Exit code 0 when every probe can run (and the unit lets them), 1 otherwise.`,
         PROBE_NAMES.every((p) => report.unavailable[p] === undefined) && (unit?.every((c) => c.ok) ?? true);
       output(format, {
         json: { ok: allOk, ...report, unit },
-        table: [...report.checks, ...(unit ?? []).map((c) => ({ ...c, name: `unit: ${c.name}` }))].map((c) => ({
-          check: c.name,
-          ok: c.ok ? 'ok' : 'FAIL',
-          detail: c.detail,
-          fix: c.fix,
-        })),
+        table: [...report.checks, ...(unit ?? []).map((c) => ({ ...c, name: `unit: ${c.name}` }))].map(
+          (c) => ({
+            check: c.name,
+            ok: c.ok ? 'ok' : 'FAIL',
+            detail: c.detail,
+            fix: c.fix,
+          }),
+        ),
         simple: () => {
           const out: string[] = [];
           for (const c of report.checks) {
