@@ -2,7 +2,6 @@
  * etcd's KV service (Range, Put, DeleteRange, Txn, Compact) over the store, and the conversions
  * between wire messages and the store's types that Watch, Lease and the recipes reuse.
  */
-import type { UntypedServiceImplementation } from '@grpc/grpc-js';
 import type {
   Compare,
   CompareResult,
@@ -21,18 +20,16 @@ import type {
   TxnRequest,
   TxnResponse,
 } from '../store/types.js';
-import { type EtcdContext, type Header, unary } from './context.js';
+import { EmptyKeyError } from '../errors.js';
+import type { EtcdContext, Header } from './context.js';
 import { Code, grpcError } from './errors.js';
-import { big, buf, type Decoded, long, num } from './proto.js';
+import { big, buf, long, num } from './proto.js';
+import type { Methods, Msg as M } from './rpc.js';
 
 const SORT_ORDERS: SortOrder[] = ['NONE', 'ASCEND', 'DESCEND'];
 const SORT_TARGETS: SortTarget[] = ['KEY', 'VERSION', 'CREATE', 'MOD', 'VALUE'];
 const CMP_RESULTS: CompareResult[] = ['EQUAL', 'GREATER', 'LESS', 'NOT_EQUAL'];
 const CMP_TARGETS: CompareTarget[] = ['VERSION', 'CREATE', 'MOD', 'VALUE', 'LEASE'];
-
-// A decoded wire message: fields by their proto names (keepCase), absent ones read as defaults.
-// biome-ignore lint/suspicious/noExplicitAny: decoded wire messages are dynamically shaped
-type M = Decoded & Record<string, any>;
 
 /** etcd's ErrGRPCInvalidSortOption for enum values outside the declared ones. */
 function invalidSort(): Error {
@@ -239,20 +236,38 @@ function needsLimitThenSort(req: RangeRequest): boolean {
   );
 }
 
-export function kvService(ctx: EtcdContext): UntypedServiceImplementation {
-  const { store, hdr } = ctx;
+export function kvMethods(ctx: EtcdContext): Methods {
+  const { store, hdr, alarms } = ctx;
   return {
-    Range: unary(ctx, 'Range', (m: M) => {
+    Range: (m: M) => {
       const req = rangeIn(m);
       return rangeOut(hdr, needsLimitThenSort(req) ? limitThenSort(ctx, req) : store.range(req));
-    }),
-    Put: unary(ctx, 'Put', (m: M) => store.put(putIn(m)).then((r) => putOut(hdr, r))),
-    DeleteRange: unary(ctx, 'DeleteRange', (m: M) =>
-      store.deleteRange(deleteIn(m)).then((r) => deleteOut(hdr, r)),
-    ),
-    Txn: unary(ctx, 'Txn', (m: M) => store.txn(txnIn(m)).then((r) => txnOut(hdr, r))),
-    Compact: unary(ctx, 'Compact', (m: M) =>
-      store.compact(num(m.revision), !!m.physical).then((r) => ({ header: hdr(r.header.revision) })),
-    ),
+    },
+    Put: (m: M) => {
+      const req = putIn(m);
+      // etcd checks the request before its applier refuses it for an alarm.
+      if (alarms.restricting) {
+        if (req.key.length === 0) throw new EmptyKeyError();
+        alarms.checkPut();
+      }
+      return store.put(req).then((r) => putOut(hdr, r));
+    },
+    DeleteRange: (m: M) => {
+      const req = deleteIn(m);
+      if (alarms.restricting) {
+        if (req.key.length === 0) throw new EmptyKeyError();
+        alarms.checkDelete();
+      }
+      return store.deleteRange(req).then((r) => deleteOut(hdr, r));
+    },
+    Txn: (m: M) => {
+      const req = txnIn(m);
+      if (alarms.restricting) alarms.checkTxn(m);
+      return store.txn(req).then((r) => txnOut(hdr, r));
+    },
+    Compact: (m: M) => {
+      if (alarms.restricting) alarms.checkDelete();
+      return store.compact(num(m.revision), !!m.physical).then((r) => ({ header: hdr(r.header.revision) }));
+    },
   };
 }

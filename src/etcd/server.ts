@@ -6,18 +6,36 @@
 import { readFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { isIP } from 'node:net';
-import { Server, ServerCredentials } from '@grpc/grpc-js';
+import {
+  type sendUnaryData,
+  Server,
+  ServerCredentials,
+  type ServerUnaryCall,
+  type ServiceDefinition,
+  type UntypedServiceImplementation,
+} from '@grpc/grpc-js';
 import type { Registry } from 'prom-client';
 import { ConfigError } from '../errors.js';
 import { type Logger, silentLogger } from '../log.js';
 import type { Store } from '../store/types.js';
-import { type EtcdContext, EtcdMetrics, makeHeaderFactory } from './context.js';
-import { kvService } from './kv.js';
-import { leaseService } from './lease.js';
-import { authService, clusterService, healthService, maintenanceService } from './maintenance.js';
+import { Alarms } from './alarms.js';
+import { type EtcdContext, makeHeaderFactory } from './context.js';
+import { kvMethods } from './kv.js';
+import { leaseMethods } from './lease.js';
+import { authMethods, clusterMethods, healthMethods, maintenanceMethods } from './maintenance.js';
+import { EtcdMetrics } from './metrics.js';
 import { serviceDefinition } from './proto.js';
-import { electionService, lockService } from './recipes.js';
-import { watchService } from './watch.js';
+import { electionMethods, lockMethods } from './recipes.js';
+import {
+  type Methods,
+  type Msg,
+  runUnary,
+  type StreamCall,
+  type StreamHandler,
+  trackStream,
+  type Unary,
+} from './rpc.js';
+import { watchMethods } from './watch.js';
 
 /** Reported by Maintenance.Status: clients enable progress requests from etcd 3.5.13 on. */
 export const ETCD_COMPAT_VERSION = '3.5.13';
@@ -138,6 +156,7 @@ export async function startEtcdServer(store: Store, opts: EtcdServerOptions = {}
     store,
     logger,
     metrics,
+    alarms: new Alarms(store, memberId, logger),
     nodeName: opts.nodeName ?? 'edgekeeper',
     clientUrls,
     memberId,
@@ -147,6 +166,7 @@ export async function startEtcdServer(store: Store, opts: EtcdServerOptions = {}
     maxRequestBytes,
     version: ETCD_COMPAT_VERSION,
     stateDir: opts.stateDir ?? '',
+    watchStreams: new Set(),
   };
 
   const server = new Server({
@@ -160,16 +180,10 @@ export async function startEtcdServer(store: Store, opts: EtcdServerOptions = {}
     metrics.badInput.inc({ kind: 'undecodable' });
     logger.debug({ method, err: String(err) }, 'rejected an etcd request that is not valid protobuf');
   };
-  const streams = new Set<{ close(end: boolean): void }>();
-  server.addService(serviceDefinition('etcdserverpb.KV', onDecodeFailure), kvService(ctx));
-  server.addService(serviceDefinition('etcdserverpb.Watch', onDecodeFailure), watchService(ctx, streams));
-  server.addService(serviceDefinition('etcdserverpb.Lease', onDecodeFailure), leaseService(ctx));
-  server.addService(serviceDefinition('etcdserverpb.Maintenance', onDecodeFailure), maintenanceService(ctx));
-  server.addService(serviceDefinition('etcdserverpb.Cluster', onDecodeFailure), clusterService(ctx));
-  server.addService(serviceDefinition('etcdserverpb.Auth', onDecodeFailure), authService(ctx));
-  server.addService(serviceDefinition('v3lockpb.Lock', onDecodeFailure), lockService(ctx));
-  server.addService(serviceDefinition('v3electionpb.Election', onDecodeFailure), electionService(ctx));
-  server.addService(serviceDefinition('grpc.health.v1.Health', onDecodeFailure), healthService(ctx));
+  for (const [name, methods] of etcdServices(ctx)) {
+    const def = serviceDefinition(name, { metrics, onDecodeFailure });
+    server.addService(def, grpcHandlers(ctx, name, def, methods));
+  }
 
   try {
     if (tcp) {
@@ -199,8 +213,8 @@ export async function startEtcdServer(store: Store, opts: EtcdServerOptions = {}
     clientUrls,
     close() {
       closing ??= (async () => {
-        for (const s of streams) s.close(true);
-        streams.clear();
+        for (const s of ctx.watchStreams) s.close(true);
+        ctx.watchStreams.clear();
         await new Promise<void>((resolve) => {
           const t = setTimeout(() => {
             server.forceShutdown();
@@ -217,4 +231,60 @@ export async function startEtcdServer(store: Store, opts: EtcdServerOptions = {}
       return closing;
     },
   };
+}
+
+/** Every service edgekeeper serves, with its methods. */
+function etcdServices(ctx: EtcdContext): [string, Methods][] {
+  return [
+    ['etcdserverpb.KV', kvMethods(ctx)],
+    ['etcdserverpb.Watch', watchMethods(ctx)],
+    ['etcdserverpb.Lease', leaseMethods(ctx)],
+    ['etcdserverpb.Maintenance', maintenanceMethods(ctx)],
+    ['etcdserverpb.Cluster', clusterMethods(ctx)],
+    ['etcdserverpb.Auth', authMethods(ctx)],
+    ['v3lockpb.Lock', lockMethods(ctx)],
+    ['v3electionpb.Election', electionMethods(ctx)],
+    ['grpc.health.v1.Health', healthMethods()],
+  ];
+}
+
+/** grpc-js handlers for a service's methods; a method without an implementation is left to grpc-js (UNIMPLEMENTED). */
+function grpcHandlers(
+  ctx: EtcdContext,
+  service: string,
+  def: ServiceDefinition,
+  methods: Methods,
+): UntypedServiceImplementation {
+  const out: UntypedServiceImplementation = {};
+  for (const [name, d] of Object.entries(def)) {
+    const impl = methods[name];
+    if (!impl) continue;
+    const type = d.requestStream
+      ? d.responseStream
+        ? 'bidi_stream'
+        : 'client_stream'
+      : d.responseStream
+        ? 'server_stream'
+        : 'unary';
+    const stat = ctx.metrics.method(service, name, type);
+    if (d.requestStream || d.responseStream) {
+      // grpc-js's server streams provide everything StreamCall names.
+      out[name] = ((call: StreamCall) => {
+        trackStream(stat, call);
+        (impl as StreamHandler)(call);
+      }) as unknown as UntypedServiceImplementation[string];
+    } else {
+      const unary = impl as Unary;
+      out[name] = (call: ServerUnaryCall<Msg, object>, cb: sendUnaryData<object>) => {
+        let signal: AbortSignal | undefined;
+        if (unary.waits) {
+          const ac = new AbortController();
+          call.on('cancelled', () => ac.abort());
+          signal = ac.signal;
+        }
+        runUnary(ctx, stat, unary, call.request, signal, cb as (err: Error | null, res?: object) => void);
+      };
+    }
+  }
+  return out;
 }

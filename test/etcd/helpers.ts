@@ -7,7 +7,12 @@ import { existsSync, mkdtempSync, rmSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startEtcdServer, type EtcdServer, type EtcdServerOptions } from '../../src/etcd/index.js';
+import {
+  type EtcdServer,
+  type EtcdServerOptions,
+  etcdMigrations,
+  startEtcdServer,
+} from '../../src/etcd/index.js';
 import { EtcdClient } from '../../src/etcd/cli.js';
 import { openStore } from '../../src/store/index.js';
 import type { Store, StoreOptions } from '../../src/store/types.js';
@@ -45,7 +50,12 @@ export async function startEdge(
   opts: { store?: Partial<StoreOptions>; server?: EtcdServerOptions } = {},
 ): Promise<Edge> {
   const dir = mkdtempSync(join(tmpdir(), 'ek-etcd-'));
-  const store = await openStore({ file: join(dir, 'edgekeeper.db'), durability: 'relaxed', ...opts.store });
+  const store = await openStore({
+    file: join(dir, 'edgekeeper.db'),
+    durability: 'relaxed',
+    migrations: etcdMigrations,
+    ...opts.store,
+  });
   let server: EtcdServer;
   try {
     server = await startEtcdServer(store, { listen: '127.0.0.1:0', stateDir: dir, ...opts.server });
