@@ -164,7 +164,10 @@ function kvsOut(kvs: KeyValue[]): WireKv[] {
   return out;
 }
 
-export function rangeOut(h: (r: number) => Header, r: RangeResponse): object {
+/** A response header for `revision` (the full one, or a txn op's, which carries only the revision). */
+type HeaderOf = (revision: number) => Header | { revision: number | undefined };
+
+export function rangeOut(h: HeaderOf, r: RangeResponse): object {
   return {
     header: h(r.header.revision),
     kvs: kvsOut(r.kvs),
@@ -173,26 +176,31 @@ export function rangeOut(h: (r: number) => Header, r: RangeResponse): object {
   };
 }
 
-export function putOut(h: (r: number) => Header, r: PutResponse): object {
+export function putOut(h: HeaderOf, r: PutResponse): object {
   return r.prevKv
     ? { header: h(r.header.revision), prev_kv: kvOut(r.prevKv) }
     : { header: h(r.header.revision) };
 }
 
-export function deleteOut(h: (r: number) => Header, r: DeleteRangeResponse): object {
+export function deleteOut(h: HeaderOf, r: DeleteRangeResponse): object {
   return { header: h(r.header.revision), deleted: r.deleted || undefined, prev_kvs: kvsOut(r.prevKvs) };
 }
 
-function opOut(h: (r: number) => Header, op: ResponseOp): object {
-  if ('range' in op) return { response_range: rangeOut(h, op.range) };
-  if ('put' in op) return { response_put: putOut(h, op.put) };
-  if ('deleteRange' in op) return { response_delete_range: deleteOut(h, op.deleteRange) };
-  return { response_txn: txnOut(h, op.txn) };
+// etcd's applier: a txn's op responses carry only the revision in their header, and a nested
+// txn's own header stays empty (only the outermost txn gets the full header).
+const opHeader = (revision: number) => ({ revision: revision || undefined });
+const emptyHeader = () => ({ revision: undefined });
+
+function opOut(op: ResponseOp): object {
+  if ('range' in op) return { response_range: rangeOut(opHeader, op.range) };
+  if ('put' in op) return { response_put: putOut(opHeader, op.put) };
+  if ('deleteRange' in op) return { response_delete_range: deleteOut(opHeader, op.deleteRange) };
+  return { response_txn: txnOut(emptyHeader, op.txn) };
 }
 
-export function txnOut(h: (r: number) => Header, r: TxnResponse): object {
+export function txnOut(h: HeaderOf, r: TxnResponse): object {
   const responses = new Array<object>(r.responses.length);
-  for (let i = 0; i < r.responses.length; i++) responses[i] = opOut(h, r.responses[i]!);
+  for (let i = 0; i < r.responses.length; i++) responses[i] = opOut(r.responses[i]!);
   return { header: h(r.header.revision), succeeded: r.succeeded || undefined, responses };
 }
 

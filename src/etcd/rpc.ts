@@ -5,7 +5,7 @@
  * `trackStream`, so etcd's semantics live in one place and both transports are counted alike.
  */
 import type { EventEmitter } from 'node:events';
-import { NoSpaceError } from '../errors.js';
+import { BusyError, NoSpaceError, StorageError, StoreClosedError } from '../errors.js';
 import type { EtcdContext } from './context.js';
 import { type GrpcStatusError, toGrpcError } from './errors.js';
 import type { MethodStat } from './metrics.js';
@@ -66,6 +66,8 @@ export function runUnary(
   const fail = (err: unknown) => {
     const e = toGrpcError(err);
     if (err instanceof NoSpaceError) ctx.alarms.quotaExceeded();
+    else if (err instanceof StorageError || err instanceof BusyError || err instanceof StoreClosedError)
+      ctx.metrics.proposalsFailed++;
     stat.done(e.code, (performance.now() - start) / 1000);
     done(e);
   };
