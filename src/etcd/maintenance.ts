@@ -175,11 +175,18 @@ async function streamSnapshot(ctx: EtcdContext, call: StreamCall): Promise<void>
 
 export function clusterMethods(ctx: EtcdContext): Methods {
   const { hdr } = ctx;
+  // Clients that take their endpoints from the member list (Patroni, clientv3's auto-sync) must
+  // be able to dial them: the unix socket is advertised only when there is no TCP listener.
+  const advertised = () => {
+    const urls = ctx.clientUrls();
+    const tcp = urls.filter((u) => !u.startsWith('unix://'));
+    return tcp.length ? tcp : urls;
+  };
   const member = () => ({
     ID: long(ctx.memberId),
     name: ctx.nodeName,
     peerURLs: [],
-    clientURLs: ctx.clientUrls(),
+    clientURLs: advertised(),
     isLearner: false,
   });
   const refuse = (what: string) => () => {
