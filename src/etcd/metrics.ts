@@ -500,7 +500,7 @@ export function registerEtcdServerMetrics(
     'The latency distributions of commit called by backend.',
     commit,
   );
-  // Filled once the store reports fsync time on its own; until then only the commit histogram.
+  // The WAL sync of commits that synced (durability fsync, and something written).
   registerHistogram(
     registry,
     'etcd_disk_wal_fsync_duration_seconds',

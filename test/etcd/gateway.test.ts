@@ -358,7 +358,7 @@ describe('bad input on the gateway: answered, bounded, counted', () => {
 });
 
 describe('gateway routes', () => {
-  it('snapshot: the database in result chunks, its SHA-256 last', async () => {
+  it('snapshot: the etcd snapshot in result chunks, its SHA-256 last', async () => {
     const r = await curl(`${base}/v3/maintenance/snapshot`, { body: '{}' });
     const blobs = r.body
       .split('\n')
@@ -366,7 +366,8 @@ describe('gateway routes', () => {
       .map((l) => Buffer.from(JSON.parse(l).result.blob, 'base64'));
     const all = Buffer.concat(blobs);
     const db = all.subarray(0, all.length - 32);
-    assert.equal(db.subarray(0, 15).toString(), 'SQLite format 3');
+    // etcdctl tells a snapshot with its digest by its size: pages of the file plus 32 bytes.
+    assert.equal(all.length % 512, 32);
     assert.deepEqual(all.subarray(all.length - 32), createHash('sha256').update(db).digest());
   });
 
