@@ -28,10 +28,12 @@ declare -A probe=(
   [gcc]="cmd:gcc"
   [libseccomp-dev]="file:/usr/include/seccomp.h"
   [mmdebstrap]="cmd:mmdebstrap"
+  [curl]="cmd:curl"
+  [patroni]="cmd:patroni"
 )
 order=(etcd-server etcd-client mosquitto mosquitto-clients bpftrace postgresql strace tesseract-ocr
   fonts-dejavu-core systemd util-linux iproute2 chromium prometheus golang-go golang-etcd-server-dev
-  e2fsprogs mount zsh gcc libseccomp-dev mmdebstrap)
+  e2fsprogs mount zsh gcc libseccomp-dev mmdebstrap curl patroni)
 
 present() {
   local kind="${1%%:*}" what="${1#*:}"
@@ -67,7 +69,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     apt-get update
     apt-get install -y "${missing[@]}"
     # Whatever started anyway (systemd as PID 1 ignores policy-rc.d): stop it.
-    for svc in postgresql mosquitto etcd prometheus prometheus-node-exporter; do
+    for svc in postgresql mosquitto etcd prometheus prometheus-node-exporter patroni; do
       if [ -d /run/systemd/system ]; then
         if systemctl is-active --quiet "$svc" 2>/dev/null; then
           systemctl stop "$svc" || true

@@ -10,7 +10,13 @@
  */
 import type { Config, ConfigSection, FlagSpec } from '../config/index.js';
 import { daemonFlags, daemonSections } from '../config/index.js';
-import { createEtcdPart, type EtcdOptions, etcdCliCommands, etcdConfigSection } from '../etcd/index.js';
+import {
+  createEtcdPart,
+  type EtcdOptions,
+  etcdCliCommands,
+  etcdConfigSection,
+  etcdMigrations,
+} from '../etcd/index.js';
 import {
   type AlertInput,
   type AttentionDevice,
@@ -72,6 +78,7 @@ export const parts: PartEntry[] = [
   {
     name: 'etcd',
     section: etcdConfigSection,
+    migrations: etcdMigrations,
     flags: [{ flag: 'etcd-listen', key: 'etcd.listen' }],
     commands: etcdCliCommands,
     create: (ctx, config) => createEtcdPart(ctx, section<EtcdOptions>(config, 'etcd')),

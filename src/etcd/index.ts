@@ -17,6 +17,7 @@ import {
 } from './server.js';
 
 export { etcdCliCommands, startEtcdServer };
+export { etcdMigrations } from './alarms.js';
 export type { EtcdServer, EtcdServerOptions };
 export { ETCD_COMPAT_VERSION, isLoopbackHost } from './server.js';
 export {

@@ -2,7 +2,6 @@
  * etcd's KV service (Range, Put, DeleteRange, Txn, Compact) over the store, and the conversions
  * between wire messages and the store's types that Watch, Lease and the recipes reuse.
  */
-import type { UntypedServiceImplementation } from '@grpc/grpc-js';
 import type {
   Compare,
   CompareResult,
@@ -21,18 +20,16 @@ import type {
   TxnRequest,
   TxnResponse,
 } from '../store/types.js';
-import { type EtcdContext, type Header, unary } from './context.js';
+import { EmptyKeyError } from '../errors.js';
+import type { EtcdContext, Header } from './context.js';
 import { Code, grpcError } from './errors.js';
-import { big, buf, type Decoded, long, num } from './proto.js';
+import { big, buf, long, num } from './proto.js';
+import type { Methods, Msg as M } from './rpc.js';
 
 const SORT_ORDERS: SortOrder[] = ['NONE', 'ASCEND', 'DESCEND'];
 const SORT_TARGETS: SortTarget[] = ['KEY', 'VERSION', 'CREATE', 'MOD', 'VALUE'];
 const CMP_RESULTS: CompareResult[] = ['EQUAL', 'GREATER', 'LESS', 'NOT_EQUAL'];
 const CMP_TARGETS: CompareTarget[] = ['VERSION', 'CREATE', 'MOD', 'VALUE', 'LEASE'];
-
-// A decoded wire message: fields by their proto names (keepCase), absent ones read as defaults.
-// biome-ignore lint/suspicious/noExplicitAny: decoded wire messages are dynamically shaped
-type M = Decoded & Record<string, any>;
 
 /** etcd's ErrGRPCInvalidSortOption for enum values outside the declared ones. */
 function invalidSort(): Error {
@@ -167,7 +164,10 @@ function kvsOut(kvs: KeyValue[]): WireKv[] {
   return out;
 }
 
-export function rangeOut(h: (r: number) => Header, r: RangeResponse): object {
+/** A response header for `revision` (the full one, or a txn op's, which carries only the revision). */
+type HeaderOf = (revision: number) => Header | { revision: number | undefined };
+
+export function rangeOut(h: HeaderOf, r: RangeResponse): object {
   return {
     header: h(r.header.revision),
     kvs: kvsOut(r.kvs),
@@ -176,26 +176,31 @@ export function rangeOut(h: (r: number) => Header, r: RangeResponse): object {
   };
 }
 
-export function putOut(h: (r: number) => Header, r: PutResponse): object {
+export function putOut(h: HeaderOf, r: PutResponse): object {
   return r.prevKv
     ? { header: h(r.header.revision), prev_kv: kvOut(r.prevKv) }
     : { header: h(r.header.revision) };
 }
 
-export function deleteOut(h: (r: number) => Header, r: DeleteRangeResponse): object {
+export function deleteOut(h: HeaderOf, r: DeleteRangeResponse): object {
   return { header: h(r.header.revision), deleted: r.deleted || undefined, prev_kvs: kvsOut(r.prevKvs) };
 }
 
-function opOut(h: (r: number) => Header, op: ResponseOp): object {
-  if ('range' in op) return { response_range: rangeOut(h, op.range) };
-  if ('put' in op) return { response_put: putOut(h, op.put) };
-  if ('deleteRange' in op) return { response_delete_range: deleteOut(h, op.deleteRange) };
-  return { response_txn: txnOut(h, op.txn) };
+// etcd's applier: a txn's op responses carry only the revision in their header, and a nested
+// txn's own header stays empty (only the outermost txn gets the full header).
+const opHeader = (revision: number) => ({ revision: revision || undefined });
+const emptyHeader = () => ({ revision: undefined });
+
+function opOut(op: ResponseOp): object {
+  if ('range' in op) return { response_range: rangeOut(opHeader, op.range) };
+  if ('put' in op) return { response_put: putOut(opHeader, op.put) };
+  if ('deleteRange' in op) return { response_delete_range: deleteOut(opHeader, op.deleteRange) };
+  return { response_txn: txnOut(emptyHeader, op.txn) };
 }
 
-export function txnOut(h: (r: number) => Header, r: TxnResponse): object {
+export function txnOut(h: HeaderOf, r: TxnResponse): object {
   const responses = new Array<object>(r.responses.length);
-  for (let i = 0; i < r.responses.length; i++) responses[i] = opOut(h, r.responses[i]!);
+  for (let i = 0; i < r.responses.length; i++) responses[i] = opOut(r.responses[i]!);
   return { header: h(r.header.revision), succeeded: r.succeeded || undefined, responses };
 }
 
@@ -239,20 +244,38 @@ function needsLimitThenSort(req: RangeRequest): boolean {
   );
 }
 
-export function kvService(ctx: EtcdContext): UntypedServiceImplementation {
-  const { store, hdr } = ctx;
+export function kvMethods(ctx: EtcdContext): Methods {
+  const { store, hdr, alarms } = ctx;
   return {
-    Range: unary(ctx, 'Range', (m: M) => {
+    Range: (m: M) => {
       const req = rangeIn(m);
       return rangeOut(hdr, needsLimitThenSort(req) ? limitThenSort(ctx, req) : store.range(req));
-    }),
-    Put: unary(ctx, 'Put', (m: M) => store.put(putIn(m)).then((r) => putOut(hdr, r))),
-    DeleteRange: unary(ctx, 'DeleteRange', (m: M) =>
-      store.deleteRange(deleteIn(m)).then((r) => deleteOut(hdr, r)),
-    ),
-    Txn: unary(ctx, 'Txn', (m: M) => store.txn(txnIn(m)).then((r) => txnOut(hdr, r))),
-    Compact: unary(ctx, 'Compact', (m: M) =>
-      store.compact(num(m.revision), !!m.physical).then((r) => ({ header: hdr(r.header.revision) })),
-    ),
+    },
+    Put: (m: M) => {
+      const req = putIn(m);
+      // etcd checks the request before its applier refuses it for an alarm.
+      if (alarms.restricting) {
+        if (req.key.length === 0) throw new EmptyKeyError();
+        alarms.checkPut();
+      }
+      return store.put(req).then((r) => putOut(hdr, r));
+    },
+    DeleteRange: (m: M) => {
+      const req = deleteIn(m);
+      if (alarms.restricting) {
+        if (req.key.length === 0) throw new EmptyKeyError();
+        alarms.checkDelete();
+      }
+      return store.deleteRange(req).then((r) => deleteOut(hdr, r));
+    },
+    Txn: (m: M) => {
+      const req = txnIn(m);
+      if (alarms.restricting) alarms.checkTxn(m);
+      return store.txn(req).then((r) => txnOut(hdr, r));
+    },
+    Compact: (m: M) => {
+      if (alarms.restricting) alarms.checkDelete();
+      return store.compact(num(m.revision), !!m.physical).then((r) => ({ header: hdr(r.header.revision) }));
+    },
   };
 }

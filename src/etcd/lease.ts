@@ -2,28 +2,27 @@
  * etcd's Lease service. Keep-alives renew in memory (no disk write, as etcd); a keep-alive for an
  * unknown lease answers TTL 0 and TimeToLive answers TTL -1, both exactly as etcd's v3rpc does.
  */
-import type { ServerDuplexStream, UntypedServiceImplementation } from '@grpc/grpc-js';
 import { LeaseNotFoundError } from '../errors.js';
-import { type EtcdContext, unary } from './context.js';
+import type { EtcdContext } from './context.js';
 import { toGrpcError } from './errors.js';
-import { big, type Decoded, long, num } from './proto.js';
+import { big, long, num } from './proto.js';
+import type { Methods, Msg as M, StreamCall } from './rpc.js';
 
-// biome-ignore lint/suspicious/noExplicitAny: decoded wire messages are dynamically shaped
-type M = Decoded & Record<string, any>;
-
-export function leaseService(ctx: EtcdContext): UntypedServiceImplementation {
-  const { store, hdr, metrics } = ctx;
+export function leaseMethods(ctx: EtcdContext): Methods {
+  const { store, hdr, metrics, alarms } = ctx;
   return {
-    LeaseGrant: unary(ctx, 'LeaseGrant', (m: M) => {
+    LeaseGrant: (m: M) => {
       const id = big(m.ID);
+      if (alarms.restricting) alarms.checkLeaseGrant();
       return store
         .leaseGrant(num(m.TTL), id === 0n ? undefined : id)
         .then((r) => ({ header: hdr(r.header.revision), ID: long(r.id), TTL: r.ttl }));
-    }),
-    LeaseRevoke: unary(ctx, 'LeaseRevoke', (m: M) =>
-      store.leaseRevoke(big(m.ID)).then((h) => ({ header: hdr(h.revision) })),
-    ),
-    LeaseTimeToLive: unary(ctx, 'LeaseTimeToLive', (m: M) => {
+    },
+    LeaseRevoke: (m: M) => {
+      if (alarms.restricting) alarms.checkDelete();
+      return store.leaseRevoke(big(m.ID)).then((h) => ({ header: hdr(h.revision) }));
+    },
+    LeaseTimeToLive: (m: M) => {
       const id = big(m.ID);
       try {
         const r = store.leaseTimeToLive(id, !!m.keys);
@@ -39,12 +38,12 @@ export function leaseService(ctx: EtcdContext): UntypedServiceImplementation {
           return { header: hdr(store.revision()), ID: long(id), TTL: -1 };
         throw err;
       }
-    }),
-    LeaseLeases: unary(ctx, 'LeaseLeases', () => ({
+    },
+    LeaseLeases: () => ({
       header: hdr(store.revision()),
       leases: store.leaseList().map((id) => ({ ID: long(id) })),
-    })),
-    LeaseKeepAlive: (call: ServerDuplexStream<M, object>) => {
+    }),
+    LeaseKeepAlive: (call: StreamCall) => {
       let closed = false;
       const stop = () => {
         closed = true;

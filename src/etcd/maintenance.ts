@@ -8,24 +8,23 @@ import { once } from 'node:events';
 import { open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type {
-  sendUnaryData,
-  ServerUnaryCall,
-  ServerWritableStream,
-  UntypedServiceImplementation,
-} from '@grpc/grpc-js';
 import { exportHistory } from '../store/index.js';
-import { type EtcdContext, unary } from './context.js';
+import {
+  ACTION_ACTIVATE,
+  ACTION_DEACTIVATE,
+  ACTION_GET,
+  ALARM_NONE,
+  type AlarmMember,
+  alarmText,
+} from './alarms.js';
+import type { EtcdContext } from './context.js';
 import { Code, ETCD_MESSAGES, grpcError, toGrpcError } from './errors.js';
-import { type Decoded, long, num } from './proto.js';
+import { big, long, num } from './proto.js';
+import type { Methods, Msg as M, StreamCall } from './rpc.js';
 import { writeEtcdSnapshot } from './snapshot/index.js';
-
-// biome-ignore lint/suspicious/noExplicitAny: decoded wire messages are dynamically shaped
-type M = Decoded & Record<string, any>;
 
 /** etcd's snapshot chunk size (32 KiB). */
 const SNAPSHOT_CHUNK = 32 * 1024;
-const ALARM_NOSPACE = 1;
 
 function singleMember(what: string): Error {
   return grpcError(
@@ -34,14 +33,14 @@ function singleMember(what: string): Error {
   );
 }
 
-export function maintenanceService(ctx: EtcdContext): UntypedServiceImplementation {
-  const { store, hdr } = ctx;
-  const alarms = () =>
-    store.stats().noSpace ? [{ memberID: long(ctx.memberId), alarm: ALARM_NOSPACE }] : [];
+const alarmOut = (a: AlarmMember) => ({ memberID: long(a.memberId), alarm: a.alarm || undefined });
+
+export function maintenanceMethods(ctx: EtcdContext): Methods {
+  const { store, hdr, alarms } = ctx;
   return {
-    Status: unary(ctx, 'Status', () => {
+    Status: async () => {
       const s = store.stats();
-      const errors = s.noSpace ? [`memberID:${ctx.memberId.toString()} alarm:NOSPACE `] : [];
+      await alarms.sync(s);
       return {
         header: hdr(s.revision),
         version: ctx.version,
@@ -51,32 +50,39 @@ export function maintenanceService(ctx: EtcdContext): UntypedServiceImplementati
         raftIndex: s.revision,
         raftTerm: 1,
         raftAppliedIndex: s.revision,
-        errors,
+        errors: alarms.list().map(alarmText),
         dbSizeInUse: s.dbSizeInUse,
         isLearner: false,
         dbSizeQuota: s.quota,
       };
-    }),
-    Alarm: unary(ctx, 'Alarm', (m: M) => {
+    },
+    Alarm: async (m: M) => {
       const action = m.action as number;
-      if (action === 1) {
-        throw grpcError(
-          Code.FAILED_PRECONDITION,
-          'edgekeeper: alarms are raised by the store itself (NOSPACE when the database passes its quota)',
-        );
+      const alarm = (m.alarm as number) || ALARM_NONE;
+      // memberID is a uint64: a client may send any 64-bit value.
+      const member = BigInt.asUintN(64, big(m.memberID));
+      let out: AlarmMember[];
+      if (action === ACTION_GET) {
+        await alarms.sync();
+        out = alarms.list(alarm);
+      } else if (action === ACTION_ACTIVATE) {
+        out = [await alarms.activate(member, alarm)];
+      } else if (action === ACTION_DEACTIVATE) {
+        const gone = await alarms.deactivate(member, alarm);
+        out = gone ? [gone] : [];
+      } else {
+        // etcd 3.4 crashes on an unknown action (it answers with a nil response); we refuse it.
+        throw grpcError(Code.INVALID_ARGUMENT, `edgekeeper: unknown alarm action ${action}`);
       }
-      // GET lists the raised alarms. DEACTIVATE answers with what is still raised: NOSPACE clears
-      // itself once compaction and defragmentation bring the database under its quota.
-      return { header: hdr(store.revision()), alarms: alarms() };
-    }),
-    Defragment: unary(ctx, 'Defragment', () =>
-      store.defragment().then(() => ({ header: hdr(store.revision()) })),
-    ),
-    Hash: unary(ctx, 'Hash', () => {
+      return { header: hdr(store.revision()), alarms: out.map(alarmOut) };
+    },
+    // etcd answers Defragment without a header.
+    Defragment: () => store.defragment().then(() => ({})),
+    Hash: () => {
       const h = store.hashKv();
       return { header: hdr(store.revision()), hash: h.hash >>> 0 };
-    }),
-    HashKV: unary(ctx, 'HashKV', (m: M) => {
+    },
+    HashKV: (m: M) => {
       const rev = num(m.revision) || undefined;
       const h = store.hashKv(rev);
       return {
@@ -85,23 +91,23 @@ export function maintenanceService(ctx: EtcdContext): UntypedServiceImplementati
         compact_revision: h.compactRevision,
         hash_revision: h.revision,
       };
-    }),
-    Snapshot: (call: ServerWritableStream<M, object>) => {
+    },
+    Snapshot: (call: StreamCall) => {
       streamSnapshot(ctx, call).catch((err) => {
         const e = toGrpcError(err);
         ctx.metrics.count('Snapshot', e.code);
         call.emit('error', e);
       });
     },
-    MoveLeader: unary(ctx, 'MoveLeader', () => {
+    MoveLeader: () => {
       throw singleMember('moving the leader');
-    }),
-    Downgrade: unary(ctx, 'Downgrade', () => {
+    },
+    Downgrade: () => {
       throw grpcError(
         Code.FAILED_PRECONDITION,
         'edgekeeper: cluster downgrade is not supported; install the older edgekeeper package instead',
       );
-    }),
+    },
   };
 }
 
@@ -111,7 +117,7 @@ export function maintenanceService(ctx: EtcdContext): UntypedServiceImplementati
  * snapshot once), then streamed in etcd's chunk size with `remaining_bytes` counting down and the
  * file's SHA-256 as the last 32 bytes, as etcd sends it. The stream honours backpressure.
  */
-async function streamSnapshot(ctx: EtcdContext, call: ServerWritableStream<M, object>): Promise<void> {
+async function streamSnapshot(ctx: EtcdContext, call: StreamCall): Promise<void> {
   // In the state directory when there is one: same filesystem as the database, not a small tmpfs.
   const file = join(
     ctx.stateDir || tmpdir(),
@@ -167,42 +173,45 @@ async function streamSnapshot(ctx: EtcdContext, call: ServerWritableStream<M, ob
   }
 }
 
-export function clusterService(ctx: EtcdContext): UntypedServiceImplementation {
-  const { store, hdr } = ctx;
+export function clusterMethods(ctx: EtcdContext): Methods {
+  const { hdr } = ctx;
+  // Clients that take their endpoints from the member list (Patroni, clientv3's auto-sync) must
+  // be able to dial them: the unix socket is advertised only when there is no TCP listener.
+  const advertised = () => {
+    const urls = ctx.clientUrls();
+    const tcp = urls.filter((u) => !u.startsWith('unix://'));
+    return tcp.length ? tcp : urls;
+  };
   const member = () => ({
     ID: long(ctx.memberId),
     name: ctx.nodeName,
     peerURLs: [],
-    clientURLs: ctx.clientUrls(),
+    clientURLs: advertised(),
     isLearner: false,
   });
+  const refuse = (what: string) => () => {
+    throw singleMember(what);
+  };
   return {
-    MemberList: unary(ctx, 'MemberList', () => ({ header: hdr(store.revision()), members: [member()] })),
-    MemberAdd: unary(ctx, 'MemberAdd', () => {
-      throw singleMember('adding a member');
-    }),
-    MemberRemove: unary(ctx, 'MemberRemove', () => {
-      throw singleMember('removing a member');
-    }),
-    MemberUpdate: unary(ctx, 'MemberUpdate', () => {
-      throw singleMember('updating a member');
-    }),
-    MemberPromote: unary(ctx, 'MemberPromote', () => {
-      throw singleMember('promoting a member');
-    }),
+    // etcd's cluster service answers with a header without a revision.
+    MemberList: () => ({ header: hdr(0), members: [member()] }),
+    MemberAdd: refuse('adding a member'),
+    MemberRemove: refuse('removing a member'),
+    MemberUpdate: refuse('updating a member'),
+    MemberPromote: refuse('promoting a member'),
   };
 }
 
-export function authService(ctx: EtcdContext): UntypedServiceImplementation {
+export function authMethods(ctx: EtcdContext): Methods {
   return {
-    Authenticate: unary(ctx, 'Authenticate', () => {
+    Authenticate: () => {
       throw grpcError(Code.FAILED_PRECONDITION, ETCD_MESSAGES.authNotEnabled);
-    }),
-    AuthStatus: unary(ctx, 'AuthStatus', () => ({
+    },
+    AuthStatus: () => ({
       header: ctx.hdr(ctx.store.revision()),
       enabled: false,
       authRevision: 0,
-    })),
+    }),
   };
 }
 
@@ -216,18 +225,13 @@ const KNOWN_SERVICES = new Set([
   'etcdserverpb.Maintenance',
 ]);
 
-export function healthService(ctx: EtcdContext): UntypedServiceImplementation {
+export function healthMethods(): Methods {
   return {
-    Check: (call: ServerUnaryCall<M, object>, cb: sendUnaryData<object>) => {
-      ctx.metrics.count('HealthCheck', 0);
-      const svc = String(call.request.service ?? '');
-      if (!KNOWN_SERVICES.has(svc)) {
-        cb(grpcError(Code.NOT_FOUND, 'unknown service'));
-        return;
-      }
-      cb(null, { status: SERVING });
+    Check: (m: M) => {
+      if (!KNOWN_SERVICES.has(String(m.service ?? ''))) throw grpcError(Code.NOT_FOUND, 'unknown service');
+      return { status: SERVING };
     },
-    Watch: (call: ServerWritableStream<M, object>) => {
+    Watch: (call: StreamCall) => {
       const svc = String(call.request.service ?? '');
       call.write({ status: KNOWN_SERVICES.has(svc) ? SERVING : SERVICE_UNKNOWN });
       // The stream stays open until the client leaves or the server stops.

@@ -9,6 +9,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { MethodDefinition, ServiceDefinition } from '@grpc/grpc-js';
 import type * as Protobuf from 'protobufjs';
+import type { EtcdMetrics, GrpcType } from './metrics.js';
 
 // protobufjs is @grpc/proto-loader's own runtime dependency; resolve it from there so we use the
 // exact copy that ships with the gRPC stack we depend on.
@@ -42,19 +43,26 @@ export function protoRoot(): Protobuf.Root {
 
 export type Decoded = Record<string, unknown>;
 
-/** Byte size of the request a decoded message came from (etcd limits requests by encoded size). */
-export const WIRE_SIZE: unique symbol = Symbol('wireSize');
-
 /** Counts requests that could not be decoded; set by the server that owns the metrics. */
 export type DecodeFailureHook = (method: string, err: unknown) => void;
+
+/** go-grpc-prometheus's `grpc_type` of a method. */
+export function grpcType(m: Protobuf.Method): GrpcType {
+  if (m.requestStream) return m.responseStream ? 'bidi_stream' : 'client_stream';
+  return m.responseStream ? 'server_stream' : 'unary';
+}
 
 /**
  * A grpc-js service definition for `fullName` (e.g. "etcdserverpb.KV"). Requests decode to
  * protobufjs message instances; responses are plain objects. A decode failure is reported to
  * `onDecodeFailure` and rethrown, so grpc-js answers the call with INTERNAL (as grpc-go does
- * with "grpc: error unmarshalling request").
+ * with "grpc: error unmarshalling request"). With `metrics`, each message and its bytes are
+ * counted in its method's record (the server side of the definition).
  */
-export function serviceDefinition(fullName: string, onDecodeFailure?: DecodeFailureHook): ServiceDefinition {
+export function serviceDefinition(
+  fullName: string,
+  opts: { metrics?: EtcdMetrics; onDecodeFailure?: DecodeFailureHook } = {},
+): ServiceDefinition {
   const svc = protoRoot().lookupService(fullName);
   const def: Record<string, MethodDefinition<unknown, unknown>> = {};
   for (const m of svc.methodsArray) {
@@ -62,6 +70,7 @@ export function serviceDefinition(fullName: string, onDecodeFailure?: DecodeFail
     const reqType = m.resolvedRequestType!;
     const resType = m.resolvedResponseType!;
     const path = `/${fullName}/${m.name}`;
+    const stat = opts.metrics?.method(fullName, m.name, grpcType(m));
     def[m.name] = {
       path,
       requestStream: !!m.requestStream,
@@ -70,14 +79,24 @@ export function serviceDefinition(fullName: string, onDecodeFailure?: DecodeFail
       requestDeserialize: (b: Buffer) => {
         try {
           const msg = reqType.decode(b) as unknown as Decoded;
-          (msg as Record<symbol, number>)[WIRE_SIZE] = b.length;
+          if (stat) {
+            stat.received++;
+            stat.bytesIn += b.length;
+          }
           return msg;
         } catch (err) {
-          onDecodeFailure?.(m.name, err);
+          opts.onDecodeFailure?.(m.name, err);
           throw err;
         }
       },
-      responseSerialize: (v: unknown) => resType.encode(v as Protobuf.Message).finish() as Buffer,
+      responseSerialize: (v: unknown) => {
+        const out = resType.encode(v as Protobuf.Message).finish() as Buffer;
+        if (stat) {
+          stat.sent++;
+          stat.bytesOut += out.length;
+        }
+        return out;
+      },
       responseDeserialize: (b: Buffer) => resType.decode(b) as unknown,
       originalName: m.name,
     };

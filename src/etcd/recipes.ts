@@ -3,36 +3,14 @@
  * recipes, which use the same key layout as etcd's `concurrency` package — so a lock taken here
  * excludes one taken by `etcdctl lock` (a client-side recipe) and the other way round.
  */
-import type {
-  sendUnaryData,
-  ServerUnaryCall,
-  ServerWritableStream,
-  UntypedServiceImplementation,
-} from '@grpc/grpc-js';
 import { NoLeaderError } from '../errors.js';
+import { prefixEnd } from '../store/index.js';
 import type { KeyValue, LeaderKey } from '../store/types.js';
-import { type EtcdContext, unary } from './context.js';
+import type { EtcdContext } from './context.js';
 import { Code, ETCD_MESSAGES, grpcError, toGrpcError } from './errors.js';
 import { kvOut } from './kv.js';
-import { big, buf, type Decoded, long, num, EMPTY } from './proto.js';
-import { prefixEnd } from '../store/index.js';
-
-// biome-ignore lint/suspicious/noExplicitAny: decoded wire messages are dynamically shaped
-type M = Decoded & Record<string, any>;
-
-/** A call that waits (Lock, Campaign): the wait is aborted when the client cancels. */
-function waiting<Res>(
-  ctx: EtcdContext,
-  method: string,
-  impl: (m: M, signal: AbortSignal) => Promise<Res>,
-): (call: ServerUnaryCall<M, Res>, cb: sendUnaryData<Res>) => void {
-  return (call, cb) => {
-    const ac = new AbortController();
-    call.on('cancelled', () => ac.abort());
-    const inner = unary<M, Res>(ctx, method, (m) => impl(m, ac.signal));
-    inner(call, cb);
-  };
-}
+import { big, buf, EMPTY, long, num } from './proto.js';
+import { type Methods, type Msg as M, type StreamCall, waits } from './rpc.js';
 
 function leaderIn(l: M | null | undefined): LeaderKey {
   if (!l) throw grpcError(Code.UNKNOWN, ETCD_MESSAGES.missingLeaderKey);
@@ -43,40 +21,47 @@ function leaderOut(l: LeaderKey): object {
   return { name: l.name, key: l.key, rev: l.rev, lease: long(l.lease) };
 }
 
-export function lockService(ctx: EtcdContext): UntypedServiceImplementation {
-  const { store, hdr } = ctx;
+export function lockMethods(ctx: EtcdContext): Methods {
+  const { store, hdr, alarms } = ctx;
   return {
-    Lock: waiting(ctx, 'Lock', (m, signal) =>
-      store
+    Lock: waits((m, signal) => {
+      if (alarms.restricting) alarms.checkPut();
+      return store
         .lock(buf(m.name), big(m.lease), signal)
-        .then((r) => ({ header: hdr(r.header.revision), key: r.key })),
-    ),
-    Unlock: unary(ctx, 'Unlock', (m: M) =>
-      store.unlock(buf(m.key)).then((h) => ({ header: hdr(h.revision) })),
-    ),
+        .then((r) => ({ header: hdr(r.header.revision), key: r.key }));
+    }),
+    Unlock: (m: M) => {
+      if (alarms.restricting) alarms.checkDelete();
+      return store.unlock(buf(m.key)).then((h) => ({ header: hdr(h.revision) }));
+    },
   };
 }
 
-export function electionService(ctx: EtcdContext): UntypedServiceImplementation {
-  const { store, hdr } = ctx;
+export function electionMethods(ctx: EtcdContext): Methods {
+  const { store, hdr, alarms } = ctx;
   return {
-    Campaign: waiting(ctx, 'Campaign', (m, signal) =>
-      store
+    Campaign: waits((m, signal) => {
+      if (alarms.restricting) alarms.checkPut();
+      return store
         .campaign(buf(m.name), big(m.lease), buf(m.value ?? EMPTY), signal)
-        .then((r) => ({ header: hdr(r.header.revision), leader: leaderOut(r.leader) })),
-    ),
-    Proclaim: unary(ctx, 'Proclaim', (m: M) =>
-      store.proclaim(leaderIn(m.leader), buf(m.value)).then((h) => ({ header: hdr(h.revision) })),
-    ),
-    Resign: unary(ctx, 'Resign', (m: M) =>
-      store.resign(leaderIn(m.leader)).then((h) => ({ header: hdr(h.revision) })),
-    ),
-    Leader: unary(ctx, 'Leader', (m: M) => {
+        .then((r) => ({ header: hdr(r.header.revision), leader: leaderOut(r.leader) }));
+    }),
+    Proclaim: (m: M) => {
+      const leader = leaderIn(m.leader);
+      if (alarms.restricting) alarms.checkPut();
+      return store.proclaim(leader, buf(m.value)).then((h) => ({ header: hdr(h.revision) }));
+    },
+    Resign: (m: M) => {
+      const leader = leaderIn(m.leader);
+      if (alarms.restricting) alarms.checkDelete();
+      return store.resign(leader).then((h) => ({ header: hdr(h.revision) }));
+    },
+    Leader: (m: M) => {
       const kv = store.leader(buf(m.name));
       if (!kv) throw new NoLeaderError();
       return { header: hdr(store.revision()), kv: kvOut(kv) };
-    }),
-    Observe: (call: ServerWritableStream<M, object>) => observe(ctx, call),
+    },
+    Observe: (call: StreamCall) => observe(ctx, call),
   };
 }
 
@@ -84,7 +69,7 @@ export function electionService(ctx: EtcdContext): UntypedServiceImplementation 
  * Observe streams the leader of an election: the current one first (or the first to appear), then
  * every change of leader or of the leader's value (etcd's concurrency.Election.Observe).
  */
-function observe(ctx: EtcdContext, call: ServerWritableStream<M, object>): void {
+function observe(ctx: EtcdContext, call: StreamCall): void {
   const { store, hdr } = ctx;
   const name = buf(call.request.name);
   const pfx = Buffer.concat([name, Buffer.from('/')]);

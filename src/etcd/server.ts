@@ -5,19 +5,41 @@
  */
 import { readFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
+import { Server as HttpServer } from 'node:http';
 import { isIP } from 'node:net';
-import { Server, ServerCredentials } from '@grpc/grpc-js';
+import type { TlsOptions } from 'node:tls';
+import {
+  type sendUnaryData,
+  Server,
+  ServerCredentials,
+  type ServerUnaryCall,
+  type ServiceDefinition,
+  type UntypedServiceImplementation,
+} from '@grpc/grpc-js';
 import type { Registry } from 'prom-client';
 import { ConfigError } from '../errors.js';
 import { type Logger, silentLogger } from '../log.js';
 import type { Store } from '../store/types.js';
-import { type EtcdContext, EtcdMetrics, makeHeaderFactory } from './context.js';
-import { kvService } from './kv.js';
-import { leaseService } from './lease.js';
-import { authService, clusterService, healthService, maintenanceService } from './maintenance.js';
+import { Alarms } from './alarms.js';
+import { type EtcdContext, makeHeaderFactory } from './context.js';
+import { kvMethods } from './kv.js';
+import { leaseMethods } from './lease.js';
+import { authMethods, clusterMethods, healthMethods, maintenanceMethods } from './maintenance.js';
+import { Gateway } from './gateway.js';
+import { SharedListener } from './listener.js';
+import { EtcdMetrics, registerEtcdServerMetrics } from './metrics.js';
 import { serviceDefinition } from './proto.js';
-import { electionService, lockService } from './recipes.js';
-import { watchService } from './watch.js';
+import { electionMethods, lockMethods } from './recipes.js';
+import {
+  type Methods,
+  type Msg,
+  runUnary,
+  type StreamCall,
+  type StreamHandler,
+  trackStream,
+  type Unary,
+} from './rpc.js';
+import { watchMethods } from './watch.js';
 
 /** Reported by Maintenance.Status: clients enable progress requests from etcd 3.5.13 on. */
 export const ETCD_COMPAT_VERSION = '3.5.13';
@@ -89,25 +111,22 @@ function pem(v: string | Buffer): Buffer {
   return v.includes('-----BEGIN') ? Buffer.from(v) : readFileSync(v);
 }
 
-function credentials(tls: EtcdTlsOptions | undefined): ServerCredentials {
-  if (!tls) return ServerCredentials.createInsecure();
-  const ca = tls.clientCa ? pem(tls.clientCa) : null;
+/** Node TLS options for the TCP listener (grpc-js's createSsl semantics: a CA alone does not require certificates). */
+function tlsOptions(tls: EtcdTlsOptions | undefined): TlsOptions | undefined {
+  if (!tls) return undefined;
+  const ca = tls.clientCa ? pem(tls.clientCa) : undefined;
   if (tls.clientCertAuth && !ca) {
     throw new ConfigError([
       '`etcd.clientCertAuth` needs `etcd.tlsClientCa` (the CA that signs client certificates)',
     ]);
   }
-  return ServerCredentials.createSsl(
+  return {
+    cert: pem(tls.cert),
+    key: pem(tls.key),
     ca,
-    [{ cert_chain: pem(tls.cert), private_key: pem(tls.key) }],
-    !!tls.clientCertAuth,
-  );
-}
-
-function bind(server: Server, address: string, creds: ServerCredentials): Promise<number> {
-  return new Promise((resolve, reject) => {
-    server.bindAsync(address, creds, (err, port) => (err ? reject(err) : resolve(port)));
-  });
+    requestCert: !!tls.clientCertAuth,
+    rejectUnauthorized: !!tls.clientCertAuth,
+  };
 }
 
 /** Serve the etcd API for `store`. Resolves once every listener is bound. */
@@ -121,7 +140,7 @@ export async function startEtcdServer(store: Store, opts: EtcdServerOptions = {}
         '(and `etcd.tlsClientCa` with `etcd.clientCertAuth: true` to require client certificates), or listen on 127.0.0.1.',
     ]);
   }
-  const creds = credentials(opts.tls);
+  const tls = tlsOptions(opts.tls);
   const logger = (opts.logger ?? silentLogger()).child({ part: 'etcd' });
   const metrics = new EtcdMetrics(opts.registry);
   const maxRequestBytes = opts.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES;
@@ -138,6 +157,7 @@ export async function startEtcdServer(store: Store, opts: EtcdServerOptions = {}
     store,
     logger,
     metrics,
+    alarms: new Alarms(store, memberId, logger),
     nodeName: opts.nodeName ?? 'edgekeeper',
     clientUrls,
     memberId,
@@ -147,6 +167,7 @@ export async function startEtcdServer(store: Store, opts: EtcdServerOptions = {}
     maxRequestBytes,
     version: ETCD_COMPAT_VERSION,
     stateDir: opts.stateDir ?? '',
+    watchStreams: new Set(),
   };
 
   const server = new Server({
@@ -160,28 +181,51 @@ export async function startEtcdServer(store: Store, opts: EtcdServerOptions = {}
     metrics.badInput.inc({ kind: 'undecodable' });
     logger.debug({ method, err: String(err) }, 'rejected an etcd request that is not valid protobuf');
   };
-  const streams = new Set<{ close(end: boolean): void }>();
-  server.addService(serviceDefinition('etcdserverpb.KV', onDecodeFailure), kvService(ctx));
-  server.addService(serviceDefinition('etcdserverpb.Watch', onDecodeFailure), watchService(ctx, streams));
-  server.addService(serviceDefinition('etcdserverpb.Lease', onDecodeFailure), leaseService(ctx));
-  server.addService(serviceDefinition('etcdserverpb.Maintenance', onDecodeFailure), maintenanceService(ctx));
-  server.addService(serviceDefinition('etcdserverpb.Cluster', onDecodeFailure), clusterService(ctx));
-  server.addService(serviceDefinition('etcdserverpb.Auth', onDecodeFailure), authService(ctx));
-  server.addService(serviceDefinition('v3lockpb.Lock', onDecodeFailure), lockService(ctx));
-  server.addService(serviceDefinition('v3electionpb.Election', onDecodeFailure), electionService(ctx));
-  server.addService(serviceDefinition('grpc.health.v1.Health', onDecodeFailure), healthService(ctx));
+  const services = etcdServices(ctx);
+  for (const [name, methods] of services) {
+    const def = serviceDefinition(name, { metrics, onDecodeFailure });
+    server.addService(def, grpcHandlers(ctx, name, def, methods));
+  }
+
+  // One listener per address for gRPC and the JSON gateway (listener.ts). TLS, when configured,
+  // is ended in the listener, so grpc-js gets plain HTTP/2 either way.
+  const injector = server.createConnectionInjector(ServerCredentials.createInsecure());
+  const gateway = new Gateway({
+    ctx,
+    services: new Map(services),
+    maxMessageBytes: maxRequestBytes + GRPC_OVERHEAD_BYTES,
+    registry: opts.registry,
+  });
+  const stopCommitMetrics = registerEtcdServerMetrics(ctx, gateway.health, opts.registry);
+  const http = new HttpServer(
+    {
+      // Keep idle client connections as long as a client pool usually does (Go's server keeps
+      // them forever); a stream is not limited in time, as in etcd.
+      keepAliveTimeout: 120_000,
+      requestTimeout: 0,
+    },
+    gateway.handle,
+  );
+  // This server never listens itself (the shared listener hands it connections), but its
+  // connection list and header timeout start on 'listening'.
+  http.emit('listening');
+  const listener = new SharedListener({
+    grpc: (s) => injector.injectConnection(s),
+    http: (s) => http.emit('connection', s),
+    dropped: (reason) =>
+      metrics.badInput.inc({ kind: reason === 'tls' ? 'tls_handshake' : 'silent_connection' }),
+  });
 
   try {
-    if (tcp) {
-      const host = tcp.host.includes(':') ? `[${tcp.host}]` : tcp.host;
-      port = await bind(server, `${host}:${tcp.port}`, creds);
-    }
+    if (tcp) port = await listener.listenTcp(tcp.host, tcp.port, tls);
     if (opts.socketPath) {
       await rm(opts.socketPath, { force: true });
       // The unix socket is reachable only through filesystem permissions: no TLS needed there.
-      await bind(server, `unix:${opts.socketPath}`, ServerCredentials.createInsecure());
+      await listener.listenUnix(opts.socketPath);
     }
   } catch (err) {
+    await listener.close();
+    stopCommitMetrics();
     server.forceShutdown();
     throw err;
   }
@@ -199,8 +243,14 @@ export async function startEtcdServer(store: Store, opts: EtcdServerOptions = {}
     clientUrls,
     close() {
       closing ??= (async () => {
-        for (const s of streams) s.close(true);
-        streams.clear();
+        // Stop accepting now; the listeners report closed once their connections are gone,
+        // which the shutdown below brings about.
+        const listenersClosed = listener.close();
+        for (const s of ctx.watchStreams) s.close(true);
+        ctx.watchStreams.clear();
+        // Idle keep-alive connections go now; one still answering gets the grace gRPC gets.
+        // (close() reports that the server was not listening: it never was.)
+        http.close(() => {});
         await new Promise<void>((resolve) => {
           const t = setTimeout(() => {
             server.forceShutdown();
@@ -212,9 +262,71 @@ export async function startEtcdServer(store: Store, opts: EtcdServerOptions = {}
             resolve();
           });
         });
+        injector.destroy();
+        stopCommitMetrics();
+        // A connection grpc-js no longer tracks (its session gone, the client idle) would keep the
+        // listener open for ever: every connection ends here.
+        listener.destroyAll();
+        await listenersClosed;
         if (opts.socketPath) await rm(opts.socketPath, { force: true });
       })();
       return closing;
     },
   };
+}
+
+/** Every service edgekeeper serves, with its methods. */
+function etcdServices(ctx: EtcdContext): [string, Methods][] {
+  return [
+    ['etcdserverpb.KV', kvMethods(ctx)],
+    ['etcdserverpb.Watch', watchMethods(ctx)],
+    ['etcdserverpb.Lease', leaseMethods(ctx)],
+    ['etcdserverpb.Maintenance', maintenanceMethods(ctx)],
+    ['etcdserverpb.Cluster', clusterMethods(ctx)],
+    ['etcdserverpb.Auth', authMethods(ctx)],
+    ['v3lockpb.Lock', lockMethods(ctx)],
+    ['v3electionpb.Election', electionMethods(ctx)],
+    ['grpc.health.v1.Health', healthMethods()],
+  ];
+}
+
+/** grpc-js handlers for a service's methods; a method without an implementation is left to grpc-js (UNIMPLEMENTED). */
+function grpcHandlers(
+  ctx: EtcdContext,
+  service: string,
+  def: ServiceDefinition,
+  methods: Methods,
+): UntypedServiceImplementation {
+  const out: UntypedServiceImplementation = {};
+  for (const [name, d] of Object.entries(def)) {
+    const impl = methods[name];
+    if (!impl) continue;
+    const type = d.requestStream
+      ? d.responseStream
+        ? 'bidi_stream'
+        : 'client_stream'
+      : d.responseStream
+        ? 'server_stream'
+        : 'unary';
+    const stat = ctx.metrics.method(service, name, type);
+    if (d.requestStream || d.responseStream) {
+      // grpc-js's server streams provide everything StreamCall names.
+      out[name] = ((call: StreamCall) => {
+        trackStream(stat, call);
+        (impl as StreamHandler)(call);
+      }) as unknown as UntypedServiceImplementation[string];
+    } else {
+      const unary = impl as Unary;
+      out[name] = (call: ServerUnaryCall<Msg, object>, cb: sendUnaryData<object>) => {
+        let signal: AbortSignal | undefined;
+        if (unary.waits) {
+          const ac = new AbortController();
+          call.on('cancelled', () => ac.abort());
+          signal = ac.signal;
+        }
+        runUnary(ctx, stat, unary, call.request, signal, cb as (err: Error | null, res?: object) => void);
+      };
+    }
+  }
+  return out;
 }

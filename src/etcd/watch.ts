@@ -13,16 +13,13 @@
  * responses, and pausing and resuming every watcher each 16 of them cost more CPU than the
  * responses themselves (measured, 1,000 watchers of one key: ~21 -> ~18 ms of server CPU per put).
  */
-import type { ServerDuplexStream, UntypedServiceImplementation } from '@grpc/grpc-js';
 import { CompactedError, StoreClosedError, WatchOverflowError } from '../errors.js';
 import type { WatchEvent, WatchHandle, WatchOptions } from '../store/types.js';
 import type { EtcdContext } from './context.js';
 import { toGrpcError } from './errors.js';
 import { kvOut, type WireKv } from './kv.js';
-import { buf, type Decoded, num } from './proto.js';
-
-// biome-ignore lint/suspicious/noExplicitAny: decoded wire messages are dynamically shaped
-type M = Decoded & Record<string, any>;
+import { buf, num } from './proto.js';
+import type { Methods, Msg as M, StreamCall } from './rpc.js';
 
 /** etcd's clientv3.InvalidWatchID: progress responses and failed creates carry it. */
 const INVALID_WATCH_ID = -1;
@@ -77,10 +74,11 @@ class WatchStream {
 
   constructor(
     private readonly ctx: EtcdContext,
-    private readonly call: ServerDuplexStream<M, object>,
+    private readonly call: StreamCall,
   ) {
     call.on('data', (m: M) => this.onRequest(m));
-    call.on('end', () => this.close(true));
+    // No 'end' handler: like etcd, a stream whose client stops sending keeps its watchers (a
+    // gateway client's request body ends right after its create request).
     call.on('cancelled', () => this.close(false));
     call.on('error', () => this.close(false));
     call.on('close', () => this.close(false));
@@ -339,16 +337,13 @@ class WatchStream {
   }
 }
 
-export function watchService(
-  ctx: EtcdContext,
-  streams: Set<{ close(end: boolean): void }>,
-): UntypedServiceImplementation {
+export function watchMethods(ctx: EtcdContext): Methods {
   return {
-    Watch: (call: ServerDuplexStream<M, object>) => {
+    Watch: (call: StreamCall) => {
       const s = new WatchStream(ctx, call);
-      streams.add(s);
-      call.on('close', () => streams.delete(s));
-      call.on('cancelled', () => streams.delete(s));
+      ctx.watchStreams.add(s);
+      call.on('close', () => ctx.watchStreams.delete(s));
+      call.on('cancelled', () => ctx.watchStreams.delete(s));
     },
   };
 }

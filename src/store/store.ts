@@ -90,6 +90,7 @@ class SqliteStore implements Store {
   private readonly queries = new Map<string, Database.Statement>();
   private compaction: Promise<void> = Promise.resolve();
   private closed = false;
+  private readonly commitListeners = new Set<(c: { commitSeconds: number; fsyncSeconds?: number }) => void>();
 
   constructor(private readonly opts: StoreOptions) {
     this.clock = opts.clock ?? systemClock;
@@ -188,6 +189,15 @@ class SqliteStore implements Store {
     this.latencies[slot] = b.commitMs;
     this.latencyAt[slot] = this.clock.monotonic();
     this.metrics?.onBatch(b, reqs.length, cause);
+    if (this.commitListeners.size > 0) {
+      const c = { commitSeconds: b.commitMs / 1000, fsyncSeconds: b.synced ? b.syncMs / 1000 : undefined };
+      for (const l of this.commitListeners) l(c);
+    }
+  }
+
+  onCommit(listener: (c: { commitSeconds: number; fsyncSeconds?: number }) => void): () => void {
+    this.commitListeners.add(listener);
+    return () => this.commitListeners.delete(listener);
   }
 
   private onCheckpoint(r: CheckpointResult): void {

@@ -432,4 +432,10 @@ export interface Store {
   defragment(): Promise<void>;
   /** Finish queued writes, stop watchers (StoreClosedError), close the file. */
   close(): Promise<void>;
+  /**
+   * Observe every committed group transaction: how long it took to run and commit, and (when the
+   * store measures it) how long its fsync took. Returns the function that stops the observing.
+   * Listeners run on the calling thread after the commit; they must be cheap and must not throw.
+   */
+  onCommit?(listener: (c: { commitSeconds: number; fsyncSeconds?: number }) => void): () => void;
 }

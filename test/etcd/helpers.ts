@@ -3,11 +3,16 @@
  * a real etcd 3.4 on free loopback ports, and small process helpers that always clean up.
  */
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startEtcdServer, type EtcdServer, type EtcdServerOptions } from '../../src/etcd/index.js';
+import {
+  type EtcdServer,
+  type EtcdServerOptions,
+  etcdMigrations,
+  startEtcdServer,
+} from '../../src/etcd/index.js';
 import { EtcdClient } from '../../src/etcd/cli.js';
 import { openStore } from '../../src/store/index.js';
 import type { Store, StoreOptions } from '../../src/store/types.js';
@@ -45,7 +50,12 @@ export async function startEdge(
   opts: { store?: Partial<StoreOptions>; server?: EtcdServerOptions } = {},
 ): Promise<Edge> {
   const dir = mkdtempSync(join(tmpdir(), 'ek-etcd-'));
-  const store = await openStore({ file: join(dir, 'edgekeeper.db'), durability: 'relaxed', ...opts.store });
+  const store = await openStore({
+    file: join(dir, 'edgekeeper.db'),
+    durability: 'relaxed',
+    migrations: etcdMigrations,
+    ...opts.store,
+  });
   let server: EtcdServer;
   try {
     server = await startEtcdServer(store, { listen: '127.0.0.1:0', stateDir: dir, ...opts.server });
@@ -260,4 +270,97 @@ export async function waitFor<T>(check: () => T | Promise<T>, what: string, time
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 25));
   }
+}
+
+export interface CurlResult {
+  status: number;
+  contentType: string;
+  body: string;
+}
+
+export interface CurlRequest {
+  url: string;
+  method?: string;
+  body?: string | Buffer;
+  /** Seconds after which curl stops reading (streams); default 20. */
+  maxTime?: number;
+}
+
+const CURL_MARK = '\n<<<curl-done %{http_code} %{content_type}>>>\n';
+
+/**
+ * HTTP requests with one curl process, one after the other over a kept-alive connection (curl's
+ * `--next`), as a shell script of curl calls would send them. Asynchronous, like etcdctl above:
+ * the server under test may live in this process. A stream is read until `maxTime`; what
+ * arrived by then is its body.
+ */
+export async function curlBatch(reqs: CurlRequest[]): Promise<CurlResult[]> {
+  const dir = mkdtempSync(join(tmpdir(), 'ek-curl-'));
+  try {
+    const args: string[] = [];
+    reqs.forEach((r, i) => {
+      if (i > 0) args.push('--next');
+      args.push('-s', '-N', '-o', '-', '-w', CURL_MARK, '--max-time', String(r.maxTime ?? 20));
+      if (r.method === 'HEAD') args.push('--head');
+      else if (r.method) args.push('-X', r.method);
+      if (r.body !== undefined) {
+        const f = join(dir, `b${i}`);
+        writeFileSync(f, r.body);
+        args.push('--data-binary', `@${f}`, '-H', 'Content-Type: application/json');
+      }
+      args.push(r.url);
+    });
+    const text = await new Promise<string>((resolve, reject) => {
+      const proc = spawn('curl', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+      const out: Buffer[] = [];
+      proc.stdout.on('data', (d: Buffer) => out.push(d));
+      proc.on('error', reject);
+      proc.on('close', () => resolve(Buffer.concat(out).toString('utf8')));
+    });
+    const results: CurlResult[] = [];
+    const re = /\n<<<curl-done (\d+) ?([^>]*)>>>\n/g;
+    let from = 0;
+    for (let m = re.exec(text); m; m = re.exec(text)) {
+      results.push({ status: Number(m[1]), contentType: m[2] ?? '', body: text.slice(from, m.index) });
+      from = m.index + m[0].length;
+    }
+    if (results.length !== reqs.length)
+      throw new Error(`curl answered ${results.length} of ${reqs.length} requests`);
+    return results;
+  } finally {
+    rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** One request (see curlBatch). */
+export async function curl(
+  url: string,
+  opts: { method?: string; body?: string | Buffer; maxTime?: number } = {},
+): Promise<CurlResult> {
+  const [r] = await curlBatch([{ url, ...opts }]);
+  return r!;
+}
+
+/** Run a command to completion without blocking the event loop (the server may be in this process). */
+export function run(
+  cmd: string,
+  args: string[],
+  opts: { env?: NodeJS.ProcessEnv; timeoutMs?: number } = {},
+): Promise<{ status: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const proc = spawn(cmd, args, { env: opts.env ?? process.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    proc.stdout.on('data', (d: Buffer) => {
+      stdout += d.toString();
+    });
+    proc.stderr.on('data', (d: Buffer) => {
+      stderr += d.toString();
+    });
+    const t = setTimeout(() => proc.kill('SIGKILL'), opts.timeoutMs ?? 30_000);
+    proc.on('close', (code) => {
+      clearTimeout(t);
+      resolve({ status: code ?? -1, stdout, stderr });
+    });
+  });
 }

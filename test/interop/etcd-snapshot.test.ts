@@ -38,7 +38,7 @@ import { after, before, describe, it } from 'node:test';
 import { loadConfig } from '../../src/config/index.js';
 import { allSections, restoreFromEtcdSnapshot, startDaemon } from '../../src/daemon/index.js';
 import { EtcdClient } from '../../src/etcd/cli.js';
-import { startEtcdServer, verifyEtcdSnapshot } from '../../src/etcd/index.js';
+import { etcdMigrations, startEtcdServer, verifyEtcdSnapshot } from '../../src/etcd/index.js';
 import { BoltReader, BoltWriter, revisionKey } from '../../src/etcd/snapshot/index.js';
 import { EdgeError } from '../../src/errors.js';
 import { silentLogger } from '../../src/log.js';
@@ -274,7 +274,11 @@ describe('etcd-format snapshots, differential against real etcd 3.4', () => {
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stdout, /imported etcd 3\.4 snapshot .* revision \d+, compact revision \d+, \d+ keys/);
     assert.match(r.stdout, /previous database kept as edgekeeper\.db\.pre-restore-/);
-    const store = await openStore({ file: join(dir, 'edgekeeper.db'), logger: silentLogger() });
+    const store = await openStore({
+      file: join(dir, 'edgekeeper.db'),
+      logger: silentLogger(),
+      migrations: etcdMigrations,
+    });
     const server = await startEtcdServer(store, { listen: '127.0.0.1:0' });
     const c = new EtcdClient(`127.0.0.1:${server.port}`);
     try {

@@ -5,7 +5,7 @@
  * Usage: node --import tsx test/bench/etcd/serve.ts DIR PORT
  */
 import { join } from 'node:path';
-import { startEtcdServer } from '../../../src/etcd/index.js';
+import { etcdMigrations, startEtcdServer } from '../../../src/etcd/index.js';
 import { openStore } from '../../../src/store/index.js';
 
 const [dir, port] = process.argv.slice(2);
@@ -13,7 +13,11 @@ if (!dir || !port) {
   process.stderr.write('usage: serve.ts DIR PORT\n');
   process.exit(2);
 }
-const store = await openStore({ file: join(dir, 'edgekeeper.db'), durability: 'fsync' });
+const store = await openStore({
+  file: join(dir, 'edgekeeper.db'),
+  durability: 'fsync',
+  migrations: etcdMigrations,
+});
 const server = await startEtcdServer(store, { listen: `127.0.0.1:${port}`, stateDir: dir });
 process.stdout.write(`listening ${server.port}\n`);
 const stop = async () => {
