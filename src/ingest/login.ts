@@ -5,8 +5,9 @@
  *   bucket (`loginBurst` tokens, refilled at `loginRatePerSec`); a success gives them back, so
  *   only failures drain them. Without a token the attempt is refused unchecked (`throttled`,
  *   CONNACK "server unavailable");
- * - at most `loginConcurrency` checks run at once, the others wait in arrival order (a
- *   connection that closes meanwhile leaves the queue);
+ * - at most `loginConcurrency` checks run at once; the others wait, source addresses taking
+ *   turns, so that one address's many attempts do not hold back everyone else's (a connection
+ *   that closed while it waited is skipped);
  * - a device whose password already succeeded in this run skips both: its check is a cache hit
  *   on the main thread (no scrypt), so an attacker hammering its id cannot lock it out.
  * The thread only remembers a SHA-256 of the last good password per device (bounded like the
@@ -32,7 +33,9 @@ export class LoginThrottle {
   private readonly byAddress: RateLimiter;
   private readonly known = new Map<string, string>();
   private running = 0;
-  private readonly waiting: (() => void)[] = [];
+  /** Checks waiting for a turn, by source address; addresses take turns (oldest first in each). */
+  private readonly waiting = new Map<string, (() => void)[]>();
+  private waitingCount = 0;
 
   constructor(
     private readonly limits: LoginLimits,
@@ -44,7 +47,7 @@ export class LoginThrottle {
 
   /** Checks waiting for a turn. */
   get queued(): number {
-    return this.waiting.length;
+    return this.waitingCount;
   }
 
   /**
@@ -67,7 +70,7 @@ export class LoginThrottle {
     }
     // a finished check hands its turn straight to the next one waiting
     if (this.running < this.limits.loginConcurrency) this.running++;
-    else await new Promise<void>((r) => this.waiting.push(r));
+    else await this.wait(address);
     try {
       if (!alive()) {
         this.byDevice.refund(device);
@@ -81,10 +84,33 @@ export class LoginThrottle {
       }
       return this.remember(device, digest, result);
     } finally {
-      const next = this.waiting.shift();
-      if (next) next();
-      else this.running--;
+      if (!this.next()) this.running--;
     }
+  }
+
+  private wait(address: string): Promise<void> {
+    return new Promise((resolve) => {
+      const list = this.waiting.get(address);
+      if (list) list.push(resolve);
+      else this.waiting.set(address, [resolve]);
+      this.waitingCount++;
+    });
+  }
+
+  /**
+   * Hands the turn to the oldest check of the address whose turn it is, then sends that address
+   * to the back: one address's many attempts wait behind everyone else's one.
+   */
+  private next(): boolean {
+    const first = this.waiting.entries().next().value;
+    if (!first) return false;
+    const [address, list] = first;
+    this.waiting.delete(address);
+    const go = list.shift()!;
+    if (list.length > 0) this.waiting.set(address, list);
+    this.waitingCount--;
+    go();
+    return true;
   }
 
   /** The device was rotated or removed: its remembered password no longer skips the limits. */
