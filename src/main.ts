@@ -4,6 +4,7 @@
  * theirs through `src/daemon/parts.ts`. Exit codes: 0 ok, 1 failure, 2 usage error (unknown
  * command or flag), 78 invalid configuration (EX_CONFIG; the systemd unit does not restart on it).
  */
+import { AdminTokenError, adminFetch } from './admin.js';
 import { createWriteStream, existsSync } from 'node:fs';
 import { rename, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
@@ -249,8 +250,9 @@ async function backupRunning(http: string, file: string, format: 'sqlite' | 'etc
   const url = `http://${hp.host.includes(':') ? `[${hp.host}]` : hp.host}:${hp.port}/v1/backup${format === 'etcd' ? '?format=etcd' : ''}`;
   let res: Response;
   try {
-    res = await fetch(url, { method: 'POST' });
+    res = await adminFetch(url, { method: 'POST' });
   } catch (err) {
+    if (err instanceof AdminTokenError) return fail(err.message);
     const cause = (err as { cause?: { code?: string } }).cause?.code ?? (err as Error).message;
     return fail(
       `no edgekeeper answers at ${url} (${cause}); is it running? For a stopped node use --data-dir DIR`,

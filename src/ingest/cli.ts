@@ -5,6 +5,7 @@
  */
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
+import { AdminTokenError, adminFetch } from '../admin.js';
 import type { CliCommand } from '../part.js';
 import type { Store } from '../store/types.js';
 import { addDevice, type DeviceInfo, listDevices, removeDevice, rotateDevice } from './devices.js';
@@ -49,12 +50,13 @@ async function withStore<T>(dataDir: string, fn: (s: Store) => Promise<T>): Prom
 async function http<T>(t: Target, method: string, path: string, body?: unknown): Promise<T> {
   let res: Response;
   try {
-    res = await fetch(`http://${t.http}${path}`, {
+    res = await adminFetch(`http://${t.http}${path}`, {
       method,
       headers: body === undefined ? {} : { 'content-type': 'application/json' },
       body: body === undefined ? undefined : JSON.stringify(body),
     });
   } catch (err) {
+    if (err instanceof AdminTokenError) throw err;
     throw new Error(
       `cannot reach the daemon at ${t.http} (${(err as Error).message}); is it running? For a stopped node use --data-dir`,
     );

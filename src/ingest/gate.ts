@@ -39,7 +39,7 @@ const PROTOCOL_ERROR = 0x82;
 const PACKET_TOO_LARGE = 0x95;
 const QUOTA_EXCEEDED = 0x97;
 
-const enum State {
+enum State {
   Type,
   Length,
   Body,
