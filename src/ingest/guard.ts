@@ -98,11 +98,11 @@ export class ConnectionGuard {
       if (conn.closed) return false;
       const before = gate.held;
       const refusal = gate.feed(chunk);
+      this.held += gate.held - before;
       if (refusal) {
         this.refuse(conn, refusal);
         return false;
       }
-      this.held += gate.held - before;
       if (this.held + this.buffers > this.opts.memoryBudget) this.overBudget();
       return !conn.closed;
     };

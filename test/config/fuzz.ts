@@ -43,7 +43,10 @@ export const configTarget: FuzzTarget = {
     const sectionNames = sections.map((s) => s.name);
     const known = fc.array(fc.tuple(fc.constantFrom(...keys), hostile), { maxLength: 12 }).map((pairs) => {
       const o: Record<string, Record<string, unknown>> = {};
-      for (const [[s, k], v] of pairs) (o[s] ??= {})[k] = v;
+      for (const [[s, k], v] of pairs) {
+        o[s] ??= {};
+        o[s][k] = v;
+      }
       return o;
     });
     const data = fc.oneof(
