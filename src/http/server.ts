@@ -1,6 +1,6 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { Counter, Histogram, type Registry } from 'prom-client';
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { parseHostPort } from '../config/index.js';
 import { checkBearer } from '../admin.js';
 import {
@@ -98,6 +98,23 @@ export class HttpServer implements HttpRoutes {
       labelNames: ['route'],
       buckets: [0.001, 0.005, 0.025, 0.1, 0.5, 2.5, 10],
       registers: [opts.registry],
+    });
+    const counts = () => ({ connections: this.connections, pending: this.pendingBytes });
+    new Gauge({
+      name: 'edgekeeper_http_connections',
+      help: 'Open HTTP connections (bounded by http.maxConnections)',
+      registers: [opts.registry],
+      collect() {
+        this.set(counts().connections);
+      },
+    });
+    new Gauge({
+      name: 'edgekeeper_http_pending_body_bytes',
+      help: 'Request body bytes of the requests being answered (bounded by http.maxPendingBodyBytes)',
+      registers: [opts.registry],
+      collect() {
+        this.set(counts().pending);
+      },
     });
     this.server = createServer((req, res) => {
       void this.dispatch(req, res);

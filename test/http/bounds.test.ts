@@ -70,6 +70,9 @@ describe('local HTTP server, bounds and admin routes', () => {
 
   test('one connection over the limit is answered 503 and closed', async () => {
     const held = await Promise.all([1, 2, 3].map(() => rawRequest(port, '')));
+    const gauge = async () =>
+      (await registry.getSingleMetric('edgekeeper_http_connections')!.get()).values[0]?.value;
+    while ((await gauge()) !== 3) await new Promise((r) => setTimeout(r, 10));
     const over = await rawRequest(port, '');
     const text = await over.reply;
     assert.match(text, /^HTTP\/1\.1 503 /);

@@ -4,6 +4,7 @@
  * (etcd3 in this process; the CPU this process uses is printed as `clientCpuCores`), a device
  * reporting 10 times a second (QoS 1), and each attack in turn from another process and another
  * loopback address (attack.ts):
+ *   none       no attack for 10 s: the control, how far the put p99 moves on its own
  *   huge       4 connections whose fixed header claims 256 MB (2 before log-in, 2 logged in)
  *   idle       5,000 sockets that never send a byte, held 15 s; a registered device connects meanwhile
  *   subscribe  a logged-in device sends SUBSCRIBE packets of 10,000 filters for 10 s
@@ -30,7 +31,7 @@ import { buildJs, type JsBuild, unitEnvironment } from '../build.js';
 import { cpuMs, memoryMb } from '../proc.js';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
-const ATTACKS = (process.env.EDGEKEEPER_BENCH_ATTACKS ?? 'huge,idle,subscribe,login,sigterm').split(',');
+const ATTACKS = (process.env.EDGEKEEPER_BENCH_ATTACKS ?? 'none,huge,idle,subscribe,login,sigterm').split(',');
 const ATTACKER = '127.0.0.2';
 
 const round = (v: number) => Math.round(v * 100) / 100;
@@ -320,6 +321,8 @@ export default async function abuseBench(): Promise<void> {
       secret[id] = await addDevice(d, id);
     const rep = reporter(d, secret.honest!);
     await sleep(1000);
+
+    if (ATTACKS.includes('none')) await attack(build, d, rep, 'none', { kind: 'none', seconds: 10 });
 
     if (ATTACKS.includes('huge'))
       await attack(build, d, rep, 'huge', {

@@ -7,14 +7,15 @@
  *   PUBLISH), each sends a fixed header claiming 256 MB and streams bytes until closed;
  * - idle: `conns` sockets that send nothing, opened as fast as possible and held `seconds`;
  * - subscribe: logged in as `device`, SUBSCRIBE packets of 10,000 filters, again on every close;
- * - login: wrong-secret log-ins for `device`, `inFlight` at once, for `seconds`.
+ * - login: wrong-secret log-ins for `device`, `inFlight` at once, for `seconds`;
+ * - none: nothing for `seconds` (the bench's control: how much the put p99 moves on its own).
  * Times are ms; "refuse" is from the first byte of the attack to the close (or the CONNACK).
  */
 import net from 'node:net';
 import mqttPacket from 'mqtt-packet';
 
 const cfg = JSON.parse(process.argv[2]!) as {
-  kind: 'huge' | 'idle' | 'subscribe' | 'login';
+  kind: 'none' | 'huge' | 'idle' | 'subscribe' | 'login';
   port: number;
   from: string;
   seconds: number;
@@ -233,7 +234,12 @@ async function loginFlood(): Promise<Record<string, unknown>> {
   };
 }
 
-const run = { huge, idle, subscribe, login: loginFlood }[cfg.kind];
+const none = async () => {
+  await new Promise((r) => setTimeout(r, cfg.seconds * 1000));
+  return {};
+};
+
+const run = { none, huge, idle, subscribe, login: loginFlood }[cfg.kind];
 run().then(
   (r) => {
     console.log(JSON.stringify(r));
