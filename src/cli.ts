@@ -10,6 +10,7 @@
  * - `-h, --help` prints the command's usage.
  */
 import { parseArgs } from 'node:util';
+import { AdminTokenError, adminFetch } from './admin.js';
 import { parseHostPort } from './config/index.js';
 import {
   ConfigError,
@@ -326,8 +327,10 @@ export async function fetchOrUnreachable(
   hint = 'is edgekeeper running?',
 ): Promise<Response> {
   try {
-    return await fetch(url, { signal: AbortSignal.timeout(HTTP_TIMEOUT_MS), ...init });
+    // adminFetch adds the local admin token when the daemon asks for it (src/admin.ts)
+    return await adminFetch(url, { signal: AbortSignal.timeout(HTTP_TIMEOUT_MS), ...init });
   } catch (err) {
+    if (err instanceof AdminTokenError) throw new FileError(err.message, { cause: err });
     const c = (err as { cause?: { code?: string; message?: string } }).cause;
     const cause = c?.code ?? c?.message ?? (err as Error).message;
     throw new UnreachableError(new URL(url).host, `${cause}; ${hint}`, { cause: err });

@@ -263,6 +263,35 @@ export class AlreadyRunningError extends EdgeError {
   }
 }
 
+/** An admin route without the local admin token (HTTP 401); `tokenFile` says where it is. */
+export class UnauthenticatedError extends EdgeError {
+  constructor(readonly tokenFile: string) {
+    super(
+      'EDGE_ERR_UNAUTHENTICATED',
+      `this route needs the admin token: send \`Authorization: Bearer <token>\` with the token from ${tokenFile}`,
+      401,
+    );
+  }
+}
+
+/** An admin route with a token that is not the daemon's (HTTP 403). */
+export class PermissionDeniedError extends EdgeError {
+  constructor() {
+    super(
+      'EDGE_ERR_PERMISSION_DENIED',
+      'the admin token is wrong (the daemon writes a new one at every start)',
+      403,
+    );
+  }
+}
+
+/** A bound of the local HTTP server is reached (connections or request bytes in flight); retry later (HTTP 503). */
+export class HttpBusyError extends EdgeError {
+  constructor(what: string) {
+    super('EDGE_ERR_HTTP_BUSY', `the HTTP server is at its limit of ${what}; retry later`, 503);
+  }
+}
+
 /** The writer's queue is full: the caller should retry later (backpressure, nothing was written). */
 export class BusyError extends EdgeError {
   constructor(limit: number) {

@@ -12,9 +12,22 @@ import type { Store } from './store/types.js';
 /** Handles one HTTP route; errors thrown here become a JSON 4xx/5xx at the HTTP boundary. */
 export type RouteHandler = (req: IncomingMessage, res: ServerResponse, url: URL) => Promise<void> | void;
 
+export interface RouteOptions {
+  /**
+   * An admin route: it changes the node or reads its secrets, so it needs the local admin token
+   * (`http.auth`, see src/admin.ts); other local processes get 401.
+   */
+  admin?: boolean;
+}
+
 export interface HttpRoutes {
   /** `path` is matched exactly (no patterns); one handler per method and path. */
-  add(method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, handler: RouteHandler): void;
+  add(
+    method: 'GET' | 'POST' | 'PUT' | 'DELETE',
+    path: string,
+    handler: RouteHandler,
+    opts?: RouteOptions,
+  ): void;
 }
 
 /** A readiness check: the daemon is ready while every check returns undefined. */

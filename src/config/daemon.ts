@@ -47,7 +47,34 @@ export const httpSection: ConfigSection = {
     listen: {
       type: 'hostport',
       default: '127.0.0.1:9480',
-      doc: 'Address of the HTTP listener. Keep it on loopback: it has no authentication.',
+      doc: 'Address of the HTTP listener. Keep it on loopback: only its admin routes need a token.',
+    },
+    auth: {
+      type: 'string',
+      default: 'token',
+      enum: ['token', 'none'],
+      doc: 'token: device registration, backups and dead letters need the admin token from `<dataDir>/http.token` (written 0600 at every start); none: any local process may use them.',
+    },
+    // a handful of local tools and a metrics scraper; each connection may hold a request body
+    maxConnections: {
+      type: 'integer',
+      default: 256,
+      min: 1,
+      max: 100_000,
+      doc: 'Open connections; one more is answered 503 and closed.',
+    },
+    maxPendingBodyBytes: {
+      type: 'bytes',
+      default: 8 * MiB,
+      min: 1 * KiB,
+      max: 1024 * MiB,
+      doc: 'Request body bytes (by Content-Length) of all requests being answered at once; one more is answered 503.',
+    },
+    idleTimeout: {
+      type: 'duration',
+      default: 60_000,
+      min: 1000,
+      doc: 'A connection on which nothing moves for this long is closed (also a client that stopped reading a response).',
     },
     // Large enough for any JSON request of the local API; uploads do not go through it.
     maxBodyBytes: {
@@ -181,7 +208,14 @@ export const daemonSections: ConfigSection[] = [nodeSection, httpSection, logSec
 /** The typed view of the daemon's sections (values after validation). */
 export interface DaemonConfig {
   node: { name: string; dataDir: string; runtimeDir?: string };
-  http: { listen: string; maxBodyBytes: number };
+  http: {
+    listen: string;
+    auth: 'token' | 'none';
+    maxBodyBytes: number;
+    maxConnections: number;
+    maxPendingBodyBytes: number;
+    idleTimeout: number;
+  };
   log: { level: string };
   store: {
     durability: 'fsync' | 'relaxed';

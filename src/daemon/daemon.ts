@@ -4,13 +4,14 @@
  * reverse, the store finishes in-flight commits and closes, pid file removed.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { createReadStream, existsSync, mkdirSync } from 'node:fs';
+import { chmodSync, closeSync, createReadStream, existsSync, mkdirSync, openSync, statSync } from 'node:fs';
 import { rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import cron, { type ScheduledTask } from 'node-cron';
 import { Counter, collectDefaultMetrics, Gauge, Registry } from 'prom-client';
+import { removeAdminToken, writeAdminToken } from '../admin.js';
 import { type Clock, systemClock } from '../clock.js';
 import { type Config, parseDuration } from '../config/index.js';
 import { HttpServer, sendJson } from '../http/index.js';
@@ -105,7 +106,7 @@ export async function startDaemon(
   const stateDir = resolve(config.node.dataDir);
   const dbFile = join(stateDir, DB_FILE);
   checkStateDir(stateDir, dbFile);
-  mkdirSync(stateDir, { recursive: true });
+  privateStateDir(stateDir, log);
   const runtimeDir = runtimeDirFor(config.node.runtimeDir, stateDir, opts.env ?? process.env);
   mkdirSync(runtimeDir, { recursive: true, mode: 0o700 });
   const releasePid = acquirePidFile(stateDir);
@@ -146,6 +147,7 @@ export async function startDaemon(
         'schema upgrade: the database was backed up before migrating',
       );
     }
+    privateDatabase(dbFile);
     const store = await timed('store', () =>
       openStore({
         file: dbFile,
@@ -192,7 +194,18 @@ export async function startDaemon(
       registers: [registry],
     });
 
-    const http = new HttpServer({ logger, registry, maxBodyBytes: config.http.maxBodyBytes });
+    const adminToken = config.http.auth === 'token' ? writeAdminToken(stateDir) : undefined;
+    if (adminToken) cleanups.push(() => removeAdminToken(adminToken.file));
+    const hc = config.http;
+    const http = new HttpServer({
+      logger,
+      registry,
+      maxBodyBytes: hc.maxBodyBytes,
+      maxPendingBodyBytes: hc.maxPendingBodyBytes,
+      maxConnections: hc.maxConnections,
+      idleTimeoutMs: hc.idleTimeout,
+      adminToken,
+    });
     const heartbeat = new Heartbeat({
       store,
       clock,
@@ -372,25 +385,62 @@ function addDaemonRoutes(
   // One backup at a time: each holds a full copy of the database on disk until it is sent.
   // `?format=etcd`: the bbolt file etcd would snapshot, with its SHA-256 (etcdctl reads it).
   let busy: Promise<void> = Promise.resolve();
-  http.add('POST', '/v1/backup', (_req, res, url) => {
-    const etcd = url.searchParams.get('format') === 'etcd';
-    const run = busy.then(async () => {
-      const tmp = join(stateDir, `.http-backup-${randomBytes(6).toString('hex')}.db`);
-      try {
-        if (etcd) await writeEtcdBackup(store, tmp, { name: config.node.name, clientUrls: [] });
-        else await store.backup(tmp);
-        const { size } = await stat(tmp);
-        res.writeHead(200, {
-          'content-type': etcd ? 'application/octet-stream' : 'application/vnd.sqlite3',
-          'content-length': size,
-          'content-disposition': `attachment; filename="edgekeeper-${config.node.name}${etcd ? '.etcd' : ''}.db"`,
-        });
-        await pipeline(createReadStream(tmp), res);
-      } finally {
-        await rm(tmp, { force: true });
-      }
-    });
-    busy = run.catch(() => undefined);
-    return run;
-  });
+  http.add(
+    'POST',
+    '/v1/backup',
+    (_req, res, url) => {
+      const etcd = url.searchParams.get('format') === 'etcd';
+      const run = busy.then(async () => {
+        const tmp = join(stateDir, `.http-backup-${randomBytes(6).toString('hex')}.db`);
+        try {
+          if (etcd) await writeEtcdBackup(store, tmp, { name: config.node.name, clientUrls: [] });
+          else await store.backup(tmp);
+          const { size } = await stat(tmp);
+          res.writeHead(200, {
+            'content-type': etcd ? 'application/octet-stream' : 'application/vnd.sqlite3',
+            'content-length': size,
+            'content-disposition': `attachment; filename="edgekeeper-${config.node.name}${etcd ? '.etcd' : ''}.db"`,
+          });
+          await pipeline(createReadStream(tmp), res);
+        } finally {
+          await rm(tmp, { force: true });
+        }
+      });
+      busy = run.catch(() => undefined);
+      return run;
+    },
+    { admin: true },
+  );
+}
+
+/**
+ * The state directory holds device secret hashes, the admin token and every key: 0700, whatever
+ * the umask, and tightened when an earlier version (or a hand-made directory) left it open.
+ */
+function privateStateDir(dir: string, log: Logger): void {
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const mode = statSync(dir).mode & 0o777;
+  if ((mode & 0o077) === 0) return;
+  try {
+    chmodSync(dir, mode & 0o700);
+    log.warn({ dir, was: mode.toString(8) }, 'state directory was open to other users; now 0700');
+  } catch (err) {
+    log.warn({ dir, err }, 'state directory is open to other users and cannot be made 0700');
+  }
+}
+
+/**
+ * SQLite creates a database with 0644 less the umask, and its -wal and -shm files with the
+ * database's own mode: an empty file made 0600 first (SQLite takes it as a new database)
+ * makes all three 0600. Existing ones are tightened.
+ */
+function privateDatabase(dbFile: string): void {
+  closeSync(openSync(dbFile, 'a', 0o600));
+  for (const f of [dbFile, `${dbFile}-wal`, `${dbFile}-shm`]) {
+    try {
+      if ((statSync(f).mode & 0o077) !== 0) chmodSync(f, 0o600);
+    } catch {
+      // -wal and -shm exist only while a connection has the database open
+    }
+  }
 }

@@ -60,8 +60,9 @@ export class IngestCore {
             payload: e.head,
             size: e.size,
             detail: e.detail,
+            count: e.count,
           });
-          if (e.device) this.registry.rejected(e.device);
+          if (e.device) for (let i = 0; i < e.count; i++) this.registry.rejected(e.device);
           break;
         case 'online':
           this.registry.setOnline(e.device, e.online, e.via);

@@ -123,6 +123,21 @@ export function createMetrics(registry: Registry) {
       help: 'Times the ingest thread (broker or subscriber) ended on its own and was started again.',
       registers,
     }),
+    buffered: new Gauge({
+      name: 'edgekeeper_ingest_buffered_bytes',
+      help: 'Bytes the embedded broker holds in unfinished packets and socket buffers (bounded by mqtt.memoryBudget).',
+      registers,
+    }),
+    pending: new Gauge({
+      name: 'edgekeeper_ingest_pending_connections',
+      help: 'Embedded broker connections not yet logged in (bounded by mqtt.maxPendingConnections).',
+      registers,
+    }),
+    loginsWaiting: new Gauge({
+      name: 'edgekeeper_ingest_logins_waiting',
+      help: 'Log-ins waiting for a password check (mqtt.loginConcurrency run at once).',
+      registers,
+    }),
     writeErrors: new Counter({
       name: 'edgekeeper_ingest_write_errors_total',
       help: 'Report batches the store refused (the reports stay unacknowledged).',

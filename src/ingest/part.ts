@@ -30,6 +30,9 @@ export interface IngestPart extends Part {
 const MAX_BODY = 4096;
 /** Devices named in status(): more than a status frame has room for. */
 const ATTENTION_LISTED = 10;
+// registering devices and reading what they sent need the local admin token (src/admin.ts);
+// the device list is public, as /edgekeeper/devices/ is over the etcd API
+const ADMIN = { admin: true };
 
 async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
   const chunks: Buffer[] = [];
@@ -106,17 +109,27 @@ export function createIngestPart(ctx: PartContext, opts: IngestOptions): IngestP
       listDevices(ctx.store).map((d) => ({ ...d, online: live.get(d.id)?.online ?? d.online })),
     );
   });
-  ctx.http.add('POST', '/v1/devices', async (req, res, url) => {
-    const id = idFrom(await readJson(req), url);
-    const secret = await addDevice(ctx.store, id, ctx.clock.now());
-    send(res, 201, { id, secret });
-  });
-  ctx.http.add('POST', '/v1/devices/rotate', async (req, res, url) => {
-    const id = idFrom(await readJson(req), url);
-    const secret = await rotateDevice(ctx.store, id, ctx.clock.now());
-    thread?.revoke(id);
-    send(res, 200, { id, secret });
-  });
+  ctx.http.add(
+    'POST',
+    '/v1/devices',
+    async (req, res, url) => {
+      const id = idFrom(await readJson(req), url);
+      const secret = await addDevice(ctx.store, id, ctx.clock.now());
+      send(res, 201, { id, secret });
+    },
+    ADMIN,
+  );
+  ctx.http.add(
+    'POST',
+    '/v1/devices/rotate',
+    async (req, res, url) => {
+      const id = idFrom(await readJson(req), url);
+      const secret = await rotateDevice(ctx.store, id, ctx.clock.now());
+      thread?.revoke(id);
+      send(res, 200, { id, secret });
+    },
+    ADMIN,
+  );
   const remove = async (req: IncomingMessage, res: ServerResponse, url: URL) => {
     const id = idFrom(req.method === 'DELETE' ? {} : await readJson(req), url);
     const removed = await removeDevice(ctx.store, id);
@@ -124,19 +137,24 @@ export function createIngestPart(ctx: PartContext, opts: IngestOptions): IngestP
     core.registry.forget(id);
     send(res, removed ? 200 : 404, { id, removed });
   };
-  ctx.http.add('POST', '/v1/devices/remove', remove);
-  ctx.http.add('DELETE', '/v1/devices', remove);
-  ctx.http.add('GET', '/v1/ingest/rejects', (_req, res, url) => {
-    const limit = Math.min(1000, Math.max(1, Number(url.searchParams.get('limit') ?? 50) || 50));
-    send(
-      res,
-      200,
-      DeadLetters.list(ctx.store, limit).map((r) => ({
-        ...r,
-        head: r.head ? Buffer.from(r.head).toString('hex') : null,
-      })),
-    );
-  });
+  ctx.http.add('POST', '/v1/devices/remove', remove, ADMIN);
+  ctx.http.add('DELETE', '/v1/devices', remove, ADMIN);
+  ctx.http.add(
+    'GET',
+    '/v1/ingest/rejects',
+    (_req, res, url) => {
+      const limit = Math.min(1000, Math.max(1, Number(url.searchParams.get('limit') ?? 50) || 50));
+      send(
+        res,
+        200,
+        DeadLetters.list(ctx.store, limit).map((r) => ({
+          ...r,
+          head: r.head ? Buffer.from(r.head).toString('hex') : null,
+        })),
+      );
+    },
+    ADMIN,
+  );
 
   ctx.addReadinessCheck('ingest', () => {
     if (thread?.down) return `the ingest thread stopped (${thread.down.message}); starting it again`;

@@ -53,10 +53,19 @@ export class DeadLetters {
 
   record(
     reason: RejectReason,
-    info: { device?: string; topic?: string; payload?: Uint8Array; size?: number; detail?: string },
+    info: {
+      device?: string;
+      topic?: string;
+      payload?: Uint8Array;
+      size?: number;
+      detail?: string;
+      /** Refusals this one stands for (the ingest thread folds a turn's alike refusals into one). */
+      count?: number;
+    },
   ): void {
-    this.metrics.rejects.inc({ reason });
-    this.counts.set(reason, (this.counts.get(reason) ?? 0) + 1);
+    const n = info.count ?? 1;
+    this.metrics.rejects.inc({ reason }, n);
+    this.counts.set(reason, (this.counts.get(reason) ?? 0) + n);
     const now = this.clock.now();
     const sec = Math.floor(now / 1000);
     if (sec !== this.second) {
