@@ -76,8 +76,14 @@ export class IngestEdge {
     readonly opts: IngestOptions,
     private readonly link: EdgeLink,
     private readonly clock: Clock = systemClock,
+    lastStamp?: number,
   ) {
-    this.writer = new ReportWriter(link.commit, { batchMax: opts.batchMax, dedupeWindow: opts.dedupeWindow });
+    this.writer = new ReportWriter(
+      link.commit,
+      { batchMax: opts.batchMax, dedupeWindow: opts.dedupeWindow },
+      clock,
+      lastStamp,
+    );
     this.limiter = new RateLimiter(clock, opts.ratePerSec, opts.rateBurst);
   }
 

@@ -3,6 +3,7 @@
  * path (edge.ts), talking to the main thread's `IngestThread` (thread.ts) through `Peer`.
  */
 import { parentPort, workerData } from 'node:worker_threads';
+import { systemClock } from '../clock.js';
 import { createLogger } from '../log.js';
 import { IngestEdge, type PasswordCheck } from './edge.js';
 import { EmbeddedBroker } from './embedded.js';
@@ -15,7 +16,7 @@ import type { ReportBatch } from './writer.js';
 // that grows while nothing else moves (admission closed), and carries the broker's bounds
 const STATS_MS = 1000;
 
-const { opts, level } = (workerData as { data: ThreadData }).data;
+const { opts, level, lastStamp } = (workerData as { data: ThreadData }).data;
 const log = createLogger(level).child({ part: 'ingest', thread: 'ingest' });
 
 // the handlers run on later turns, when everything below exists
@@ -45,11 +46,16 @@ const peer: Peer = new Peer(parentPort!, {
   },
 });
 
-const edge: IngestEdge = new IngestEdge(opts, {
-  commit: (batch: ReportBatch) => peer.call<number>('commit', { batch, queued: edge.writer.queued }),
-  checkPassword: (device, password) => peer.call<PasswordCheck>('auth', { device, password }),
-  events: (list) => peer.notify('events', { list, queued: edge.writer.queued }),
-});
+const edge: IngestEdge = new IngestEdge(
+  opts,
+  {
+    commit: (batch: ReportBatch) => peer.call<number>('commit', { batch, queued: edge.writer.queued }),
+    checkPassword: (device, password) => peer.call<PasswordCheck>('auth', { device, password }),
+    events: (list) => peer.notify('events', { list, queued: edge.writer.queued }),
+  },
+  systemClock,
+  lastStamp,
+);
 const embedded = opts.mode === 'embedded' ? new EmbeddedBroker(edge, opts, log) : undefined;
 const external = opts.mode === 'external' ? new ExternalSubscriber(edge, opts, log) : undefined;
 const transport = (embedded ?? external)!;

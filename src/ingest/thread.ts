@@ -24,6 +24,8 @@ import type { ReportBatch } from './writer.js';
 export interface ThreadData {
   opts: Omit<IngestOptions, 'admit'>;
   level: string;
+  /** The newest stored report's received_at: de-duplication spans a clock step while down. */
+  lastStamp?: number;
 }
 
 export type Address = { host: string; port: number; tls: boolean };
@@ -60,7 +62,10 @@ export class IngestThread implements CommandDelivery {
 
   private launch(): void {
     const { admit: _admit, ...plain } = this.opts;
-    const data: ThreadData = { opts: plain, level: this.log.level };
+    const last = this.core.store
+      .query<{ at: number }>('SELECT received_at AS at FROM reports ORDER BY id DESC LIMIT 1')
+      .get();
+    const data: ThreadData = { opts: plain, level: this.log.level, lastStamp: last?.at };
     // 4 MB semi-spaces (a young generation of 12 MB), as the unit gives the main thread. With
     // 1 MB, external mode took about 30% more CPU per report: in-flight reports outlive small
     // semi-spaces, are promoted and are then collected as old objects.

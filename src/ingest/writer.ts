@@ -18,6 +18,7 @@
  * committer holds the writes and this queue stops moving, which stops the devices in turn.
  */
 // not the store's index: this module runs on the ingest thread, which has no business loading SQLite
+import { type Clock, systemClock, WallFrames } from '../clock.js';
 import { blobColumn } from '../store/columns.js';
 import type { SqlOp } from '../store/types.js';
 
@@ -28,8 +29,11 @@ const RELEASE_SLICE = 64;
 export const BATCH_MAX_BYTES = 1024 * 1024;
 
 /**
- * A redelivered report (same device, seq and ts, received within the window: `since`) inserts
- * nothing; reports without seq are always inserted. The lookup is one probe of the index
+ * A redelivered report (same device, seq and ts, received within the window: `since` to
+ * `until`) inserts nothing; reports without seq are always inserted. The window is the last
+ * `dedupeWindow` of monotonic time in wall terms (WallFrames): after the node clock steps, it
+ * covers both the old and the new frame until the window has passed, so a step either way
+ * neither lets a redelivery in twice nor keeps an old copy matching for the length of the step. The lookup is one probe of the index
  * reports_ts_device_seq (see the ingest schema for why ts leads it).
  *
  * Why a single-row INSERT with OR IGNORE and not `INSERT ... SELECT ... WHERE NOT EXISTS`: the
@@ -42,7 +46,7 @@ export const BATCH_MAX_BYTES = 1024 * 1024;
 export const INSERT_REPORT = `INSERT OR IGNORE INTO reports(device, received_at, ts, seq, body)
 VALUES (
   CASE WHEN @seq IS NOT NULL AND EXISTS (
-    SELECT 1 FROM reports WHERE ts IS @ts AND device = @device AND seq = @seq AND received_at >= @since)
+    SELECT 1 FROM reports WHERE ts IS @ts AND device = @device AND seq = @seq AND received_at >= @since AND received_at <= @until)
   THEN NULL ELSE @device END,
   @receivedAt, @ts, @seq, @body)`;
 
@@ -91,10 +95,18 @@ export class ReportWriter {
   private releasing: Pending[] = [];
   private released = 0;
 
+  private readonly frames: WallFrames;
+
+  /** `lastStamp`: the newest received_at already stored (from before this process). */
   constructor(
     private readonly commit: CommitBatch,
     private readonly opts: { batchMax: number; dedupeWindow: number },
-  ) {}
+    private readonly clock: Clock = systemClock,
+    lastStamp?: number,
+  ) {
+    this.frames = new WallFrames(clock);
+    if (lastStamp !== undefined) this.frames.remember(lastStamp);
+  }
 
   /** Resolves after the row (or its earlier copy) is committed; `t0` is its `arrivalTime()`. */
   add(row: ReportRow, qos: number, t0: number): Promise<void> {
@@ -180,16 +192,21 @@ export class ReportWriter {
     const ts = new Array<number | null>(n);
     const seq = new Array<number | null>(n);
     const since = new Array<number>(n);
+    const until = new Array<number>(n);
+    const now = this.clock.now();
+    const span = this.frames.span(this.opts.dedupeWindow);
     for (let i = 0; i < n; i++) {
       const p = batch[i]!;
       device[i] = p.device;
       receivedAt[i] = p.receivedAt;
       ts[i] = p.ts;
       seq[i] = p.seq;
-      since[i] = p.receivedAt - this.opts.dedupeWindow;
+      // the span as seen from the report's arrival (a few ms ago)
+      since[i] = span.from + (p.receivedAt - now);
+      until[i] = Math.max(p.receivedAt, span.to + (p.receivedAt - now));
     }
     const body = blobColumn(batch.map((p) => p.body));
-    return { sql: INSERT_REPORT, columns: { device, receivedAt, ts, seq, since, body }, count: n };
+    return { sql: INSERT_REPORT, columns: { device, receivedAt, ts, seq, since, until, body }, count: n };
   }
 
   private release(batch: Pending[]): void {

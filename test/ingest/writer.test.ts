@@ -132,7 +132,7 @@ describe('report writer', () => {
   it('finds a redelivered report with one probe of the (ts, device, seq) index', () => {
     const plan = store
       .query<{ detail: string }>(`EXPLAIN QUERY PLAN ${INSERT_REPORT}`)
-      .all({ device: 'x', receivedAt: 1, ts: 1, seq: 1, since: 0, body: Buffer.alloc(1) })
+      .all({ device: 'x', receivedAt: 1, ts: 1, seq: 1, since: 0, until: 2, body: Buffer.alloc(1) })
       .map((r) => r.detail);
     assert.ok(
       plan.some((d) => d.includes('USING INDEX reports_ts_device_seq (ts=? AND device=? AND seq=?)')),

@@ -1,0 +1,81 @@
+/**
+ * Ingest across wall-clock steps (a Pi without a real-time clock: NTP steps it by up to years
+ * either way). The clock is a ManualClock whose wall reading steps while monotonic time runs on.
+ * De-duplication of redelivered reports holds across a step of a year either way, inside one
+ * process and across a restart, and an old copy stops matching once the window has passed.
+ */
+import assert from 'node:assert/strict';
+import { rmSync } from 'node:fs';
+import { after, before, describe, it } from 'node:test';
+import { ManualClock } from '../../src/clock.js';
+import { ReportWriter } from '../../src/ingest/writer.js';
+import type { Store } from '../../src/store/types.js';
+import { openTestStore, tempDir } from './helpers.js';
+
+const HOUR = 3_600_000;
+const YEAR = 365 * 86_400_000;
+
+describe('report de-duplication across clock steps', () => {
+  let dir: string;
+  let store: Store;
+  before(async () => {
+    dir = tempDir();
+    store = await openTestStore(dir);
+  });
+  after(async () => {
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  const writer = (clock: ManualClock, lastStamp?: number) =>
+    new ReportWriter(
+      (b) => store.write({ sql: [b.op] }).then((r) => r.sql[0]?.changes ?? 0),
+      { batchMax: 100, dedupeWindow: HOUR },
+      clock,
+      lastStamp,
+    );
+  const count = (device: string) =>
+    store.query<{ n: number }>('SELECT count(*) AS n FROM reports WHERE device = ?').get(device)!.n;
+  const report = (clock: ManualClock, device: string) => ({
+    device,
+    receivedAt: clock.now(),
+    ts: 42,
+    seq: 7,
+    body: Buffer.from('{}'),
+  });
+
+  for (const [name, step] of [
+    ['forward', YEAR],
+    ['back', -YEAR],
+  ] as const) {
+    it(`a redelivery after the clock stepped ${name} a year is stored once; after the window, again`, async () => {
+      const clock = new ManualClock();
+      const w = writer(clock);
+      const device = `step-${name}`;
+      await w.add(report(clock, device), 1, 0);
+      clock.advance(60_000);
+      clock.step(step);
+      await w.add(report(clock, device), 1, 0);
+      assert.equal(count(device), 1, 'the redelivery was stored twice');
+      // the window is monotonic time: an hour later the old copy no longer matches
+      clock.advance(HOUR + 1000);
+      await w.add(report(clock, device), 1, 0);
+      assert.equal(count(device), 2, 'an old copy kept matching for the length of the step');
+    });
+
+    it(`a redelivery after a restart with the clock stepped ${name} a year is stored once`, async () => {
+      const clock = new ManualClock();
+      const device = `restart-${name}`;
+      await writer(clock).add(report(clock, device), 1, 0);
+      const last = clock.now();
+      clock.advance(30_000);
+      clock.step(step);
+      const w2 = writer(clock, last);
+      await w2.add(report(clock, device), 1, 0);
+      assert.equal(count(device), 1, 'the redelivery after the restart was stored twice');
+      clock.advance(HOUR + 1000);
+      await w2.add(report(clock, device), 1, 0);
+      assert.equal(count(device), 2);
+    });
+  }
+});
