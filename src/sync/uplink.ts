@@ -195,7 +195,7 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
   let netFailures = 0;
   let lastSuccess: number | null = null;
   let lastError: string | null = null;
-  let lastSentAt = 0;
+  let lastSentAt = Number.NEGATIVE_INFINITY; // monotonic
   let appliedVersion: string | null = null;
   let reportedApplied: string | null = null;
   let desiredEtag: string | null = null;
@@ -275,15 +275,15 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
       }
     }
     const records = maxRecords - room;
-    const heartbeatDue = clock.now() - lastSentAt >= o.heartbeatInterval;
+    const heartbeatDue = clock.monotonic() - lastSentAt >= o.heartbeatInterval;
     if (records === 0 && appliedVersion === reportedApplied && !heartbeatDue) return undefined;
     // A few new records wait up to batchDelay for more: on an SD card every upload also costs a
     // commit (the cursors move), and a node with one device reporting once a second would
     // otherwise commit twice per report.
     const full = room <= 0 || bytes >= o.batchMaxBytes;
     if (records > 0 && !full && !heartbeatDue && appliedVersion === reportedApplied) {
-      waitingSince ??= clock.now();
-      if (clock.now() - waitingSince < o.batchDelay) return undefined;
+      waitingSince ??= clock.monotonic();
+      if (clock.monotonic() - waitingSince < o.batchDelay) return undefined;
     }
     waitingSince = undefined;
     const header = {
@@ -441,7 +441,7 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
     mBytes.inc(p.body.length);
     mBatches.inc();
     lastSuccess = clock.now();
-    lastSentAt = lastSuccess;
+    lastSentAt = clock.monotonic();
     mLastSuccess.set(lastSuccess / 1000);
   }
 
@@ -541,12 +541,12 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
         }
         const p = pending;
         if (o.bandwidth > 0) {
-          const now = clock.now();
+          const now = clock.monotonic();
           if (nextSendAt > now) {
             await sleep(nextSendAt - now);
             if (!running) break;
           }
-          nextSendAt = Math.max(nextSendAt, clock.now()) + (p.body.length / o.bandwidth) * 1000;
+          nextSendAt = Math.max(nextSendAt, clock.monotonic()) + (p.body.length / o.bandwidth) * 1000;
         }
         p.attempts++;
         let ack: Ack;
