@@ -19,12 +19,27 @@ import { exportHistory, importHistory } from '../store/index.js';
 import type { Store } from '../store/types.js';
 
 export const DB_FILE = 'edgekeeper.db';
-const NAME_RE = /^edgekeeper-(\d{8}T\d{9}Z)\.db$/;
+// `-<n>` is the backup's number, counted up in the directory; files from before it had none (0)
+const NAME_RE = /^edgekeeper-(\d{8}T\d{9}Z)(?:-(\d{1,15}))?\.db$/;
 
-/** `edgekeeper-20261126T093000123Z.db`: sorts by time, never collides within a millisecond. */
-export function backupFileName(epochMs: number): string {
+/**
+ * `edgekeeper-20261126T093000123Z-42.db`: the wall time it was taken and its number. Rotation
+ * goes by the number, not the time: after the clock stepped back, a new backup carries an older
+ * time than the last one and must still count as the newest.
+ */
+export function backupFileName(epochMs: number, n: number): string {
   const iso = new Date(epochMs).toISOString(); // 2026-11-26T09:30:00.123Z
-  return `edgekeeper-${iso.replace(/[-:.]/g, '')}.db`;
+  return `edgekeeper-${iso.replace(/[-:.]/g, '')}-${n}.db`;
+}
+
+/** Our backups in `names`, oldest first: by number, then by time. */
+function backupsInOrder(names: string[]): { name: string; n: number }[] {
+  const ours: { name: string; n: number; time: string }[] = [];
+  for (const name of names) {
+    const m = NAME_RE.exec(name);
+    if (m) ours.push({ name, n: Number(m[2] ?? 0), time: m[1]! });
+  }
+  return ours.sort((a, b) => a.n - b.n || (a.time < b.time ? -1 : a.time > b.time ? 1 : 0));
 }
 
 /**
@@ -39,7 +54,8 @@ export async function runScheduledBackup(
   nowMs: number,
 ): Promise<{ file: string; deleted: string[] }> {
   await mkdir(dir, { recursive: true, mode: 0o700 });
-  const name = backupFileName(nowMs);
+  const before = backupsInOrder(await readdir(dir));
+  const name = backupFileName(nowMs, (before.at(-1)?.n ?? 0) + 1);
   const tmp = join(dir, `.${name}.${randomBytes(4).toString('hex')}.tmp`);
   try {
     // a backup holds what the database does (secret hashes): 0600 like it, whatever the umask
@@ -52,7 +68,7 @@ export async function runScheduledBackup(
     throw err;
   }
   fsyncDir(dir);
-  const ours = (await readdir(dir)).filter((f) => NAME_RE.test(f)).sort();
+  const ours = backupsInOrder(await readdir(dir)).map((b) => b.name);
   const deleted = ours.slice(0, Math.max(0, ours.length - keep));
   for (const f of deleted) await unlink(join(dir, f));
   return { file: join(dir, name), deleted };

@@ -3,6 +3,8 @@
  * - periodic: every retention/10, compact to the revision that was current `retention` ago
  *   (known from a small ring of (time, revision) samples taken at each tick);
  * - revision: every 5 minutes, compact to (current revision - retention).
+ * Samples are taken on the monotonic clock: a step of the wall clock neither compacts away the
+ * whole history at once (forward) nor stops compaction for the length of the step (back).
  * The interval is derived from a duration, which a cron expression cannot express in general
  * ("every 42 s"), so this job runs on the injected clock; that also lets tests drive it.
  */
@@ -97,14 +99,14 @@ export class Compactor {
       const t = this.o.store.revision() - this.o.retention;
       return t > 1 ? t : undefined;
     }
-    const cutoff = this.o.clock.now() - this.o.retention;
+    const cutoff = this.o.clock.monotonic() - this.o.retention;
     let best: number | undefined;
     for (const s of this.samples) if (s.at <= cutoff) best = s.revision;
     return best;
   }
 
   private sample(): void {
-    this.samples.push({ at: this.o.clock.now(), revision: this.o.store.revision() });
+    this.samples.push({ at: this.o.clock.monotonic(), revision: this.o.store.revision() });
     while (this.samples.length > this.capacity) this.samples.shift();
   }
 
