@@ -70,6 +70,12 @@ export interface DeviceDoc {
 export interface DeviceState extends Omit<DeviceDoc, 'metrics' | 'metricsAt'> {
   /** Metric name -> last value and when it arrived (a Map: any valid name is a plain key). */
   values: Map<string, { v: number; at: number }>;
+  /**
+   * The last sign of life on the monotonic clock (at start: the load). Silence is judged on it,
+   * so a wall-clock step neither marks every device offline (forward) nor keeps a silent one
+   * online for the length of the step (back).
+   */
+  heard: number;
   mirroredAt: number;
   dirty: boolean;
   urgent: boolean;
@@ -139,6 +145,7 @@ export class DeviceRegistry {
         state: last.state,
         tags: last.tags,
         rejects: 0,
+        heard: this.clock.monotonic(),
         mirroredAt: 0,
         dirty: false,
         urgent: false,
@@ -182,6 +189,7 @@ export class DeviceRegistry {
         lastTs: null,
         values: new Map(),
         rejects: 0,
+        heard: this.clock.monotonic(),
         mirroredAt: 0,
         dirty: true,
         urgent: false,
@@ -195,6 +203,7 @@ export class DeviceRegistry {
   report(id: string, r: Report, now = this.clock.now(), count = 1): void {
     const d = this.get(id, now);
     d.lastSeen = now;
+    d.heard = this.clock.monotonic();
     d.reports += count;
     d.lastSeq = r.seq;
     d.lastTs = r.ts;
@@ -216,6 +225,7 @@ export class DeviceRegistry {
   touch(id: string, now = this.clock.now()): void {
     const d = this.get(id, now);
     d.lastSeen = now;
+    d.heard = this.clock.monotonic();
     d.dirty = true;
   }
 
@@ -230,7 +240,10 @@ export class DeviceRegistry {
 
   setOnline(id: string, online: boolean, reason: string, now = this.clock.now()): void {
     const d = this.get(id, now);
-    if (online) d.lastSeen = now;
+    if (online) {
+      d.lastSeen = now;
+      d.heard = this.clock.monotonic();
+    }
     if (d.online === online) return;
     d.online = online;
     this.online += online ? 1 : -1;
@@ -288,9 +301,9 @@ export class DeviceRegistry {
   }
 
   sweepSilence(now = this.clock.now()): void {
+    const mono = this.clock.monotonic();
     for (const d of this.devices.values()) {
-      if (d.online && now - d.lastSeen > this.opts.silenceTimeout)
-        this.setOnline(d.id, false, 'silence', now);
+      if (d.online && mono - d.heard > this.opts.silenceTimeout) this.setOnline(d.id, false, 'silence', now);
     }
   }
 

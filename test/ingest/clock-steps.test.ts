@@ -3,12 +3,17 @@
  * either way). The clock is a ManualClock whose wall reading steps while monotonic time runs on.
  * De-duplication of redelivered reports holds across a step of a year either way, inside one
  * process and across a restart, and an old copy stops matching once the window has passed.
+ * A device's silence is elapsed time, not a difference of wall-clock stamps.
  */
 import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
-import { after, before, describe, it } from 'node:test';
+import test, { after, before, describe, it } from 'node:test';
+import { Registry } from 'prom-client';
 import { ManualClock } from '../../src/clock.js';
+import { createMetrics } from '../../src/ingest/metrics.js';
+import { DeviceRegistry } from '../../src/ingest/registry.js';
 import { ReportWriter } from '../../src/ingest/writer.js';
+import { silentLogger } from '../../src/log.js';
 import type { Store } from '../../src/store/types.js';
 import { openTestStore, tempDir } from './helpers.js';
 
@@ -77,5 +82,34 @@ describe('report de-duplication across clock steps', () => {
       await w2.add(report(clock, device), 1, 0);
       assert.equal(count(device), 2);
     });
+  }
+});
+
+test('silence is elapsed time: a step of a year neither marks every device offline nor keeps a silent one online', async () => {
+  const dir = tempDir();
+  const clock = new ManualClock();
+  const store = await openTestStore(dir, clock);
+  const reg = new DeviceRegistry(store, clock, createMetrics(new Registry()), silentLogger(), {
+    mirrorInterval: 1000,
+    silenceTimeout: 60_000,
+    maxMetrics: 16,
+  });
+  try {
+    reg.setOnline('a', true, 'connect');
+    reg.setOnline('b', true, 'connect');
+    clock.advance(10_000);
+    clock.step(YEAR);
+    reg.sweepSilence();
+    assert.deepEqual(reg.counts(), { online: 2, offline: 0 }, 'a step forward marked devices offline');
+    clock.step(-2 * YEAR);
+    reg.report('a', { seq: 1, ts: null, metrics: {} });
+    clock.advance(55_000);
+    reg.sweepSilence();
+    assert.equal(reg.devices.get('b')!.online, false, 'a silent device stayed online after a step back');
+    assert.equal(reg.devices.get('a')!.online, true);
+  } finally {
+    await reg.stop();
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
   }
 });
