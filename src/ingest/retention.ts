@@ -4,12 +4,18 @@
  * is deleted; what retention would have deleted but kept is exported as
  * `edgekeeper_ingest_retention_blocked_reports` (the fleet sync's disk budget decides beyond that).
  *
- * Age assumes received_at grows with id (it is the node clock at insert); after the node clock
- * steps back, rows behind a newer row wait for it.
+ * Age is elapsed time, not a difference of stamps: received_at is the node's wall clock at insert,
+ * and a Pi's clock steps (NTP, by up to years). Each run looks for a step since the last one
+ * (WallFrames) and records it in ingest_clock_steps: the last report stamped before it and the
+ * shift that brings earlier stamps to today's clock. A step forward of a year therefore deletes
+ * nothing early, a step back keeps nothing for a year. At the first run after a start, a newest
+ * stamp ahead of the clock means it went back while the node was down (recorded the same way);
+ * a step forward while down cannot be told from downtime and counts as time that passed.
+ * Age assumes corrected stamps grow with id; a row behind a newer one waits for it.
  * Size is an estimate: rows (max id - min id + 1, ids are never reused and only retention
  * deletes) times the average stored row of the newest 1,000 plus a per-row overhead.
  */
-import type { Clock } from '../clock.js';
+import { type Clock, WallFrames } from '../clock.js';
 import type { Logger } from '../log.js';
 import type { Store } from '../store/types.js';
 import type { IngestMetrics } from './metrics.js';
@@ -17,6 +23,8 @@ import type { IngestMetrics } from './metrics.js';
 const CHUNK = 5000;
 // rowid, index entries, record header: measured roughly on this schema
 const ROW_OVERHEAD = 48;
+// stamps this close to the last look's clock still belong to its frame (slew, commit delay)
+const FRAME_SLACK_MS = 2000;
 
 export interface RetentionResult {
   deletedAge: number;
@@ -25,13 +33,75 @@ export interface RetentionResult {
 }
 
 export class Retention {
+  private readonly frames: WallFrames;
+  /** At the last run: the newest id and both clocks. */
+  private last: { maxId: number; wall: number; mono: number } | undefined;
+
   constructor(
     private readonly store: Store,
     private readonly clock: Clock,
     private readonly metrics: IngestMetrics,
     private readonly log: Logger,
     private readonly opts: { retentionAge: number; retentionBytes: number; uplinkEnabled?: boolean },
-  ) {}
+  ) {
+    this.frames = new WallFrames(clock);
+  }
+
+  /** Records a wall-clock step since the last run (see the top of this file). */
+  private async noteStep(): Promise<void> {
+    const step = this.frames.look();
+    const wall = this.clock.now();
+    const mono = this.clock.monotonic();
+    const newest = this.store
+      .query<{ id: number; at: number }>('SELECT id, received_at AS at FROM reports ORDER BY id DESC LIMIT 1')
+      .get();
+    let at: { id: number; shift: number } | undefined;
+    if (!this.last) {
+      if (newest && newest.at > wall + FRAME_SLACK_MS) at = { id: newest.id, shift: wall - newest.at };
+    } else if (step !== 0) {
+      // the last report still stamped in the old frame: it came after the last run, with a stamp
+      // within the old frame's reach
+      const l = this.last;
+      const b = this.store
+        .query<{ id: number | null }>(
+          'SELECT max(id) AS id FROM reports WHERE id > ? AND received_at BETWEEN ? AND ?',
+        )
+        .get(l.maxId, l.wall - FRAME_SLACK_MS, l.wall + (mono - l.mono) + FRAME_SLACK_MS);
+      at = { id: b?.id ?? l.maxId, shift: step };
+    }
+    if (at && at.id > 0) {
+      await this.store.write({
+        sql: [
+          {
+            sql: `INSERT INTO ingest_clock_steps(report_id, shift) VALUES (?, ?)
+ON CONFLICT(report_id) DO UPDATE SET shift = shift + excluded.shift`,
+            params: [at.id, at.shift],
+          },
+        ],
+      });
+      this.log.warn(
+        { stepMs: at.shift, reportId: at.id },
+        'the wall clock stepped; retention ages reports by elapsed time',
+      );
+    }
+    this.last = { maxId: newest?.id ?? 0, wall, mono };
+  }
+
+  /** Per recorded step, oldest first: reports up to `id` get `shift` (the sum of later steps). */
+  private shifts(): { id: number; shift: number }[] {
+    const steps = this.store
+      .query<{ id: number; shift: number }>(
+        'SELECT report_id AS id, shift FROM ingest_clock_steps ORDER BY report_id DESC',
+      )
+      .all();
+    let sum = 0;
+    const out: { id: number; shift: number }[] = [];
+    for (const s of steps) {
+      sum += s.shift;
+      out.unshift({ id: s.id, shift: sum });
+    }
+    return out;
+  }
 
   private bounds(): { min: number; max: number } | undefined {
     const r = this.store
@@ -50,6 +120,11 @@ export class Retention {
 
   /** The highest id whose received_at is before the cutoff, scanning from the oldest. */
   private ageBoundary(minId: number, cutoff: number): number {
+    const shifts = this.shifts();
+    const shiftOf = (id: number) => {
+      while (shifts.length > 0 && shifts[0]!.id < id) shifts.shift();
+      return shifts[0]?.shift ?? 0;
+    };
     const stmt = this.store.query<{ id: number; received_at: number }>(
       'SELECT id, received_at FROM reports WHERE id >= ? ORDER BY id LIMIT ?',
     );
@@ -58,7 +133,7 @@ export class Retention {
     for (;;) {
       const rows = stmt.all(from, CHUNK);
       for (const r of rows) {
-        if (r.received_at >= cutoff) return boundary;
+        if (r.received_at + shiftOf(r.id) >= cutoff) return boundary;
         boundary = r.id;
       }
       if (rows.length < CHUNK) return boundary;
@@ -82,6 +157,7 @@ export class Retention {
 
   async run(): Promise<RetentionResult> {
     const out: RetentionResult = { deletedAge: 0, deletedSize: 0, blocked: 0 };
+    await this.noteStep();
     let b = this.bounds();
     if (!b) {
       this.metrics.retentionBlocked.set(0);
@@ -96,6 +172,19 @@ export class Retention {
       if (allowed >= b.min) out.deletedAge = await this.deleteUpTo(b.min, allowed, 'age');
     }
     b = this.bounds();
+    // steps before the oldest report left no longer matter
+    const stale = this.store
+      .query<{ n: number }>('SELECT count(*) AS n FROM ingest_clock_steps WHERE report_id < ?')
+      .get(b?.min ?? Number.MAX_SAFE_INTEGER)!.n;
+    if (stale > 0)
+      await this.store.write({
+        sql: [
+          {
+            sql: 'DELETE FROM ingest_clock_steps WHERE report_id < ?',
+            params: [b?.min ?? Number.MAX_SAFE_INTEGER],
+          },
+        ],
+      });
     if (b) {
       const avg =
         (this.store

@@ -65,4 +65,16 @@ DROP INDEX IF EXISTS reports_device_seq;
 CREATE INDEX IF NOT EXISTS reports_ts_device_seq ON reports(ts, device, seq) WHERE seq IS NOT NULL;
 `,
   },
+  {
+    part: 'ingest',
+    version: 3,
+    // Wall-clock steps seen by retention: reports up to `report_id` were stamped before a step,
+    // `shift` (ms, summed over later steps) brings their received_at to today's clock.
+    sql: `
+CREATE TABLE IF NOT EXISTS ingest_clock_steps(
+  report_id INTEGER PRIMARY KEY,
+  shift INTEGER NOT NULL
+);
+`,
+  },
 ];

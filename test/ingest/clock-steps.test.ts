@@ -3,7 +3,8 @@
  * either way). The clock is a ManualClock whose wall reading steps while monotonic time runs on.
  * De-duplication of redelivered reports holds across a step of a year either way, inside one
  * process and across a restart, and an old copy stops matching once the window has passed.
- * A device's silence is elapsed time, not a difference of wall-clock stamps.
+ * A device's silence and the age retention deletes by are elapsed time, not differences of
+ * wall-clock stamps.
  */
 import assert from 'node:assert/strict';
 import { rmSync } from 'node:fs';
@@ -12,6 +13,7 @@ import { Registry } from 'prom-client';
 import { ManualClock } from '../../src/clock.js';
 import { createMetrics } from '../../src/ingest/metrics.js';
 import { DeviceRegistry } from '../../src/ingest/registry.js';
+import { Retention } from '../../src/ingest/retention.js';
 import { ReportWriter } from '../../src/ingest/writer.js';
 import { silentLogger } from '../../src/log.js';
 import type { Store } from '../../src/store/types.js';
@@ -113,3 +115,41 @@ test('silence is elapsed time: a step of a year neither marks every device offli
     rmSync(dir, { recursive: true, force: true });
   }
 });
+
+for (const [name, step] of [
+  ['forward', YEAR],
+  ['back', -YEAR],
+] as const) {
+  test(`retention by age counts elapsed time across a step ${name} of a year`, async () => {
+    const dir = tempDir();
+    const clock = new ManualClock();
+    const store = await openTestStore(dir, clock);
+    const retention = new Retention(store, clock, createMetrics(new Registry()), silentLogger(), {
+      retentionAge: HOUR,
+      retentionBytes: 1e9,
+    });
+    const w = new ReportWriter(
+      (b) => store.write({ sql: [b.op] }).then((r) => r.sql[0]?.changes ?? 0),
+      { batchMax: 100, dedupeWindow: HOUR },
+      clock,
+    );
+    const add = (seq: number) =>
+      w.add({ device: 'r', receivedAt: clock.now(), ts: null, seq, body: Buffer.from('{}') }, 1, 0);
+    try {
+      for (let i = 0; i < 5; i++) await add(i);
+      await retention.run();
+      clock.advance(10 * 60_000);
+      await add(5); // still in the old frame
+      clock.step(step);
+      await add(6);
+      assert.equal((await retention.run()).deletedAge, 0, 'the step deleted reports early');
+      clock.advance(55 * 60_000); // the first five are 65 minutes old, the last two 55
+      assert.equal((await retention.run()).deletedAge, 5, 'reports older than retentionAge were kept');
+      clock.advance(10 * 60_000);
+      assert.equal((await retention.run()).deletedAge, 2);
+    } finally {
+      await store.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+}
