@@ -41,7 +41,12 @@ interface Cmd {
   key: string;
   revision: number;
   payload: Buffer;
-  firstSeen: number;
+  /**
+   * When it expires, on the monotonic clock: a wall-clock step neither expires every queued
+   * command (forward) nor keeps them for the length of the step (back). A command loaded at start
+   * keeps what its wall-clock age leaves of the TTL, at most the whole TTL.
+   */
+  deadline: number;
   attempts: number;
   sending: boolean;
 }
@@ -138,7 +143,10 @@ export class Downlink {
       key: k,
       revision: kv.modRevision,
       payload: kv.value,
-      firstSeen: since ?? this.clock.now(),
+      deadline:
+        this.clock.monotonic() +
+        this.ttl -
+        (since === undefined ? 0 : Math.min(this.ttl, Math.max(0, this.clock.now() - since))),
       attempts: 0,
       sending: false,
     };
@@ -152,9 +160,9 @@ export class Downlink {
   }
 
   private sweep(): void {
-    const now = this.clock.now();
+    const now = this.clock.monotonic();
     for (const c of this.pending.values()) {
-      if (now - c.firstSeen > this.ttl) {
+      if (now > c.deadline) {
         this.pending.delete(c.key);
         this.metrics.commands.inc({ state: 'expired' });
         void this.setState(c.key, c.revision, 'expired', c.attempts);
@@ -166,7 +174,7 @@ export class Downlink {
     if (c.sending || this.stopped) return;
     c.sending = true;
     c.attempts++;
-    const remaining = Math.max(1000, this.ttl - (this.clock.now() - c.firstSeen));
+    const remaining = Math.max(1000, c.deadline - this.clock.monotonic());
     this.transport.send(c.device, c.payload, Math.min(ACK_TIMEOUT_MS, remaining)).then(
       (state) => {
         c.sending = false;

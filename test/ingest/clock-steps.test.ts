@@ -11,6 +11,7 @@ import { rmSync } from 'node:fs';
 import test, { after, before, describe, it } from 'node:test';
 import { Registry } from 'prom-client';
 import { ManualClock } from '../../src/clock.js';
+import { Downlink } from '../../src/ingest/downlink.js';
 import { createMetrics } from '../../src/ingest/metrics.js';
 import { DeviceRegistry } from '../../src/ingest/registry.js';
 import { Retention } from '../../src/ingest/retention.js';
@@ -153,3 +154,39 @@ for (const [name, step] of [
     }
   });
 }
+
+test('a queued command expires one commandTtl after it was put, whatever the clock steps', async () => {
+  const dir = tempDir();
+  const clock = new ManualClock();
+  const store = await openTestStore(dir, clock);
+  // a device that never connects: its commands wait, then expire
+  const away = { reachable: () => false, send: () => Promise.reject(new Error('unreachable')) };
+  const state = (name: string) =>
+    JSON.parse(
+      store.range({ key: Buffer.from(`/edgekeeper/commands/dev/${name}/state`) }).kvs[0]!.value.toString(),
+    ).state as string;
+  const settle = async () => {
+    for (let i = 0; i < 20; i++) await new Promise((r) => setImmediate(r));
+    await store.write({});
+  };
+  const d = new Downlink(store, clock, away, createMetrics(new Registry()), silentLogger(), HOUR);
+  try {
+    d.start();
+    await store.put({ key: Buffer.from('/edgekeeper/commands/dev/a'), value: Buffer.from('{}') });
+    await settle();
+    clock.step(YEAR);
+    clock.advance(20_000);
+    await settle();
+    assert.equal(state('a'), 'pending', 'a step forward expired a queued command');
+    await store.put({ key: Buffer.from('/edgekeeper/commands/dev/b'), value: Buffer.from('{}') });
+    clock.step(-2 * YEAR);
+    clock.advance(HOUR);
+    await settle();
+    assert.equal(state('a'), 'expired', 'a step back kept a command past its TTL');
+    assert.equal(state('b'), 'pending');
+  } finally {
+    d.stop();
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
