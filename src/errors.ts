@@ -131,6 +131,47 @@ export class WatchOverflowError extends EdgeError {
   }
 }
 
+/**
+ * The database holds schema steps ("part version") this edgekeeper does not know: a newer version
+ * upgraded it. It is left untouched; `hint` says how to get back (the daemon names the backups).
+ */
+export class SchemaTooNewError extends EdgeError {
+  constructor(
+    readonly file: string,
+    readonly newer: string[],
+    readonly known: string[],
+    hint = 'install that newer edgekeeper again, or restore the backup taken before the upgrade (`edgekeeper restore FILE`)',
+  ) {
+    super(
+      'EDGE_ERR_SCHEMA_TOO_NEW',
+      `database ${file} was upgraded by a newer edgekeeper: it has schema ${newer.join(', ')}, this edgekeeper knows up to ${known.join(', ')}; it was not changed. To go on, ${hint}`,
+      500,
+    );
+  }
+}
+
+/** The state directory (or the database in it) is not this process' to write. */
+export class StateDirError extends EdgeError {
+  constructor(path: string, owner: number, mode: number, euid: number, errno: string) {
+    super(
+      'EDGE_ERR_STATE_DIR',
+      `cannot write ${path} (${errno}): it belongs to uid ${owner} with mode ${mode.toString(8).padStart(4, '0')}, and edgekeeper runs as uid ${euid}${euid === 0 ? ' without CAP_DAC_OVERRIDE under its unit' : ''}; give it to that user (chown -R ${euid}:${euid} ${path}) or set node.dataDir to a directory it owns`,
+      500,
+    );
+  }
+}
+
+/** The backup taken before a schema upgrade failed; nothing was migrated. */
+export class UpgradeBackupError extends EdgeError {
+  constructor(file: string, backup: string, detail: string) {
+    super(
+      'EDGE_ERR_UPGRADE_BACKUP',
+      `cannot back up ${file} to ${backup} before upgrading its schema (${detail}); nothing was migrated. Free space in that directory (store.backupDir) and start again`,
+      500,
+    );
+  }
+}
+
 export class ConfigError extends EdgeError {
   constructor(readonly problems: string[]) {
     super('EDGE_ERR_CONFIG', `invalid configuration:\n  - ${problems.join('\n  - ')}`, 400);
@@ -219,6 +260,35 @@ export class AlreadyRunningError extends EdgeError {
       `edgekeeper (pid ${pid}) is running on ${dir}; stop it first (systemctl stop edgekeeper) or use --http to reach it`,
       409,
     );
+  }
+}
+
+/** An admin route without the local admin token (HTTP 401); `tokenFile` says where it is. */
+export class UnauthenticatedError extends EdgeError {
+  constructor(readonly tokenFile: string) {
+    super(
+      'EDGE_ERR_UNAUTHENTICATED',
+      `this route needs the admin token: send \`Authorization: Bearer <token>\` with the token from ${tokenFile}`,
+      401,
+    );
+  }
+}
+
+/** An admin route with a token that is not the daemon's (HTTP 403). */
+export class PermissionDeniedError extends EdgeError {
+  constructor() {
+    super(
+      'EDGE_ERR_PERMISSION_DENIED',
+      'the admin token is wrong (the daemon writes a new one at every start)',
+      403,
+    );
+  }
+}
+
+/** A bound of the local HTTP server is reached (connections or request bytes in flight); retry later (HTTP 503). */
+export class HttpBusyError extends EdgeError {
+  constructor(what: string) {
+    super('EDGE_ERR_HTTP_BUSY', `the HTTP server is at its limit of ${what}; retry later`, 503);
   }
 }
 
@@ -364,5 +434,35 @@ export class NotEtcdSnapshotError extends EdgeError {
       `${file} is not an etcd snapshot: ${detail}; nothing was imported`,
       422,
     );
+  }
+}
+
+// --- command line ---------------------------------------------------------------------------------
+
+/** The command line is wrong: an unknown command, subcommand or flag, a missing or extra argument. */
+export class UsageError extends EdgeError {
+  constructor(message: string) {
+    super('EDGE_ERR_USAGE', message, 400);
+  }
+}
+
+/** Nothing answers at the address a command was given (no daemon, no etcd, no fleet server). */
+export class UnreachableError extends EdgeError {
+  constructor(what: string, detail: string, options?: { cause?: unknown }) {
+    super('EDGE_ERR_UNREACHABLE', `nothing answers at ${what} (${detail})`, 503, options);
+  }
+}
+
+/** A file, directory or listen address a command needs could not be used (the OS's reason and path). */
+export class FileError extends EdgeError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('EDGE_ERR_IO', message, 500, options);
+  }
+}
+
+/** An etcd server refused a request with a status edgekeeper has no code of its own for. */
+export class EtcdRemoteError extends EdgeError {
+  constructor(grpcCode: string, details: string) {
+    super('EDGE_ERR_ETCD', `${details} (gRPC ${grpcCode})`, 502);
   }
 }

@@ -24,12 +24,16 @@ declare -A probe=(
   [golang-etcd-server-dev]="file:/usr/share/gocode/src/go.etcd.io/etcd/clientv3/client.go"
   [e2fsprogs]="cmd:mkfs.ext4"
   [mount]="cmd:losetup"
+  [zsh]="cmd:zsh"
+  [gcc]="cmd:gcc"
+  [libseccomp-dev]="file:/usr/include/seccomp.h"
+  [mmdebstrap]="cmd:mmdebstrap"
   [curl]="cmd:curl"
   [patroni]="cmd:patroni"
 )
 order=(etcd-server etcd-client mosquitto mosquitto-clients bpftrace postgresql strace tesseract-ocr
   fonts-dejavu-core systemd util-linux iproute2 chromium prometheus golang-go golang-etcd-server-dev
-  e2fsprogs mount curl patroni)
+  e2fsprogs mount zsh gcc libseccomp-dev mmdebstrap curl patroni)
 
 present() {
   local kind="${1%%:*}" what="${1#*:}"

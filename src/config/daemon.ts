@@ -26,6 +26,11 @@ export const nodeSection: ConfigSection = {
       doc: 'State directory: holds edgekeeper.db, the pid file and, by default, backups.',
     },
     stateDir: { type: 'renamed', to: 'dataDir' },
+    runtimeDir: {
+      type: 'string',
+      optional: true,
+      doc: 'Files that need not survive a reboot (status frame PNGs, e-ink bitmaps), kept off the SD card. Default: $RUNTIME_DIRECTORY (systemd), else a directory under /dev/shm named after the data directory.',
+    },
   },
   check(v) {
     const problems: string[] = [];
@@ -42,7 +47,34 @@ export const httpSection: ConfigSection = {
     listen: {
       type: 'hostport',
       default: '127.0.0.1:9480',
-      doc: 'Address of the HTTP listener. Keep it on loopback: it has no authentication.',
+      doc: 'Address of the HTTP listener. Keep it on loopback: only its admin routes need a token.',
+    },
+    auth: {
+      type: 'string',
+      default: 'token',
+      enum: ['token', 'none'],
+      doc: 'token: device registration, backups and dead letters need the admin token from `<dataDir>/http.token` (written 0600 at every start); none: any local process may use them.',
+    },
+    // a handful of local tools and a metrics scraper; each connection may hold a request body
+    maxConnections: {
+      type: 'integer',
+      default: 256,
+      min: 1,
+      max: 100_000,
+      doc: 'Open connections; one more is answered 503 and closed.',
+    },
+    maxPendingBodyBytes: {
+      type: 'bytes',
+      default: 8 * MiB,
+      min: 1 * KiB,
+      max: 1024 * MiB,
+      doc: 'Request body bytes (by Content-Length) of all requests being answered at once; one more is answered 503.',
+    },
+    idleTimeout: {
+      type: 'duration',
+      default: 60_000,
+      min: 1000,
+      doc: 'A connection on which nothing moves for this long is closed (also a client that stopped reading a response).',
     },
     // Large enough for any JSON request of the local API; uploads do not go through it.
     maxBodyBytes: {
@@ -141,7 +173,7 @@ export const storeSection: ConfigSection = {
       type: 'duration',
       default: 50,
       min: 1,
-      doc: "Readiness objective: /readyz fails while the p99 of the last minute's commits (at least 20 of them; at most the last 1,000) is above it.",
+      doc: "Commit latency objective: edgekeeper_daemon_commit_objective_met is 0 while the p99 of the last minute's commits (at least 20 of them) is above it. A metric and an alert, not a readiness condition.",
     },
     quotaBackendBytes: { type: 'renamed', to: 'quota' },
     autoCompactionMode: { type: 'renamed', to: 'compactionMode' },
@@ -175,8 +207,15 @@ export const daemonSections: ConfigSection[] = [nodeSection, httpSection, logSec
 
 /** The typed view of the daemon's sections (values after validation). */
 export interface DaemonConfig {
-  node: { name: string; dataDir: string };
-  http: { listen: string; maxBodyBytes: number };
+  node: { name: string; dataDir: string; runtimeDir?: string };
+  http: {
+    listen: string;
+    auth: 'token' | 'none';
+    maxBodyBytes: number;
+    maxConnections: number;
+    maxPendingBodyBytes: number;
+    idleTimeout: number;
+  };
   log: { level: string };
   store: {
     durability: 'fsync' | 'relaxed';

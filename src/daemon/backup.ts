@@ -4,7 +4,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import { closeSync, copyFileSync, fsyncSync, openSync } from 'node:fs';
-import { mkdir, readdir, rename, rm, unlink } from 'node:fs/promises';
+import { mkdir, readdir, rename, rm, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import Database from 'better-sqlite3';
 import { CorruptDatabaseError } from '../errors.js';
@@ -38,10 +38,12 @@ export async function runScheduledBackup(
   keep: number,
   nowMs: number,
 ): Promise<{ file: string; deleted: string[] }> {
-  await mkdir(dir, { recursive: true });
+  await mkdir(dir, { recursive: true, mode: 0o700 });
   const name = backupFileName(nowMs);
   const tmp = join(dir, `.${name}.${randomBytes(4).toString('hex')}.tmp`);
   try {
+    // a backup holds what the database does (secret hashes): 0600 like it, whatever the umask
+    await writeFile(tmp, '', { mode: 0o600 });
     await store.backup(tmp);
     verifyDatabaseFile(tmp);
     await rename(tmp, join(dir, name));

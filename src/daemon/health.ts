@@ -5,20 +5,31 @@
  * pinged only while these complete, and readiness fails when they stall or fail. A stuck writer
  * or a hung disk therefore stops the pings and systemd restarts us (WatchdogSec=); a full disk
  * does not (writes are refused with a clear error, reads go on).
+ *
+ * Readiness answers "can this node serve now" (the store answers and commits, writes are not
+ * refused, every part's listener is up), never "is it fast enough": one slow commit on an idle
+ * node must not take it out of service. Whether commits meet `store.commitP99Objective` is a
+ * metric (`edgekeeper_daemon_commit_objective_met`) and a Prometheus alert instead.
  */
-import type { Gauge } from 'prom-client';
+import { Gauge, type Registry } from 'prom-client';
 import type { Clock, Timer } from '../clock.js';
 import type { Logger } from '../log.js';
 import type { Migration, Store } from '../store/types.js';
+import { registerCollector } from './collector.js';
+import { VERSIONS_TABLE_SQL } from './upgrade.js';
 
-/** The daemon's one table: a single row earlier versions rewrote at every heartbeat (kept so
- * existing databases need no migration). */
+/**
+ * The daemon's tables: a single row earlier versions rewrote at every heartbeat (kept so existing
+ * databases need no migration); the versions that ran on this database (the last names the
+ * edgekeeper a downgrade must go back to).
+ */
 export const daemonMigrations: Migration[] = [
   {
     part: 'daemon',
     version: 1,
     sql: 'CREATE TABLE daemon_heartbeat (id INTEGER PRIMARY KEY CHECK (id = 1), ts INTEGER NOT NULL)',
   },
+  { part: 'daemon', version: 2, sql: VERSIONS_TABLE_SQL },
 ];
 
 export interface HeartbeatOptions {
@@ -115,12 +126,11 @@ export class Heartbeat {
 }
 
 /**
- * The built-in readiness check: the store answers, its writer commits, the recent commit p99 is
- * within the objective, and the database is under its quota.
+ * The built-in readiness check: the store answers, its writer commits (the heartbeat), and the
+ * database is under its quota (over it, writes are refused).
  */
 export function storeReadinessCheck(
   store: Pick<Store, 'stats'>,
-  objectiveMs: number,
   heartbeat?: Pick<Heartbeat, 'problem'>,
 ): () => string | undefined {
   return () => {
@@ -132,13 +142,81 @@ export function storeReadinessCheck(
     }
     const hb = heartbeat?.problem();
     if (hb) return hb;
-    const p99 = stats.commitLatencyMs?.p99;
-    if (p99 !== undefined && p99 > objectiveMs) {
-      return `store commit p99 ${p99.toFixed(1)} ms > objective ${objectiveMs} ms`;
-    }
     if (stats.noSpace) {
-      return `database is over its quota (${stats.dbSize} > ${stats.quota} bytes): delete keys and compact`;
+      return `database is over its quota (${stats.dbSize} > ${stats.quota} bytes): writes are refused; delete keys and compact`;
     }
     return undefined;
   };
+}
+
+/**
+ * The commit objective as metrics: the p99 of the last minute's commits (the store's window,
+ * at least 20 commits), the objective, and whether it is met. With fewer commits there is no
+ * p99 and no `_met` sample at all: an idle node neither meets nor misses its objective.
+ */
+export function registerObjectiveMetrics(
+  registry: Registry,
+  store: Pick<Store, 'stats'>,
+  objectiveMs: number,
+): void {
+  const p99 = () => {
+    try {
+      return store.stats().commitLatencyMs?.p99;
+    } catch {
+      return undefined; // closed: no sample
+    }
+  };
+  new Gauge({
+    name: 'edgekeeper_daemon_commit_objective_seconds',
+    help: 'The commit p99 objective (store.commitP99Objective)',
+    registers: [registry],
+  }).set(objectiveMs / 1000);
+  registerCollector(
+    registry,
+    'edgekeeper_daemon_commit_p99_seconds',
+    "p99 of the last minute's store commits; absent with fewer than 20 of them",
+    'gauge',
+    () => {
+      const v = p99();
+      return v === undefined ? [] : [{ value: v / 1000 }];
+    },
+  );
+  registerCollector(
+    registry,
+    'edgekeeper_daemon_commit_objective_met',
+    "1 while the last minute's commit p99 is within the objective, 0 when above; absent with fewer than 20 commits",
+    'gauge',
+    () => {
+      const v = p99();
+      return v === undefined ? [] : [{ value: v <= objectiveMs ? 1 : 0 }];
+    },
+  );
+}
+
+/** `edgekeeper_daemon_ready` and one `edgekeeper_daemon_check_ok{check}` per readiness check. */
+export function registerReadinessMetrics(
+  registry: Registry,
+  readiness: () => { ready: boolean; failing: Record<string, string>; checks: string[] },
+): void {
+  new Gauge({
+    name: 'edgekeeper_daemon_ready',
+    help: '1 while every readiness check passes (what /readyz answers)',
+    registers: [registry],
+    collect() {
+      this.set(readiness().ready ? 1 : 0);
+    },
+  });
+  // Label values are the registered check names: a fixed set per daemon.
+  new Gauge({
+    name: 'edgekeeper_daemon_check_ok',
+    help: 'Per readiness check: 1 while it passes, 0 while it fails (/readyz says why)',
+    labelNames: ['check'],
+    registers: [registry],
+    collect() {
+      this.reset();
+      const r = readiness();
+      for (const c of r.checks) this.set({ check: c }, r.failing[c] === undefined ? 1 : 0);
+      if (r.failing.shutdown !== undefined) this.set({ check: 'shutdown' }, 0);
+    },
+  });
 }

@@ -16,9 +16,16 @@ export {
   verifyDatabaseFile,
   writeEtcdBackup,
 } from './backup.js';
+export { daemonCliCommands } from './cli.js';
 export { Compactor } from './compaction.js';
 export { type Daemon, type DaemonOptions, startDaemon } from './daemon.js';
-export { daemonMigrations, Heartbeat, storeReadinessCheck } from './health.js';
+export {
+  daemonMigrations,
+  Heartbeat,
+  registerObjectiveMetrics,
+  registerReadinessMetrics,
+  storeReadinessCheck,
+} from './health.js';
 export { JobRecorder } from './jobs.js';
 export { createNotifier, watchdogIntervalMs } from './notify.js';
 export { allFlags, allSections, type PartEntry, partCommands, parts } from './parts.js';
@@ -53,6 +60,9 @@ export async function runDaemon(
   // generation by now. Cleared (0 is V8's "unset"), so that the worker threads' own young
   // generations apply (store/maintenance.ts, ingest/thread.ts): the flag would win over them.
   setFlagsFromString('--max-semi-space-size=0');
+  // Everything the daemon creates (database, backups, snapshots being sent, the admin token) is
+  // for its own user only, also when run by hand with a umask of 022 (the unit sets UMask=0077).
+  process.umask(0o077);
   let daemon: Daemon | undefined;
   let signalled: NodeJS.Signals | undefined;
   let wake: (() => void) | undefined;

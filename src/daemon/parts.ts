@@ -105,7 +105,12 @@ export const parts: PartEntry[] = [
     migrations: probesMigrations,
     commands: probesCliCommands,
     create: (ctx, config) =>
-      createProbesPart(ctx, { ...section<ProbesOptions>(config, 'probes'), uplinkEnabled: uplinkOn(config) }),
+      // In the background: READY=1 does not wait for bpftrace (0.3-0.7 s to check and start).
+      createProbesPart(ctx, {
+        ...section<ProbesOptions>(config, 'probes'),
+        uplinkEnabled: uplinkOn(config),
+        background: true,
+      }),
   },
   {
     name: 'sync',
@@ -126,30 +131,36 @@ export const parts: PartEntry[] = [
     create: (ctx, config, peers) =>
       createFramesPart(ctx, {
         ...section<Record<string, unknown>>(config, 'frames'),
-        sources: frameSources(peers),
+        sources: frameSources(peers, ctx.readiness),
       } as Parameters<typeof createFramesPart>[1]),
   },
 ];
 
-/** Map the other parts' `status()` into what a frame shows. */
-export function frameSources(peers: Peers): FrameSources {
+/** The prefix of alerts that repeat a failing readiness check (the fleet gets those as `failing`). */
+const NOT_READY = 'not ready: ';
+
+/** Map the other parts' `status()` (and readiness) into what a frame shows. */
+export function frameSources(peers: Peers, readiness?: PartContext['readiness']): FrameSources {
   const statusOf = (name: string) => peers.get(name)?.status?.();
   return {
     devices: () => {
-      const s = statusOf('ingest');
+      const s = statusOf('ingest') as
+        | {
+            devices: { online: number; offline: number };
+            attention: { id: string; reason: AttentionDevice['reason']; since: number }[];
+            attentionTotal: number;
+            rejecting: number;
+            reportsPerMinute: number[];
+          }
+        | undefined;
       if (!s) return undefined;
-      const d = s.devices as { online: number; offline: number };
-      const attention = (s.attention as { id: string; why: string }[]).map(
-        (a): AttentionDevice => ({
-          name: a.id,
-          reason: /reject/.test(a.why) ? 'rejected' : /silent|lease/.test(a.why) ? 'silent' : 'offline',
-        }),
-      );
       return {
-        online: d.online,
-        offline: d.offline,
-        attention,
-        reportsPerMinute: s.reportsPerMinute as number[],
+        online: s.devices.online,
+        offline: s.devices.offline,
+        attention: s.attention.map((a) => ({ name: a.id, reason: a.reason, sinceMs: a.since })),
+        attentionTotal: s.attentionTotal,
+        rejecting: s.rejecting,
+        reportsPerMinute: s.reportsPerMinute,
       };
     },
     probes: () => {
@@ -197,6 +208,12 @@ export function frameSources(peers: Peers): FrameSources {
       const probes = statusOf('probes') as { probes: Record<string, string> } | undefined;
       for (const [name, state] of Object.entries(probes?.probes ?? {}))
         if (/budget/.test(state)) out.push({ severity: 'info', text: `probe ${name} stopped: ${state}` });
+      // A node that cannot serve is red, whatever else it shows: failing or stalled writes, a
+      // listener down. The sync budget and the quota have their own alerts (above, and the
+      // frame's own), shutdown is no fault.
+      for (const [check, problem] of Object.entries(readiness?.().failing ?? {}))
+        if (check !== 'shutdown' && check !== 'sync' && !/over its quota/.test(problem))
+          out.push({ severity: 'critical', text: `${NOT_READY}${problem}` });
       return out;
     },
   };
@@ -204,8 +221,8 @@ export function frameSources(peers: Peers): FrameSources {
 
 /**
  * The node's health for the fleet: readiness, and the alerts the status frame shows (the frame's
- * own causes too: disk, SoC, quota). The uplink's alerts are left out: the uplink records its
- * own state as uplink.* and disk.* events.
+ * own causes too: disk, SoC, quota). The uplink's alerts are left out (the uplink records its
+ * own state as uplink.* and disk.* events), and so are those repeating a failing check.
  */
 export function nodeHealth(ctx: PartContext, peers: Peers): NodeHealthInput {
   const r = ctx.readiness?.() ?? { ready: true, failing: {} };
@@ -215,7 +232,7 @@ export function nodeHealth(ctx: PartContext, peers: Peers): NodeHealthInput {
   return {
     ready: r.ready,
     failing: r.failing,
-    alerts: alerts?.filter((a) => !a.text.startsWith('uplink ')),
+    alerts: alerts?.filter((a) => !a.text.startsWith('uplink ') && !a.text.startsWith(NOT_READY)),
     diskUsedBytes: snap?.system.diskUsedBytes,
     diskTotalBytes: snap?.system.diskTotalBytes,
   };

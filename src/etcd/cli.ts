@@ -1,9 +1,9 @@
 /**
- * `edgekeeper kv|lease|lock|elect|status`: a small etcd client for users without etcdctl. It
+ * `edgekeeper kv|lease|lock|elect|endpoint`: a small etcd client for users without etcdctl. It
  * speaks the same gRPC API as etcdctl (our own protos), so it also works against real etcd.
+ * `--endpoints` defaults to $ETCDCTL_ENDPOINTS, then 127.0.0.1:2379, as etcdctl's does.
  */
 import { spawn } from 'node:child_process';
-import { parseArgs } from 'node:util';
 import {
   type Client,
   type ClientDuplexStream,
@@ -13,7 +13,9 @@ import {
   Metadata,
   type ServiceError,
 } from '@grpc/grpc-js';
-import type { CliCommand } from '../part.js';
+import { type CliCommand, type CliOption, defineCommand, io, type OutputFormat, output } from '../cli.js';
+import { EdgeError, EtcdRemoteError, FileError, UnreachableError, UsageError } from '../errors.js';
+import { CODE_NAMES, Code, ETCD_MESSAGES } from './errors.js';
 import { big, buf, type Decoded, hexId, long, num, serviceDefinition } from './proto.js';
 
 // biome-ignore lint/suspicious/noExplicitAny: decoded wire messages are dynamically shaped
@@ -95,26 +97,82 @@ function rangeEndFor(
   return undefined;
 }
 
-const COMMON = {
-  endpoints: { type: 'string', default: DEFAULT_ENDPOINT },
-  help: { type: 'boolean', short: 'h', default: false },
-} as const;
+const ENDPOINTS: CliOption = {
+  type: 'string',
+  value: 'HOST:PORT',
+  env: 'ETCDCTL_ENDPOINTS',
+  default: DEFAULT_ENDPOINT,
+};
+const ALL_FORMATS: readonly OutputFormat[] = ['simple', 'table', 'json'];
+/** Streams (watch, keep-alive, observe) print as they go: a line, or a JSON document, per message. */
+const STREAM_FORMATS: readonly OutputFormat[] = ['simple', 'json'];
 
-function endpointOf(v: string | undefined): string {
-  return (v ?? DEFAULT_ENDPOINT).split(',')[0]!.trim();
+/** etcdctl takes a comma-separated list; this client talks to the first. */
+function endpointOf(v: unknown): string {
+  return String(v ?? DEFAULT_ENDPOINT)
+    .split(',')[0]!
+    .trim();
 }
 
-function fail(err: unknown): number {
+/** etcd's own error texts, back to edgekeeper's codes. */
+const CODE_OF_MESSAGE: Record<string, string> = {
+  [ETCD_MESSAGES.emptyKey]: 'EDGE_ERR_EMPTY_KEY',
+  [ETCD_MESSAGES.keyNotFound]: 'EDGE_ERR_KEY_NOT_FOUND',
+  [ETCD_MESSAGES.tooManyOps]: 'EDGE_ERR_TOO_MANY_OPS',
+  [ETCD_MESSAGES.duplicateKey]: 'EDGE_ERR_DUPLICATE_KEY',
+  [ETCD_MESSAGES.compacted]: 'EDGE_ERR_COMPACTED',
+  [ETCD_MESSAGES.futureRev]: 'EDGE_ERR_FUTURE_REV',
+  [ETCD_MESSAGES.noSpace]: 'EDGE_ERR_NO_SPACE',
+  [ETCD_MESSAGES.leaseNotFound]: 'EDGE_ERR_LEASE_NOT_FOUND',
+  [ETCD_MESSAGES.leaseExist]: 'EDGE_ERR_LEASE_EXISTS',
+  [ETCD_MESSAGES.leaseTtlTooLarge]: 'EDGE_ERR_LEASE_TTL_TOO_LARGE',
+  [ETCD_MESSAGES.requestTooLarge]: 'EDGE_ERR_REQUEST_TOO_LARGE',
+  [ETCD_MESSAGES.stopped]: 'EDGE_ERR_CLOSED',
+  [ETCD_MESSAGES.corrupt]: 'EDGE_ERR_CORRUPT',
+  [ETCD_MESSAGES.tooManyRequests]: 'EDGE_ERR_BUSY',
+  [ETCD_MESSAGES.electionNoLeader]: 'EDGE_ERR_NO_LEADER',
+  [ETCD_MESSAGES.electionNotLeader]: 'EDGE_ERR_NOT_LEADER',
+};
+
+/** A gRPC failure as an error with a code: no answer at all, etcd's known refusals, the rest. */
+function etcdError(err: unknown, endpoint: string): unknown {
   const e = err as Partial<ServiceError>;
-  process.stderr.write(`Error: ${e.details ?? (err instanceof Error ? err.message : String(err))}\n`);
-  return 1;
+  if (typeof e?.code !== 'number' || typeof e.details !== 'string') return err;
+  const known = CODE_OF_MESSAGE[e.details];
+  if (known) return new EdgeError(known, e.details);
+  const fromServer = /^(etcdserver|edgekeeper|election):/.test(e.details);
+  if (!fromServer && (e.code === Code.UNAVAILABLE || e.code === Code.DEADLINE_EXCEEDED)) {
+    // grpc-js: "No connection established. Last error: Error: connect ECONNREFUSED ...".
+    const why = /\b(E[A-Z]{3,})\b/.exec(e.details)?.[1] ?? e.details;
+    return new UnreachableError(endpoint, `${why}; is an etcd API (edgekeeper or etcd) running there?`);
+  }
+  return new EtcdRemoteError(CODE_NAMES[e.code] ?? String(e.code), e.details);
 }
 
-function printKv(kv: M, opts: { keysOnly?: boolean; valueOnly?: boolean }): void {
-  if (!opts.valueOnly) process.stdout.write(`${buf(kv.key).toString()}\n`);
-  if (!opts.keysOnly) process.stdout.write(`${buf(kv.value).toString()}\n`);
+/** Runs `fn` with a client for `--endpoints`, closing it after; gRPC errors get their codes. */
+async function withClient(
+  values: Record<string, unknown>,
+  fn: (c: EtcdClient) => Promise<number>,
+): Promise<number> {
+  const c = new EtcdClient(endpointOf(values.endpoints));
+  try {
+    return await fn(c);
+  } catch (err) {
+    throw etcdError(err, c.endpoint);
+  } finally {
+    c.close();
+  }
 }
 
+/** etcdctl's simple form of a key: its key and its value, a line each. */
+function kvText(kv: M, opts: { keysOnly?: boolean; valueOnly?: boolean } = {}): string {
+  return (
+    (opts.valueOnly ? '' : `${buf(kv.key).toString()}\n`) +
+    (opts.keysOnly ? '' : `${buf(kv.value).toString()}\n`)
+  );
+}
+
+/** etcdctl's JSON for a key (bytes in base64). */
 function kvJson(kv: M): object {
   return {
     key: buf(kv.key).toString('base64'),
@@ -124,6 +182,28 @@ function kvJson(kv: M): object {
     value: buf(kv.value).toString('base64'),
     lease: big(kv.lease).toString(),
   };
+}
+
+/** A table row for a key (bytes as text). */
+function kvRow(kv: M): object {
+  return {
+    key: buf(kv.key).toString(),
+    value: buf(kv.value).toString(),
+    modRevision: num(kv.mod_revision),
+    createRevision: num(kv.create_revision),
+    version: num(kv.version),
+    lease: big(kv.lease) === 0n ? '-' : hexId(big(kv.lease)),
+  };
+}
+
+/** A whole non-negative number from a flag; anything else is a usage error. */
+function count(values: Record<string, unknown>, flag: string): number {
+  const v = values[flag];
+  if (v === undefined) return 0;
+  const n = Number(v);
+  if (!/^\d{1,15}$/.test(String(v)) || !Number.isSafeInteger(n))
+    throw new UsageError(`--${flag} must be a whole number >= 0, got ${JSON.stringify(v)}`);
+  return n;
 }
 
 /** Resolves on SIGINT/SIGTERM, so long-running commands clean up (unlock, resign, revoke). */
@@ -158,20 +238,37 @@ async function session(c: EtcdClient, ttl = SESSION_TTL): Promise<{ id: bigint; 
   };
 }
 
+/** Ends on a stream error (as the error), its end, or a signal. */
+function streamDone(stream: NodeJS.EventEmitter, onSignal?: () => void): Promise<number> {
+  return new Promise<number>((resolve, reject) => {
+    stream.on('error', reject);
+    stream.on('end', () => resolve(0));
+    untilSignal().then(
+      () => {
+        onSignal?.();
+        resolve(0);
+      },
+      () => {},
+    );
+  });
+}
+
 // --- kv ---------------------------------------------------------------------------------------
 
 const KV_USAGE = `Usage:
   edgekeeper kv get KEY [RANGE_END] [--prefix] [--from-key] [--rev N] [--limit N]
                     [--sort-by KEY|VERSION|CREATE|MODIFY|VALUE] [--order ASCEND|DESCEND]
-                    [--keys-only] [--print-value-only] [-w simple|json]
-  edgekeeper kv put KEY [VALUE] [--lease HEX_ID] [--prev-kv]   (VALUE from stdin when omitted)
-  edgekeeper kv del KEY [RANGE_END] [--prefix] [--from-key] [--prev-kv]
-  edgekeeper kv watch KEY [RANGE_END] [--prefix] [--rev N] [--prev-kv]
+                    [--keys-only] [--print-value-only] [-w simple|table|json]
+  edgekeeper kv put KEY [VALUE] [--lease HEX_ID] [--prev-kv] [-w ...]   (VALUE from stdin when omitted)
+  edgekeeper kv del KEY [RANGE_END] [--prefix] [--from-key] [--prev-kv] [-w ...]
+  edgekeeper kv watch KEY [RANGE_END] [--prefix] [--rev N] [--prev-kv] [-w simple|json]
 
-Talks to the etcd API of a running edgekeeper (or any etcd) at --endpoints (default ${DEFAULT_ENDPOINT};
-unix:///path/etcd.sock for the unix socket).`;
+Talks to the etcd API of a running edgekeeper (or any etcd) at --endpoints (default
+$ETCDCTL_ENDPOINTS, else ${DEFAULT_ENDPOINT}; unix:///path/etcd.sock for the unix socket).
+-w json prints what etcdctl -w json prints (keys and values in base64).`;
 
 const SORT_TARGETS: Record<string, number> = { KEY: 0, VERSION: 1, CREATE: 2, MODIFY: 3, MOD: 3, VALUE: 4 };
+const ORDERS: Record<string, number> = { ASCEND: 1, DESCEND: 2 };
 
 async function readStdin(): Promise<Buffer> {
   const chunks: Buffer[] = [];
@@ -179,133 +276,158 @@ async function readStdin(): Promise<Buffer> {
   return Buffer.concat(chunks);
 }
 
-async function kvRun(args: string[]): Promise<number> {
-  const { values: v, positionals } = parseArgs({
-    args,
-    allowPositionals: true,
-    options: {
-      ...COMMON,
-      prefix: { type: 'boolean', default: false },
-      'from-key': { type: 'boolean', default: false },
-      rev: { type: 'string' },
-      limit: { type: 'string' },
-      'sort-by': { type: 'string' },
-      order: { type: 'string' },
-      'keys-only': { type: 'boolean', default: false },
-      'print-value-only': { type: 'boolean', default: false },
-      'write-out': { type: 'string', short: 'w', default: 'simple' },
-      lease: { type: 'string' },
-      'prev-kv': { type: 'boolean', default: false },
-    },
-  });
-  const [sub, keyArg, third] = positionals;
-  if (v.help || !sub) {
-    process.stdout.write(`${KV_USAGE}\n`);
-    return v.help ? 0 : 2;
-  }
-  if (keyArg === undefined) {
-    process.stderr.write(`kv ${sub} needs a KEY\n${KV_USAGE}\n`);
-    return 2;
-  }
-  const key = Buffer.from(keyArg);
-  const c = new EtcdClient(endpointOf(v.endpoints));
-  try {
-    switch (sub) {
-      case 'get': {
-        const rangeEnd = rangeEndFor(key, third, v.prefix, v['from-key']);
-        const sortTarget = v['sort-by'] ? SORT_TARGETS[v['sort-by'].toUpperCase()] : 0;
-        if (sortTarget === undefined) throw new Error(`unknown --sort-by ${v['sort-by']}`);
-        const order = v.order ? { ASCEND: 1, DESCEND: 2 }[v.order.toUpperCase()] : v['sort-by'] ? 1 : 0;
-        if (order === undefined) throw new Error(`unknown --order ${v.order}`);
-        const r = await c.call('etcdserverpb.KV', 'Range', {
-          key,
-          range_end: rangeEnd,
-          revision: Number(v.rev ?? 0),
-          limit: Number(v.limit ?? 0),
-          sort_target: sortTarget,
-          sort_order: order,
-          keys_only: v['keys-only'],
-        });
-        if (v['write-out'] === 'json') {
-          process.stdout.write(
-            `${JSON.stringify({ header: { revision: num(r.header?.revision) }, kvs: (r.kvs as M[]).map(kvJson), more: r.more, count: num(r.count) })}\n`,
-          );
-        } else {
-          for (const kv of r.kvs as M[])
-            printKv(kv, { keysOnly: v['keys-only'], valueOnly: v['print-value-only'] });
-        }
-        return 0;
-      }
-      case 'put': {
-        const value = third !== undefined ? Buffer.from(third) : await readStdin();
-        const r = await c.call('etcdserverpb.KV', 'Put', {
-          key,
-          value,
-          lease: v.lease ? long(BigInt.asIntN(64, BigInt(`0x${v.lease}`))) : 0,
-          prev_kv: v['prev-kv'],
-        });
-        process.stdout.write('OK\n');
-        if (r.prev_kv) printKv(r.prev_kv, {});
-        return 0;
-      }
-      case 'del': {
-        const rangeEnd = rangeEndFor(key, third, v.prefix, v['from-key']);
-        const r = await c.call('etcdserverpb.KV', 'DeleteRange', {
-          key,
-          range_end: rangeEnd,
-          prev_kv: v['prev-kv'],
-        });
-        process.stdout.write(`${num(r.deleted)}\n`);
-        for (const kv of (r.prev_kvs ?? []) as M[]) printKv(kv, {});
-        return 0;
-      }
-      case 'watch': {
-        const rangeEnd = rangeEndFor(key, third, v.prefix, v['from-key']);
-        const w = c.duplex('etcdserverpb.Watch', 'Watch');
-        const done = new Promise<number>((resolve) => {
-          w.on('data', (m: M) => {
-            if (m.canceled) {
-              process.stderr.write(
-                `watch was canceled (${m.cancel_reason || (m.compact_revision ? `compacted at ${num(m.compact_revision)}` : 'by the server')})\n`,
-              );
-              resolve(1);
-              return;
-            }
-            for (const ev of (m.events ?? []) as M[]) {
-              process.stdout.write(`${ev.type === 1 ? 'DELETE' : 'PUT'}\n`);
-              if (ev.prev_kv) printKv(ev.prev_kv, {});
-              printKv(ev.kv, {});
-            }
-          });
-          w.on('error', (err) => resolve(fail(err)));
-          w.on('end', () => resolve(0));
-          untilSignal().then(
-            () => resolve(0),
-            () => {},
-          );
-        });
-        w.write({
-          create_request: {
-            key,
-            range_end: rangeEnd,
-            start_revision: Number(v.rev ?? 0),
-            prev_kv: v['prev-kv'],
-          },
-        });
-        const code = await done;
-        w.cancel();
-        return code;
-      }
-      default:
-        process.stderr.write(`unknown kv command ${JSON.stringify(sub)}\n${KV_USAGE}\n`);
-        return 2;
-    }
-  } catch (err) {
-    return fail(err);
-  } finally {
-    c.close();
-  }
+function leaseArg(v: unknown, what = 'a lease ID'): bigint {
+  const s = String(v ?? '');
+  if (!/^[0-9a-fA-F]{1,16}$/.test(s))
+    throw new UsageError(`expected ${what} in hex, got ${JSON.stringify(s)}`);
+  return BigInt.asIntN(64, BigInt(`0x${s}`));
 }
+
+const kvCommand = defineCommand({
+  name: 'kv',
+  summary: 'get, put, delete and watch keys through the etcd API',
+  usage: KV_USAGE,
+  subcommands: { get: [1, 2], put: [1, 2], del: [1, 2], watch: [1, 2] },
+  options: {
+    endpoints: ENDPOINTS,
+    prefix: { type: 'boolean' },
+    'from-key': { type: 'boolean' },
+    rev: { type: 'string', value: 'N' },
+    limit: { type: 'string', value: 'N' },
+    'sort-by': { type: 'string', value: 'TARGET', choices: ['KEY', 'VERSION', 'CREATE', 'MODIFY', 'VALUE'] },
+    order: { type: 'string', value: 'ORDER', choices: ['ASCEND', 'DESCEND'] },
+    'keys-only': { type: 'boolean' },
+    'print-value-only': { type: 'boolean' },
+    lease: { type: 'string', value: 'HEX_ID' },
+    'prev-kv': { type: 'boolean' },
+  },
+  formats: ALL_FORMATS,
+  main: ({ values: v, sub, args, format }) => {
+    const key = Buffer.from(args[0]!);
+    const third = args[1];
+    if (sub === 'watch' && format === 'table')
+      throw new UsageError('kv watch prints simple or json, not a table');
+    const rangeEnd = () => rangeEndFor(key, third, !!v.prefix, !!v['from-key']);
+    return withClient(v, async (c) => {
+      switch (sub) {
+        case 'get': {
+          const r = await c.call('etcdserverpb.KV', 'Range', {
+            key,
+            range_end: rangeEnd(),
+            revision: count(v, 'rev'),
+            limit: count(v, 'limit'),
+            sort_target: v['sort-by'] ? SORT_TARGETS[v['sort-by'] as string] : 0,
+            sort_order: v.order ? ORDERS[v.order as string] : v['sort-by'] ? 1 : 0,
+            keys_only: !!v['keys-only'],
+          });
+          const kvs = r.kvs as M[];
+          output(format, {
+            json: {
+              header: { revision: num(r.header?.revision) },
+              kvs: kvs.map(kvJson),
+              more: r.more,
+              count: num(r.count),
+            },
+            table: kvs.map(kvRow),
+            simple: () =>
+              kvs
+                .map((kv) => kvText(kv, { keysOnly: !!v['keys-only'], valueOnly: !!v['print-value-only'] }))
+                .join(''),
+          });
+          return 0;
+        }
+        case 'put': {
+          const lease = v.lease === undefined ? 0n : leaseArg(v.lease);
+          const value = third !== undefined ? Buffer.from(third) : await readStdin();
+          const r = await c.call('etcdserverpb.KV', 'Put', {
+            key,
+            value,
+            lease: long(lease),
+            prev_kv: !!v['prev-kv'],
+          });
+          output(format, {
+            json: {
+              header: { revision: num(r.header?.revision) },
+              ...(r.prev_kv ? { prev_kv: kvJson(r.prev_kv) } : {}),
+            },
+            table: { revision: num(r.header?.revision), ...(r.prev_kv ? { prev: kvRow(r.prev_kv) } : {}) },
+            simple: () => `OK\n${r.prev_kv ? kvText(r.prev_kv) : ''}`,
+          });
+          return 0;
+        }
+        case 'del': {
+          const r = await c.call('etcdserverpb.KV', 'DeleteRange', {
+            key,
+            range_end: rangeEnd(),
+            prev_kv: !!v['prev-kv'],
+          });
+          const prev = (r.prev_kvs ?? []) as M[];
+          output(format, {
+            json: {
+              header: { revision: num(r.header?.revision) },
+              deleted: num(r.deleted),
+              prev_kvs: prev.map(kvJson),
+            },
+            table: prev.length ? prev.map(kvRow) : { deleted: num(r.deleted) },
+            simple: () => `${num(r.deleted)}\n${prev.map((kv) => kvText(kv)).join('')}`,
+          });
+          return 0;
+        }
+        default: {
+          const w = c.duplex('etcdserverpb.Watch', 'Watch');
+          const done = new Promise<number>((resolve, reject) => {
+            w.on('data', (m: M) => {
+              if (m.canceled) {
+                const why =
+                  m.cancel_reason ||
+                  (m.compact_revision ? `compacted at ${num(m.compact_revision)}` : 'by the server');
+                reject(
+                  m.compact_revision
+                    ? new EdgeError('EDGE_ERR_COMPACTED', `the watch was cancelled: ${why}`)
+                    : new EtcdRemoteError('CANCELLED', `the watch was cancelled: ${why}`),
+                );
+                return;
+              }
+              const events = (m.events ?? []) as M[];
+              if (events.length === 0) return;
+              output(format, {
+                json: {
+                  header: { revision: num(m.header?.revision) },
+                  events: events.map((ev) => ({
+                    type: ev.type === 1 ? 'DELETE' : 'PUT',
+                    kv: kvJson(ev.kv),
+                    ...(ev.prev_kv ? { prev_kv: kvJson(ev.prev_kv) } : {}),
+                  })),
+                },
+                simple: () =>
+                  events
+                    .map(
+                      (ev) =>
+                        `${ev.type === 1 ? 'DELETE' : 'PUT'}\n${ev.prev_kv ? kvText(ev.prev_kv) : ''}${kvText(ev.kv)}`,
+                    )
+                    .join(''),
+              });
+            });
+            streamDone(w).then(resolve, reject);
+          });
+          w.write({
+            create_request: {
+              key,
+              range_end: rangeEnd(),
+              start_revision: count(v, 'rev'),
+              prev_kv: !!v['prev-kv'],
+            },
+          });
+          try {
+            return await done;
+          } finally {
+            w.cancel();
+          }
+        }
+      }
+    });
+  },
+});
 
 // --- lease ------------------------------------------------------------------------------------
 
@@ -315,285 +437,251 @@ const LEASE_USAGE = `Usage:
   edgekeeper lease keep-alive HEX_ID [--once]
   edgekeeper lease timetolive HEX_ID [--keys]
   edgekeeper lease list
-Options: --endpoints HOST:PORT (default ${DEFAULT_ENDPOINT})`;
+Options: --endpoints HOST:PORT (default $ETCDCTL_ENDPOINTS, else ${DEFAULT_ENDPOINT}),
+-w simple|table|json (keep-alive: simple|json).`;
 
-function leaseIdArg(s: string | undefined): bigint {
-  if (!s || !/^[0-9a-fA-F]{1,16}$/.test(s))
-    throw new Error(`expected a lease ID in hex, got ${JSON.stringify(s ?? '')}`);
-  return BigInt.asIntN(64, BigInt(`0x${s}`));
-}
-
-async function leaseRun(args: string[]): Promise<number> {
-  const { values: v, positionals } = parseArgs({
-    args,
-    allowPositionals: true,
-    options: {
-      ...COMMON,
-      once: { type: 'boolean', default: false },
-      keys: { type: 'boolean', default: false },
-    },
-  });
-  const [sub, arg] = positionals;
-  if (v.help || !sub) {
-    process.stdout.write(`${LEASE_USAGE}\n`);
-    return v.help ? 0 : 2;
-  }
-  const c = new EtcdClient(endpointOf(v.endpoints));
-  try {
-    switch (sub) {
-      case 'grant': {
-        const ttl = Number(arg);
-        if (!Number.isInteger(ttl) || ttl <= 0)
-          throw new Error(`expected a TTL in seconds, got ${JSON.stringify(arg ?? '')}`);
-        const r = await c.call('etcdserverpb.Lease', 'LeaseGrant', { TTL: ttl, ID: 0 });
-        process.stdout.write(`lease ${hexId(big(r.ID))} granted with TTL(${num(r.TTL)}s)\n`);
-        return 0;
-      }
-      case 'revoke': {
-        const id = leaseIdArg(arg);
-        await c.call('etcdserverpb.Lease', 'LeaseRevoke', { ID: long(id) });
-        process.stdout.write(`lease ${hexId(id)} revoked\n`);
-        return 0;
-      }
-      case 'timetolive': {
-        const id = leaseIdArg(arg);
-        const r = await c.call('etcdserverpb.Lease', 'LeaseTimeToLive', { ID: long(id), keys: v.keys });
-        if (num(r.TTL) === -1) {
-          process.stdout.write(`lease ${hexId(id)} already expired\n`);
+const leaseCommand = defineCommand({
+  name: 'lease',
+  summary: 'grant, revoke, keep alive and inspect leases',
+  usage: LEASE_USAGE,
+  subcommands: { grant: [1, 1], revoke: [1, 1], 'keep-alive': [1, 1], timetolive: [1, 1], list: [0, 0] },
+  options: { endpoints: ENDPOINTS, once: { type: 'boolean' }, keys: { type: 'boolean' } },
+  formats: ALL_FORMATS,
+  main: ({ values: v, sub, args, format }) => {
+    const arg = args[0];
+    let ttl = 0;
+    if (sub === 'grant') {
+      ttl = Number(arg);
+      if (!/^\d{1,10}$/.test(arg ?? '') || ttl <= 0)
+        throw new UsageError(`expected a TTL in whole seconds, got ${JSON.stringify(arg)}`);
+    }
+    const id = sub === 'grant' || sub === 'list' ? 0n : leaseArg(arg);
+    if (sub === 'keep-alive' && format === 'table')
+      throw new UsageError('lease keep-alive prints simple or json, not a table');
+    return withClient(v, async (c) => {
+      switch (sub) {
+        case 'grant': {
+          const r = await c.call('etcdserverpb.Lease', 'LeaseGrant', { TTL: ttl, ID: 0 });
+          const out = { id: hexId(big(r.ID)), ttl: num(r.TTL) };
+          output(format, { json: out, simple: () => `lease ${out.id} granted with TTL(${out.ttl}s)` });
           return 0;
         }
-        let line = `lease ${hexId(id)} granted with TTL(${num(r.grantedTTL)}s), remaining(${num(r.TTL)}s)`;
-        if (v.keys)
-          line += `, attached keys([${((r.keys ?? []) as Buffer[]).map((k) => buf(k).toString()).join(' ')}])`;
-        process.stdout.write(`${line}\n`);
-        return 0;
-      }
-      case 'list': {
-        const r = await c.call('etcdserverpb.Lease', 'LeaseLeases', {});
-        const ids = (r.leases ?? []) as M[];
-        process.stdout.write(`found ${ids.length} leases\n`);
-        for (const l of ids) process.stdout.write(`${hexId(big(l.ID))}\n`);
-        return 0;
-      }
-      case 'keep-alive': {
-        const id = leaseIdArg(arg);
-        const ka = c.duplex('etcdserverpb.Lease', 'LeaseKeepAlive');
-        const code = await new Promise<number>((resolve) => {
-          let timer: NodeJS.Timeout | undefined;
-          ka.on('data', (m: M) => {
-            const ttl = num(m.TTL);
-            if (ttl <= 0) {
-              process.stdout.write(`lease ${hexId(id)} expired or revoked.\n`);
-              resolve(v.once ? 1 : 0);
-              return;
-            }
-            process.stdout.write(`lease ${hexId(id)} keepalived with TTL(${ttl})\n`);
-            if (v.once) resolve(0);
-            else if (!timer)
-              timer = setInterval(() => ka.write({ ID: long(id) }), Math.max(500, (ttl * 1000) / 3));
+        case 'revoke': {
+          await c.call('etcdserverpb.Lease', 'LeaseRevoke', { ID: long(id) });
+          output(format, {
+            json: { id: hexId(id), revoked: true },
+            simple: () => `lease ${hexId(id)} revoked`,
           });
-          ka.on('error', (err) => resolve(fail(err)));
-          untilSignal().then(
-            () => resolve(0),
-            () => {},
-          );
-          ka.write({ ID: long(id) });
-        }).finally(() => ka.cancel());
-        return code;
+          return 0;
+        }
+        case 'timetolive': {
+          const r = await c.call('etcdserverpb.Lease', 'LeaseTimeToLive', { ID: long(id), keys: !!v.keys });
+          const expired = num(r.TTL) === -1;
+          const keys = ((r.keys ?? []) as Buffer[]).map((k) => buf(k).toString());
+          const out = {
+            id: hexId(id),
+            ttl: num(r.TTL),
+            grantedTtl: num(r.grantedTTL),
+            ...(v.keys ? { keys } : {}),
+          };
+          output(format, {
+            json: out,
+            simple: () =>
+              expired
+                ? `lease ${hexId(id)} already expired`
+                : `lease ${hexId(id)} granted with TTL(${out.grantedTtl}s), remaining(${out.ttl}s)${v.keys ? `, attached keys([${keys.join(' ')}])` : ''}`,
+          });
+          return 0;
+        }
+        case 'list': {
+          const r = await c.call('etcdserverpb.Lease', 'LeaseLeases', {});
+          const ids = ((r.leases ?? []) as M[]).map((l) => hexId(big(l.ID)));
+          output(format, {
+            json: { leases: ids },
+            table: ids.map((x) => ({ id: x })),
+            simple: () => [`found ${ids.length} leases`, ...ids],
+          });
+          return 0;
+        }
+        default: {
+          const ka = c.duplex('etcdserverpb.Lease', 'LeaseKeepAlive');
+          let timer: NodeJS.Timeout | undefined;
+          try {
+            return await new Promise<number>((resolve, reject) => {
+              ka.on('data', (m: M) => {
+                const left = num(m.TTL);
+                if (left <= 0) {
+                  // Gone: a failure for --once, the normal end of a keep-alive loop otherwise.
+                  if (v.once)
+                    reject(
+                      new EdgeError('EDGE_ERR_LEASE_NOT_FOUND', `lease ${hexId(id)} expired or revoked`),
+                    );
+                  else {
+                    output(format, {
+                      json: { id: hexId(id), ttl: left },
+                      simple: () => `lease ${hexId(id)} expired or revoked.`,
+                    });
+                    resolve(0);
+                  }
+                  return;
+                }
+                output(format, {
+                  json: { id: hexId(id), ttl: left },
+                  simple: () => `lease ${hexId(id)} keepalived with TTL(${left})`,
+                });
+                if (v.once) resolve(0);
+                else
+                  timer ??= setInterval(() => ka.write({ ID: long(id) }), Math.max(500, (left * 1000) / 3));
+              });
+              streamDone(ka).then(resolve, reject);
+              ka.write({ ID: long(id) });
+            });
+          } finally {
+            clearInterval(timer);
+            ka.cancel();
+          }
+        }
       }
-      default:
-        process.stderr.write(`unknown lease command ${JSON.stringify(sub)}\n${LEASE_USAGE}\n`);
-        return 2;
-    }
-  } catch (err) {
-    return fail(err);
-  } finally {
-    c.close();
-  }
-}
+    });
+  },
+});
 
-// --- lock, elect, status ----------------------------------------------------------------------
+// --- lock, elect, endpoint --------------------------------------------------------------------
 
 const LOCK_USAGE = `Usage: edgekeeper lock NAME [-- COMMAND ARGS...]
 Waits for the lock NAME (the same lock etcdctl lock and etcd clients take), then runs COMMAND while
 holding it and exits with COMMAND's exit code. Without COMMAND it prints the lock key and holds the
 lock until interrupted.
-Options: --endpoints HOST:PORT (default ${DEFAULT_ENDPOINT})`;
+Options: --endpoints HOST:PORT (default $ETCDCTL_ENDPOINTS, else ${DEFAULT_ENDPOINT})`;
 
-async function lockRun(args: string[]): Promise<number> {
-  const dash = args.indexOf('--');
-  const own = dash >= 0 ? args.slice(0, dash) : args;
-  const cmd = dash >= 0 ? args.slice(dash + 1) : [];
-  const { values: v, positionals } = parseArgs({ args: own, allowPositionals: true, options: { ...COMMON } });
-  const name = positionals[0];
-  if (v.help || !name) {
-    process.stdout.write(`${LOCK_USAGE}\n`);
-    return v.help ? 0 : 2;
-  }
-  const c = new EtcdClient(endpointOf(v.endpoints));
-  let s: Awaited<ReturnType<typeof session>> | undefined;
-  try {
-    s = await session(c);
-    const r = await c.call('v3lockpb.Lock', 'Lock', { name: Buffer.from(name), lease: long(s.id) }, 0);
-    const key = buf(r.key);
-    try {
-      if (cmd.length === 0) {
-        process.stdout.write(`${key.toString()}\n`);
-        await untilSignal();
-        return 0;
+const lockCommand = defineCommand({
+  name: 'lock',
+  summary: 'run a command while holding a distributed lock',
+  usage: LOCK_USAGE,
+  options: { endpoints: ENDPOINTS },
+  args: [1, 1],
+  passthrough: true,
+  main: ({ values, args, rest }) =>
+    withClient(values, async (c) => {
+      const s = await session(c);
+      try {
+        const r = await c.call(
+          'v3lockpb.Lock',
+          'Lock',
+          { name: Buffer.from(args[0]!), lease: long(s.id) },
+          0,
+        );
+        const key = buf(r.key);
+        try {
+          if (rest.length === 0) {
+            io.out(`${key.toString()}\n`);
+            await untilSignal();
+            return 0;
+          }
+          const child = spawn(rest[0]!, rest.slice(1), {
+            stdio: 'inherit',
+            env: { ...process.env, EDGEKEEPER_LOCK_KEY: key.toString() },
+          });
+          return await new Promise<number>((resolve, reject) => {
+            child.on('error', (err) =>
+              reject(new FileError(`cannot run ${rest[0]}: ${err.message}`, { cause: err })),
+            );
+            child.on('exit', (code, sig) => resolve(code ?? (sig ? 128 : 1)));
+          });
+        } finally {
+          await c.call('v3lockpb.Lock', 'Unlock', { key }).catch(() => {});
+        }
+      } finally {
+        await s.close();
       }
-      const child = spawn(cmd[0]!, cmd.slice(1), {
-        stdio: 'inherit',
-        env: { ...process.env, EDGEKEEPER_LOCK_KEY: key.toString() },
-      });
-      return await new Promise<number>((resolve) => {
-        child.on('error', (err) => resolve(fail(err)));
-        child.on('exit', (code, sig) => resolve(code ?? (sig ? 128 : 1)));
-      });
-    } finally {
-      await c.call('v3lockpb.Lock', 'Unlock', { key }).catch(() => {});
-    }
-  } catch (err) {
-    return fail(err);
-  } finally {
-    await s?.close();
-    c.close();
-  }
-}
+    }),
+});
 
-const ELECT_USAGE = `Usage: edgekeeper elect NAME [PROPOSAL]
+const ELECT_USAGE = `Usage: edgekeeper elect NAME [PROPOSAL] [-w simple|json]
 With PROPOSAL: campaign in election NAME, print the leader key and value once elected, and stay
 leader until interrupted (then resign). Without PROPOSAL: print each leader as it changes.
-Options: --endpoints HOST:PORT (default ${DEFAULT_ENDPOINT})`;
+Options: --endpoints HOST:PORT (default $ETCDCTL_ENDPOINTS, else ${DEFAULT_ENDPOINT})`;
 
-async function electRun(args: string[]): Promise<number> {
-  const { values: v, positionals } = parseArgs({ args, allowPositionals: true, options: { ...COMMON } });
-  const [name, proposal] = positionals;
-  if (v.help || !name) {
-    process.stdout.write(`${ELECT_USAGE}\n`);
-    return v.help ? 0 : 2;
-  }
-  const c = new EtcdClient(endpointOf(v.endpoints));
-  try {
-    if (proposal === undefined) {
-      const st = c.serverStream('v3electionpb.Election', 'Observe', { name: Buffer.from(name) });
-      return await new Promise<number>((resolve) => {
-        st.on('data', (m: M) => printKv(m.kv, {}));
-        st.on('error', (err) => resolve(fail(err)));
-        st.on('end', () => resolve(0));
-        untilSignal().then(
-          () => {
-            st.cancel();
-            resolve(0);
-          },
-          () => {},
+const electCommand = defineCommand({
+  name: 'elect',
+  summary: 'campaign in or observe a leader election',
+  usage: ELECT_USAGE,
+  options: { endpoints: ENDPOINTS },
+  args: [1, 2],
+  formats: STREAM_FORMATS,
+  main: ({ values, args, format }) =>
+    withClient(values, async (c) => {
+      const [name, proposal] = args as [string, string | undefined];
+      const show = (kv: M) => output(format, { json: kvJson(kv), simple: () => kvText(kv) });
+      if (proposal === undefined) {
+        const st = c.serverStream('v3electionpb.Election', 'Observe', { name: Buffer.from(name) });
+        st.on('data', (m: M) => show(m.kv));
+        return streamDone(st, () => st.cancel());
+      }
+      const s = await session(c);
+      try {
+        const r = await c.call(
+          'v3electionpb.Election',
+          'Campaign',
+          { name: Buffer.from(name), lease: long(s.id), value: Buffer.from(proposal) },
+          0,
         );
+        output(format, {
+          json: {
+            key: buf(r.leader.key).toString('base64'),
+            value: Buffer.from(proposal).toString('base64'),
+          },
+          simple: () => `${buf(r.leader.key).toString()}\n${proposal}`,
+        });
+        await untilSignal();
+        await c.call('v3electionpb.Election', 'Resign', { leader: r.leader }).catch(() => {});
+        return 0;
+      } finally {
+        await s.close();
+      }
+    }),
+});
+
+const ENDPOINT_USAGE = `Usage: edgekeeper endpoint status [--endpoints HOST:PORT] [-w simple|table|json]
+The etcd API's view of the node (etcdctl endpoint status): version, revision, database size and
+alarms. The daemon's own status is \`edgekeeper status\`.`;
+
+const endpointCommand = defineCommand({
+  name: 'endpoint',
+  summary: "the etcd API's status (etcdctl endpoint status): version, revision, db size, alarms",
+  usage: ENDPOINT_USAGE,
+  subcommands: { status: [0, 0] },
+  options: { endpoints: ENDPOINTS },
+  formats: ALL_FORMATS,
+  main: ({ values, format }) =>
+    withClient(values, async (c) => {
+      const s = await c.call('etcdserverpb.Maintenance', 'Status', {});
+      const out = {
+        endpoint: c.endpoint,
+        memberId: hexId(big(s.header?.member_id)),
+        version: s.version,
+        revision: num(s.header?.revision),
+        dbSize: num(s.dbSize),
+        dbSizeInUse: num(s.dbSizeInUse),
+        dbSizeQuota: num(s.dbSizeQuota),
+        alarms: (s.errors ?? []) as string[],
+      };
+      output(format, {
+        json: out,
+        table: { ...out, alarms: out.alarms.join(', ') || 'none' },
+        simple: () =>
+          Object.entries(out).map(
+            ([k, val]) => `${k}: ${Array.isArray(val) ? val.join(', ') || 'none' : val}`,
+          ),
       });
-    }
-    const s = await session(c);
-    try {
-      const r = await c.call(
-        'v3electionpb.Election',
-        'Campaign',
-        { name: Buffer.from(name), lease: long(s.id), value: Buffer.from(proposal) },
-        0,
-      );
-      process.stdout.write(`${buf(r.leader.key).toString()}\n${proposal}\n`);
-      await untilSignal();
-      await c.call('v3electionpb.Election', 'Resign', { leader: r.leader }).catch(() => {});
       return 0;
-    } finally {
-      await s.close();
-    }
-  } catch (err) {
-    return fail(err);
-  } finally {
-    c.close();
-  }
-}
-
-const STATUS_USAGE = `Usage: edgekeeper status [--endpoints HOST:PORT] [-w simple|json]
-Prints the etcd API's view of the node: version, revision, database size and alarms.`;
-
-async function statusRun(args: string[]): Promise<number> {
-  const { values: v } = parseArgs({
-    args,
-    allowPositionals: false,
-    options: { ...COMMON, 'write-out': { type: 'string', short: 'w', default: 'simple' } },
-  });
-  if (v.help) {
-    process.stdout.write(`${STATUS_USAGE}\n`);
-    return 0;
-  }
-  const c = new EtcdClient(endpointOf(v.endpoints));
-  try {
-    const s = await c.call('etcdserverpb.Maintenance', 'Status', {});
-    const out = {
-      endpoint: c.endpoint,
-      memberId: hexId(big(s.header?.member_id)),
-      version: s.version,
-      revision: num(s.header?.revision),
-      dbSize: num(s.dbSize),
-      dbSizeInUse: num(s.dbSizeInUse),
-      dbSizeQuota: num(s.dbSizeQuota),
-      alarms: s.errors ?? [],
-    };
-    if (v['write-out'] === 'json') process.stdout.write(`${JSON.stringify(out)}\n`);
-    else
-      for (const [k, val] of Object.entries(out))
-        process.stdout.write(`${k}: ${Array.isArray(val) ? val.join(', ') || 'none' : val}\n`);
-    return 0;
-  } catch (err) {
-    return fail(err);
-  } finally {
-    c.close();
-  }
-}
-
-function guarded(
-  run: (args: string[]) => Promise<number>,
-  usage: string,
-): (args: string[]) => Promise<number> {
-  return async (args) => {
-    try {
-      return await run(args);
-    } catch (err) {
-      // parseArgs errors (unknown option, missing value) end here.
-      process.stderr.write(`${err instanceof Error ? err.message : String(err)}\n${usage}\n`);
-      return 2;
-    }
-  };
-}
+    }),
+});
 
 export const etcdCliCommands: CliCommand[] = [
-  {
-    name: 'kv',
-    summary: 'get, put, delete and watch keys through the etcd API',
-    usage: KV_USAGE,
-    run: guarded(kvRun, KV_USAGE),
-  },
-  {
-    name: 'lease',
-    summary: 'grant, revoke, keep alive and inspect leases',
-    usage: LEASE_USAGE,
-    run: guarded(leaseRun, LEASE_USAGE),
-  },
-  {
-    name: 'lock',
-    summary: 'run a command while holding a distributed lock',
-    usage: LOCK_USAGE,
-    run: guarded(lockRun, LOCK_USAGE),
-  },
-  {
-    name: 'elect',
-    summary: 'campaign in or observe a leader election',
-    usage: ELECT_USAGE,
-    run: guarded(electRun, ELECT_USAGE),
-  },
-  {
-    name: 'status',
-    summary: "the etcd API's status: version, revision, db size, alarms",
-    usage: STATUS_USAGE,
-    run: guarded(statusRun, STATUS_USAGE),
-  },
+  kvCommand,
+  leaseCommand,
+  lockCommand,
+  electCommand,
+  endpointCommand,
 ];

@@ -21,7 +21,7 @@ export const framesConfigSection: ConfigSection = {
     pngFile: {
       type: 'boolean',
       default: true,
-      doc: 'Write <stateDir>/frame-<size>.png (replaced atomically) for each size.',
+      doc: 'Write <runtimeDir>/frame-<size>.png (replaced atomically) for each size; the runtime directory is a tmpfs (node.runtimeDir).',
     },
     timeZone: {
       type: 'string',
@@ -73,12 +73,12 @@ export const framesConfigSection: ConfigSection = {
     einkBitmapPath: {
       type: 'string',
       optional: true,
-      doc: 'Packed 1-bit bitmap for the panel driver; default <stateDir>/eink.bin.',
+      doc: 'Packed 1-bit bitmap for the panel driver; default <runtimeDir>/eink.bin.',
     },
     einkPbmPath: {
       type: 'string',
       optional: true,
-      doc: 'PBM (P4) copy of the e-ink frame; default <stateDir>/eink.pbm.',
+      doc: 'PBM (P4) copy of the e-ink frame; default <runtimeDir>/eink.pbm.',
     },
     einkInvert: {
       type: 'boolean',

@@ -1,6 +1,19 @@
 import { existsSync } from 'node:fs';
+import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
-import { GlobalFonts } from '@napi-rs/canvas';
+import type * as Canvas from '@napi-rs/canvas';
+
+let canvasModule: typeof Canvas | undefined;
+
+/**
+ * @napi-rs/canvas, loaded on the first frame rather than at import: loading it (Skia) costs
+ * ~100 ms of CPU, which a daemon with frames off never pays and one with frames on pays after
+ * it is ready.
+ */
+export function canvas(): typeof Canvas {
+  canvasModule ??= createRequire(import.meta.url)('@napi-rs/canvas') as typeof Canvas;
+  return canvasModule;
+}
 
 /**
  * The frame is drawn only with fonts shipped in `assets/fonts/` (DejaVu, Bitstream Vera
@@ -30,7 +43,7 @@ export function registerFonts(): void {
   ];
   for (const [file, family] of files) {
     const path = dir + file;
-    if (!existsSync(path) || !GlobalFonts.registerFromPath(path, family)) {
+    if (!existsSync(path) || !canvas().GlobalFonts.registerFromPath(path, family)) {
       throw new Error(
         `cannot load the bundled font ${path}; reinstall edgekeeper (the package ships assets/fonts)`,
       );

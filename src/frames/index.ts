@@ -19,7 +19,6 @@ export { createFramesPart, type FramesPart } from './part.js';
 export { PngEncoder } from './png.js';
 export { Renderer } from './render.js';
 export { buildSnapshot, type SnapshotInputs, snapshotHash } from './snapshot.js';
-export { SystemReader } from './system.js';
 export { fitText, graphemes, sanitize } from './text.js';
 export type * from './types.js';
 

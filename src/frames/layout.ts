@@ -12,6 +12,7 @@ import {
   isNum,
   UNKNOWN,
 } from './format.js';
+import { DISK_CRIT_RATIO, DISK_WARN_RATIO, TEMP_CRIT_C, TEMP_WARN_C } from './snapshot.js';
 import { fitTextCached as fitText } from './text.js';
 import type {
   Element,
@@ -113,23 +114,20 @@ class Builder {
 
 type Status = { word: string; tone: Tone };
 
-/** One word for the whole node: ALERT (critical), WARN (warnings, devices needing attention), OK. */
+/**
+ * One word for the whole node, from the alerts alone (devices offline, a full disk, ... are
+ * alerts too): ALERT with a critical one, WARN with a warning, else OK; `?` when nothing is known.
+ * So the header never says WARN above "no active alerts".
+ */
 export function overallStatus(s: FrameSnapshot): Status {
   if (s.alerts.some((a) => a.severity === 'critical')) return { word: 'ALERT', tone: 'bad' };
-  const d = s.devices;
-  if (
-    s.alerts.some((a) => a.severity === 'warning') ||
-    (d && (d.attentionTotal > 0 || (d.offline ?? 0) > 0))
-  ) {
-    return { word: 'WARN', tone: 'warn' };
-  }
-  if (!d && !s.store) return { word: '?', tone: 'dim' };
+  if (s.alerts.some((a) => a.severity === 'warning')) return { word: 'WARN', tone: 'warn' };
+  if (!s.devices && !s.store) return { word: '?', tone: 'dim' };
   return { word: 'OK', tone: 'ok' };
 }
 
 const SEVERITY_WORD = { critical: 'CRIT', warning: 'WARN', info: 'INFO' } as const;
 const SEVERITY_TONE = { critical: 'bad', warning: 'warn', info: 'info' } as const;
-const REASON_TONE = { offline: 'bad', rejected: 'bad', silent: 'warn' } as const;
 
 interface ColourSpec {
   pad: number;
@@ -211,13 +209,24 @@ function probeValue(p: { p99Ms?: number; unavailable?: string } | undefined): { 
 
 function uplinkTone(state: string | undefined): Tone {
   if (state === 'ok' || state === 'sending') return 'ok';
-  if (state === 'retrying') return 'warn';
-  if (state === 'down') return 'bad';
+  // Amber as the "uplink down" alert: data waits on the node, nothing is lost yet.
+  if (state === 'retrying' || state === 'down') return 'warn';
   return 'dim';
 }
 
 function pct(used: number | undefined, total: number | undefined): number | undefined {
   return isNum(used) && isNum(total) && total > 0 ? (used / total) * 100 : undefined;
+}
+
+/** The same thresholds as the disk and SoC alerts, so a row's colour matches its alert. */
+function diskTone(p: number | undefined): Tone | undefined {
+  if (!isNum(p)) return undefined;
+  return p >= DISK_CRIT_RATIO * 100 ? 'bad' : p >= DISK_WARN_RATIO * 100 ? 'warn' : undefined;
+}
+
+function tempTone(t: number | undefined): Tone | undefined {
+  if (!isNum(t)) return undefined;
+  return t >= TEMP_CRIT_C ? 'bad' : t >= TEMP_WARN_C ? 'warn' : undefined;
 }
 
 /** The right-hand column: store, probes, uplink, system. Compact merges rows for small screens. */
@@ -279,24 +288,20 @@ function statusRows(s: FrameSnapshot, compact: boolean): Row[] {
     rows.push({
       label: 'CPU · SoC',
       value: `${cpu} · ${temp}`,
-      tone: cpu === UNKNOWN && temp === UNKNOWN ? 'dim' : 'fg',
+      tone: tempTone(y.socTempC) ?? (cpu === UNKNOWN && temp === UNKNOWN ? 'dim' : 'fg'),
     });
     rows.push({
       label: 'mem · disk',
       value: `${fmtPercent(memP)} · ${fmtPercent(diskP)}`,
-      tone: memP === undefined && diskP === undefined ? 'dim' : isNum(diskP) && diskP >= 90 ? 'warn' : 'fg',
+      tone: diskTone(diskP) ?? (memP === undefined && diskP === undefined ? 'dim' : 'fg'),
     });
   } else {
     rows.push({ label: 'CPU', value: cpu, tone: known(cpu) });
     const mem = isNum(memP) ? `${fmtPercent(memP)} of ${fmtBytes(y.memTotalBytes)}` : UNKNOWN;
     rows.push({ label: 'memory', value: mem, tone: known(mem) });
     const disk = isNum(diskP) ? `${fmtPercent(diskP)} of ${fmtBytes(y.diskTotalBytes)}` : UNKNOWN;
-    rows.push({ label: 'disk', value: disk, tone: isNum(diskP) && diskP >= 90 ? 'warn' : known(disk) });
-    rows.push({
-      label: 'SoC temperature',
-      value: temp,
-      tone: isNum(y.socTempC) && y.socTempC >= 80 ? 'warn' : known(temp),
-    });
+    rows.push({ label: 'disk', value: disk, tone: diskTone(diskP) ?? known(disk) });
+    rows.push({ label: 'SoC temperature', value: temp, tone: tempTone(y.socTempC) ?? known(temp) });
   }
   return rows;
 }
@@ -318,15 +323,15 @@ function header(
   const th = lineH(px);
   const ty = Math.floor((h - th) / 2);
   let x = x0;
-  if (!mono) {
-    // Status badge: a coloured block with the word, readable across a room.
-    const bf = font(Math.round(px * 0.7), 'bold');
-    const bw = Math.ceil(fitText(st.word, bf, 200, b.measure).width) + Math.round(px * 0.8);
-    const bh = Math.round(h * 0.62);
-    b.rect(x, Math.floor((h - bh) / 2), bw, bh, st.tone);
-    b.text(st.word, x, Math.floor((h - bh) / 2), bw, bh, bf, 'invfg', 'center');
-    x += bw + Math.round(px * 0.5);
-  }
+  // Status badge: the word in a block, readable across a room. On a 1-bit panel the header is
+  // black, so the block is white with black text.
+  const bf = font(Math.round(px * (mono ? 0.85 : 0.7)), 'bold');
+  const bw = Math.ceil(fitText(st.word, bf, 200, b.measure).width) + Math.round(px * (mono ? 0.5 : 0.8));
+  const bh = mono ? h - 4 : Math.round(h * 0.62);
+  const by = Math.floor((h - bh) / 2);
+  b.rect(x, by, bw, bh, mono ? 'bg' : st.tone);
+  b.text(st.word, x, by, bw, bh, bf, mono ? 'fg' : 'invfg', 'center');
+  x += bw + Math.round(px * 0.5);
   const clock = fmtClock(s.time, s.timeZone);
   const tf = font(px, 'bold');
   const tw = Math.ceil(fitText(clock, tf, width / 3, b.measure).width);
@@ -371,7 +376,12 @@ function colourLayout(b: Builder, s: FrameSnapshot, size: FrameSize, spec: Colou
   const count = (v: number | undefined) => (isNum(v) ? fmtInt(v) : '?');
   const online = d?.online;
   const offline = d?.offline;
-  b.text(count(online), lx, y, half, bigH, font(spec.bigPx, 'bold'), isNum(online) ? 'ok' : 'dim');
+  // The colours of the device alerts: some offline is amber, none online is red (and "0 online"
+  // is then never green).
+  const allDown = online === 0 && isNum(offline) && offline > 0;
+  const downTone: Tone = allDown ? 'bad' : 'warn';
+  const onlineTone: Tone = !isNum(online) ? 'dim' : online > 0 ? 'ok' : allDown ? 'bad' : 'fg';
+  b.text(count(online), lx, y, half, bigH, font(spec.bigPx, 'bold'), onlineTone);
   b.text(
     count(offline),
     lx + half + p,
@@ -379,7 +389,7 @@ function colourLayout(b: Builder, s: FrameSnapshot, size: FrameSize, spec: Colou
     half,
     bigH,
     font(spec.bigPx, 'bold'),
-    isNum(offline) ? (offline > 0 ? 'bad' : 'fg') : 'dim',
+    isNum(offline) ? (offline > 0 ? downTone : 'fg') : 'dim',
   );
   y += bigH;
   const smallH = lineH(spec.smallPx);
@@ -411,7 +421,8 @@ function colourLayout(b: Builder, s: FrameSnapshot, size: FrameSize, spec: Colou
       const a = d.attention[i]!;
       const why = isNum(a.ageMs) ? `${a.reason} ${fmtAgeCoarse(a.ageMs)}` : a.reason;
       const dot = Math.max(4, Math.round(spec.attPx * 0.45));
-      b.rect(lx, y + Math.floor((attH - dot) / 2), dot, dot, REASON_TONE[a.reason]);
+      const tone: Tone = a.reason === 'rejected' ? 'warn' : downTone;
+      b.rect(lx, y + Math.floor((attH - dot) / 2), dot, dot, tone);
       b.row(
         a.name,
         why,
@@ -420,7 +431,7 @@ function colourLayout(b: Builder, s: FrameSnapshot, size: FrameSize, spec: Colou
         colW - dot - Math.round(p * 0.5),
         attH,
         spec.attPx,
-        REASON_TONE[a.reason],
+        tone,
         'fg',
         0.45,
       );
@@ -527,7 +538,8 @@ function monoLayout(b: Builder, s: FrameSnapshot, size: FrameSize): void {
   if (d && d.attention.length > 0) {
     const a = d.attention[0]!;
     const more = d.attentionTotal - 1;
-    rows.push([a.name, `${a.reason}${more > 0 ? ` +${more}` : ''}`]);
+    const age = isNum(a.ageMs) ? ` ${fmtAgeCoarse(a.ageMs)}` : '';
+    rows.push([a.name, `${a.reason}${age}${more > 0 ? ` +${more}` : ''}`]);
   } else {
     const last = d?.ratePerMin[d.ratePerMin.length - 1];
     rows.push(['reports/min', d ? (isNum(last) ? fmtCount(last) : UNKNOWN) : UNKNOWN]);

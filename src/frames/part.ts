@@ -7,6 +7,7 @@ import { runInNewContext } from 'node:vm';
 import { Counter, Histogram } from 'prom-client';
 import type { Timer } from '../clock.js';
 import { ConfigError, type EdgeError, FrameSizeError, FramebufferError } from '../errors.js';
+import { HostReader } from '../host.js';
 import type { Part, PartContext } from '../part.js';
 import { bitStride, EinkSink, toOneBit } from './eink.js';
 import { FramebufferSink } from './fb.js';
@@ -14,7 +15,6 @@ import { layout, parseSize, SIZES } from './layout.js';
 import { PngEncoder } from './png.js';
 import { Renderer } from './render.js';
 import { buildSnapshot, snapshotHash } from './snapshot.js';
-import { SystemReader } from './system.js';
 import type { FrameSize, FrameSnapshot, FrameSources, FramesOptions, Rotation, SizeName } from './types.js';
 
 const ALL_SIZES = Object.keys(SIZES) as SizeName[];
@@ -108,12 +108,17 @@ export function createFramesPart(
   const interval = options.interval ?? 5000;
   const configured = validSizes(options.sizes);
   const startedAt = clock.now();
-  const system = new SystemReader({
-    procRoot: options.procRoot,
-    sysRoot: options.sysRoot,
-    diskPath: ctx.stateDir,
-    now: () => clock.now(),
-  });
+  // The daemon's reader (one vcgencmd poller on a Pi), unless a test points at fixture roots.
+  const system =
+    ctx.host && options.procRoot === undefined && options.sysRoot === undefined
+      ? ctx.host
+      : new HostReader({
+          procRoot: options.procRoot,
+          sysRoot: options.sysRoot,
+          diskPath: ctx.stateDir,
+          now: () => clock.now(),
+          vcgencmd: false,
+        });
   const rotation: Rotation = options.framebufferRotation ?? 0;
   if (![0, 90, 180, 270].includes(rotation)) {
     throw new ConfigError([
@@ -266,7 +271,7 @@ export function createFramesPart(
   }
 
   async function writePngFile(size: FrameSize, png: Buffer): Promise<void> {
-    const path = join(ctx.stateDir, `frame-${size.name}.png`);
+    const path = join(ctx.runtimeDir, `frame-${size.name}.png`);
     const tmp = `${path}.tmp`;
     try {
       await writeFile(tmp, png);
@@ -402,8 +407,8 @@ export function createFramesPart(
         eink = new EinkSink(einkSize.width, einkSize.height, {
           clock,
           minRefreshMs: options.einkMinRefresh ?? 180_000,
-          bitmapPath: options.einkBitmapPath ?? join(ctx.stateDir, 'eink.bin'),
-          pbmPath: options.einkPbmPath ?? join(ctx.stateDir, 'eink.pbm'),
+          bitmapPath: options.einkBitmapPath ?? join(ctx.runtimeDir, 'eink.bin'),
+          pbmPath: options.einkPbmPath ?? join(ctx.runtimeDir, 'eink.pbm'),
           invert: options.einkInvert,
           onError: (err) => sinkFailed('eink', err),
           onWrite: () => sinkOk('eink'),

@@ -1,5 +1,5 @@
-import { type Canvas, createCanvas, type SKRSContext2D } from '@napi-rs/canvas';
-import { registerFonts } from './fonts.js';
+import type { Canvas, SKRSContext2D } from '@napi-rs/canvas';
+import { canvas, registerFonts } from './fonts.js';
 import type { FrameSize, Layout, MeasureText, Tone } from './types.js';
 
 /** Dark theme for backlit panels: light text on near-black, status in green/amber/red. */
@@ -54,7 +54,7 @@ export class Renderer {
 
   constructor(readonly size: FrameSize) {
     registerFonts();
-    this.canvas = createCanvas(size.width, size.height);
+    this.canvas = canvas().createCanvas(size.width, size.height);
     this.ctx = this.canvas.getContext('2d', { alpha: false });
     this.rgba = Buffer.alloc(size.width * size.height * 4);
   }

@@ -21,9 +21,15 @@ export const MAX_ALERTS = 5;
 export const RATE_MINUTES = 10;
 /** Longest alert or error text kept (graphemes are cut again to fit the slot). */
 const MAX_TEXT = 160;
-/** Derived alerts: disk nearly full, SoC hot enough for the Pi firmware to throttle (80 °C soft limit). */
-const DISK_WARN_RATIO = 0.9;
-const TEMP_WARN_C = 80;
+/**
+ * Derived alerts. Disk: nearly full is a warning, full enough that writes are about to fail is
+ * critical. SoC: the Pi firmware starts throttling at 80 °C (its soft limit) and throttles hard
+ * at 85 °C.
+ */
+export const DISK_WARN_RATIO = 0.9;
+export const DISK_CRIT_RATIO = 0.97;
+export const TEMP_WARN_C = 80;
+export const TEMP_CRIT_C = 85;
 
 export interface SnapshotInputs {
   node: string;
@@ -39,6 +45,8 @@ export interface SnapshotInputs {
   system?: SystemInput;
   alerts?: AlertInput[];
 }
+
+const fmt = (n: number) => n.toLocaleString('en-US');
 
 /** A finite, non-negative number or undefined: NaN, Infinity and negatives are "unknown". */
 function num(v: unknown): number | undefined {
@@ -99,7 +107,7 @@ export function buildSnapshot(inp: SnapshotInputs): FrameSnapshot {
           ageMs: since !== undefined && since <= time ? time - since : undefined,
         };
       }),
-      attentionTotal: valid.length,
+      attentionTotal: Math.max(valid.length, num(d.attentionTotal) ?? 0),
       ratePerMin,
     };
   }
@@ -139,6 +147,7 @@ export function buildSnapshot(inp: SnapshotInputs): FrameSnapshot {
     diskTotalBytes: num(y.diskTotalBytes),
     // Temperatures can be below zero outdoors; only reject what is not a number.
     socTempC: typeof y.socTempC === 'number' && Number.isFinite(y.socTempC) ? y.socTempC : undefined,
+    throttledBits: Number.isInteger(y.throttledBits) && y.throttledBits! >= 0 ? y.throttledBits : undefined,
   };
 
   const alerts: AlertInput[] = [];
@@ -156,10 +165,41 @@ export function buildSnapshot(inp: SnapshotInputs): FrameSnapshot {
   const sy = snap.system;
   if (isNum(sy.diskUsedBytes) && isNum(sy.diskTotalBytes) && sy.diskTotalBytes > 0) {
     const r = sy.diskUsedBytes / sy.diskTotalBytes;
-    if (r >= DISK_WARN_RATIO) alerts.push({ severity: 'warning', text: `disk ${Math.round(r * 100)}% full` });
+    const pct = Math.min(100, Math.round(r * 100));
+    if (r >= DISK_CRIT_RATIO)
+      alerts.push({ severity: 'critical', text: `disk ${pct}% full: writes are about to fail` });
+    else if (r >= DISK_WARN_RATIO) alerts.push({ severity: 'warning', text: `disk ${pct}% full` });
   }
   if (isNum(sy.socTempC) && sy.socTempC >= TEMP_WARN_C) {
-    alerts.push({ severity: 'warning', text: `SoC ${Math.round(sy.socTempC)} °C: the CPU throttles` });
+    const hard = sy.socTempC >= TEMP_CRIT_C;
+    alerts.push({
+      severity: hard ? 'critical' : 'warning',
+      text: `SoC ${Math.round(sy.socTempC)} °C: the CPU throttles${hard ? ' hard' : ''}`,
+    });
+  }
+  const bits = sy.throttledBits ?? 0;
+  if ((bits & 0x1) !== 0)
+    alerts.push({ severity: 'warning', text: 'under-voltage: the power supply is too weak' });
+  // Throttled for heat is already said by the temperature alert.
+  else if ((bits & 0x6) !== 0 && !(isNum(sy.socTempC) && sy.socTempC >= TEMP_WARN_C))
+    alerts.push({ severity: 'warning', text: 'the firmware throttles the CPU' });
+  // Texts put the count after a colon: the fleet's health tracker keys alerts by the words
+  // before it, so a count that moves is the same alert, not a new one.
+  const dv = snap.devices;
+  if (dv) {
+    const rejecting = num(d?.rejecting) ?? dv.attention.filter((a) => a.reason === 'rejected').length;
+    if (rejecting > 0)
+      alerts.push({ severity: 'warning', text: `devices sending refused reports: ${fmt(rejecting)}` });
+    // Some devices offline is a warning; none left online is critical.
+    if (isNum(dv.offline) && dv.offline > 0)
+      alerts.push(
+        dv.online === 0
+          ? { severity: 'critical', text: `every device offline: ${fmt(dv.offline)}` }
+          : {
+              severity: 'warning',
+              text: `devices offline: ${fmt(dv.offline)}${isNum(dv.online) ? ` of ${fmt(dv.online + dv.offline)}` : ''}`,
+            },
+      );
   }
   if (snap.uplink?.state === 'down') {
     alerts.push({
@@ -215,6 +255,7 @@ export function snapshotHash(s: FrameSnapshot): string {
       fmtBytes(s.system.diskUsedBytes),
       fmtBytes(s.system.diskTotalBytes),
       round(s.system.socTempC, 1),
+      s.system.throttledBits,
     ],
     a: s.alerts,
     at: s.alertsTotal,

@@ -6,6 +6,7 @@
  * Unknown is never zero: every value that can be missing is optional (`number | undefined`) and
  * the layout prints "unknown" (or "?" where there is no room) for it.
  */
+import type { HostReading } from '../host.js';
 
 // --- inputs (what the daemon maps other parts' status() into) ---------------------------------
 
@@ -37,6 +38,10 @@ export interface DevicesInput {
   offline?: number;
   /** Most important first; the frame names as many as fit and says "+N more". */
   attention?: AttentionDevice[];
+  /** Devices needing attention in all, when `attention` is only the first of them. */
+  attentionTotal?: number;
+  /** Devices whose reports were refused recently (drawn as a warning). */
+  rejecting?: number;
   /**
    * Reports received per minute for the last 10 minutes, oldest first (index 9 is the current
    * minute). `undefined` entries are minutes with no data (before start), not zero.
@@ -75,19 +80,14 @@ export interface UplinkInput {
   lastError?: string;
 }
 
-/** Read by the part from /proc, /sys/class/thermal and statfs (see system.ts). */
-export interface SystemInput {
-  /** CPU busy over the last sampling interval, 0..100. */
-  cpuPercent?: number;
-  memUsedBytes?: number;
-  memTotalBytes?: number;
-  /** File system holding the state directory. */
-  diskUsedBytes?: number;
-  diskTotalBytes?: number;
-  /** SoC temperature, °C. */
-  socTempC?: number;
-}
+/** Read by the part from /proc, /sys and statfs (src/host.ts). */
+export type SystemInput = HostReading;
 
+/**
+ * One severity model for every size: the header's word is the worst alert's (critical ALERT,
+ * warning WARN, otherwise OK), and every cause of a WARN or ALERT is an alert line, so the
+ * header and the alert line never disagree.
+ */
 export type AlertSeverity = 'critical' | 'warning' | 'info';
 
 export interface AlertInput {
@@ -141,14 +141,7 @@ export interface FrameSnapshot {
     lastSuccessAgeMs?: number;
     lastError?: string;
   };
-  system: {
-    cpuPercent?: number;
-    memUsedBytes?: number;
-    memTotalBytes?: number;
-    diskUsedBytes?: number;
-    diskTotalBytes?: number;
-    socTempC?: number;
-  };
+  system: SystemInput;
   /** Most severe first, at most `MAX_ALERTS`; `alertsTotal` counts all. */
   alerts: AlertInput[];
   alertsTotal: number;

@@ -1,18 +1,22 @@
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { Counter, Histogram, type Registry } from 'prom-client';
+import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { parseHostPort } from '../config/index.js';
+import { checkBearer } from '../admin.js';
 import {
   EdgeError,
+  HttpBusyError,
   InternalError,
   LengthRequiredError,
   MalformedRequestError,
   MethodNotAllowedError,
+  PermissionDeniedError,
   RequestTooLargeError,
   RouteNotFoundError,
+  UnauthenticatedError,
 } from '../errors.js';
 import type { Logger } from '../log.js';
-import type { HttpRoutes, ReadinessCheck, RouteHandler } from '../part.js';
+import type { HttpRoutes, ReadinessCheck, RouteHandler, RouteOptions } from '../part.js';
 
 type Method = 'GET' | 'POST' | 'PUT' | 'DELETE';
 
@@ -21,8 +25,21 @@ export interface HttpServerOptions {
   registry: Registry;
   /** Largest request body in bytes; default 1 MiB. */
   maxBodyBytes?: number;
+  /** Request body bytes (by Content-Length) of all requests being answered at once; default 8 MiB. */
+  maxPendingBodyBytes?: number;
+  /** Open connections; one more is answered 503 and closed; default 256. */
+  maxConnections?: number;
+  /** A connection on which nothing moves for this long is closed (a reader that stopped reading too); default 60 s. */
+  idleTimeoutMs?: number;
   /** Wait this long for in-flight requests at close before cutting connections; default 10 s. */
   closeGraceMs?: number;
+  /** Admin routes need this bearer token (see src/admin.ts); without it they are open. */
+  adminToken?: { token: string; file: string };
+}
+
+interface Route {
+  handler: RouteHandler;
+  admin: boolean;
 }
 
 export interface Readiness {
@@ -41,12 +58,17 @@ const UNMATCHED = 'unmatched';
  * request bodies, per-route request and error counters.
  */
 export class HttpServer implements HttpRoutes {
-  private readonly routes = new Map<string, Map<Method, RouteHandler>>();
+  private readonly routes = new Map<string, Map<Method, Route>>();
   private readonly checks = new Map<string, ReadinessCheck>();
   private readonly server: Server;
   private readonly log: Logger;
   private readonly maxBody: number;
+  private readonly maxPending: number;
+  private readonly maxConnections: number;
   private readonly graceMs: number;
+  /** Request body bytes of the requests being answered. */
+  private pendingBytes = 0;
+  private connections = 0;
   private readonly requests: Counter<'method' | 'route' | 'status'>;
   private readonly errors: Counter<'route' | 'code'>;
   private readonly duration: Histogram<'route'>;
@@ -55,6 +77,8 @@ export class HttpServer implements HttpRoutes {
   constructor(private readonly opts: HttpServerOptions) {
     this.log = opts.logger.child({ part: 'http' });
     this.maxBody = opts.maxBodyBytes ?? 1024 * 1024;
+    this.maxPending = opts.maxPendingBodyBytes ?? 8 * 1024 * 1024;
+    this.maxConnections = opts.maxConnections ?? 256;
     this.graceMs = opts.closeGraceMs ?? 10_000;
     this.requests = new Counter({
       name: 'edgekeeper_http_requests_total',
@@ -75,6 +99,23 @@ export class HttpServer implements HttpRoutes {
       buckets: [0.001, 0.005, 0.025, 0.1, 0.5, 2.5, 10],
       registers: [opts.registry],
     });
+    const counts = () => ({ connections: this.connections, pending: this.pendingBytes });
+    new Gauge({
+      name: 'edgekeeper_http_connections',
+      help: 'Open HTTP connections (bounded by http.maxConnections)',
+      registers: [opts.registry],
+      collect() {
+        this.set(counts().connections);
+      },
+    });
+    new Gauge({
+      name: 'edgekeeper_http_pending_body_bytes',
+      help: 'Request body bytes of the requests being answered (bounded by http.maxPendingBodyBytes)',
+      registers: [opts.registry],
+      collect() {
+        this.set(counts().pending);
+      },
+    });
     this.server = createServer((req, res) => {
       void this.dispatch(req, res);
     });
@@ -82,7 +123,20 @@ export class HttpServer implements HttpRoutes {
     this.server.headersTimeout = 10_000;
     this.server.requestTimeout = 30_000;
     this.server.maxHeadersCount = 64;
-    this.server.maxConnections = 256;
+    this.server.timeout = opts.idleTimeoutMs ?? 60_000;
+    // connections over the limit get a 503 (below); this is the backstop for a flood of them
+    this.server.maxConnections = this.maxConnections + 64;
+    this.server.on('connection', (socket) => {
+      this.connections++;
+      socket.once('close', () => this.connections--);
+      if (this.connections <= this.maxConnections) return;
+      const err = new HttpBusyError(`${this.maxConnections} connections (http.maxConnections)`);
+      this.errors.inc({ route: UNMATCHED, code: err.code });
+      const body = JSON.stringify({ code: err.code, message: err.message });
+      socket.end(
+        `HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 1\r\nContent-Type: application/json\r\nContent-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+      );
+    });
     this.server.on('clientError', (err, socket) => {
       this.errors.inc({ route: UNMATCHED, code: new MalformedRequestError(err.message).code });
       this.log.debug({ err: err.message }, 'malformed HTTP request; connection closed');
@@ -107,7 +161,7 @@ export class HttpServer implements HttpRoutes {
     });
   }
 
-  add(method: Method, path: string, handler: RouteHandler): void {
+  add(method: Method, path: string, handler: RouteHandler, opts: RouteOptions = {}): void {
     if (!path.startsWith('/')) throw new Error(`route path must start with "/": ${path}`);
     let byMethod = this.routes.get(path);
     if (!byMethod) {
@@ -115,7 +169,7 @@ export class HttpServer implements HttpRoutes {
       this.routes.set(path, byMethod);
     }
     if (byMethod.has(method)) throw new Error(`route ${method} ${path} is registered twice`);
-    byMethod.set(method, handler);
+    byMethod.set(method, { handler, admin: opts.admin === true });
   }
 
   addReadinessCheck(name: string, check: ReadinessCheck): void {
@@ -193,14 +247,17 @@ export class HttpServer implements HttpRoutes {
       route = url.pathname;
       // HEAD is GET without a body; node's ServerResponse drops the body for HEAD itself.
       const method = (req.method === 'HEAD' ? 'GET' : req.method) as Method;
-      const handler = byMethod.get(method);
-      if (!handler) {
+      const r = byMethod.get(method);
+      if (!r) {
         const allow: string[] = [...byMethod.keys()];
         if (allow.includes('GET')) allow.push('HEAD');
         throw new MethodNotAllowedError(req.method ?? '', url.pathname, allow);
       }
-      this.checkBody(req);
-      await handler(req, res, url);
+      if (r.admin) this.checkToken(req);
+      const size = this.checkBody(req);
+      this.pendingBytes += size;
+      res.once('close', () => (this.pendingBytes -= size));
+      await r.handler(req, res, url);
     } catch (err) {
       this.fail(req, res, route, err);
     }
@@ -210,14 +267,26 @@ export class HttpServer implements HttpRoutes {
    * Bodies are bounded before anything reads them: Content-Length over the limit is 413, and a
    * chunked body (no length to check up front) is refused with 411.
    */
-  private checkBody(req: IncomingMessage): void {
+  private checkBody(req: IncomingMessage): number {
     const te = req.headers['transfer-encoding'];
     if (te !== undefined) throw new LengthRequiredError();
     const cl = req.headers['content-length'];
-    if (cl !== undefined) {
-      const n = Number(cl);
-      if (n > this.maxBody) throw new RequestTooLargeError(n, this.maxBody);
-    }
+    if (cl === undefined) return 0;
+    const n = Number(cl);
+    if (n > this.maxBody) throw new RequestTooLargeError(n, this.maxBody);
+    // bodies being read at once share one budget, so many connections cannot each hold the most
+    if (n > 0 && this.pendingBytes + n > this.maxPending)
+      throw new HttpBusyError(`${this.maxPending} request body bytes in flight (http.maxPendingBodyBytes)`);
+    return n;
+  }
+
+  private checkToken(req: IncomingMessage): void {
+    const admin = this.opts.adminToken;
+    if (!admin) return;
+    const auth = req.headers.authorization;
+    const r = checkBearer(Array.isArray(auth) ? auth[0] : auth, admin.token);
+    if (r === 'missing') throw new UnauthenticatedError(admin.file);
+    if (r === 'wrong') throw new PermissionDeniedError();
   }
 
   private fail(req: IncomingMessage, res: ServerResponse, route: string, err: unknown): void {
@@ -235,10 +304,17 @@ export class HttpServer implements HttpRoutes {
       return;
     }
     const headers: Record<string, string> = {};
+    const body: Record<string, unknown> = { code: shown.code, message: shown.message };
     if (err instanceof MethodNotAllowedError) headers.allow = err.allow.join(', ');
+    if (err instanceof UnauthenticatedError) {
+      headers['www-authenticate'] = 'Bearer realm="edgekeeper"';
+      // where the token is: not a secret, the file's permissions are (src/admin.ts)
+      body.tokenFile = err.tokenFile;
+    }
+    if (err instanceof HttpBusyError) headers['retry-after'] = '1';
     // The unread body would otherwise be parsed as the next request on a kept-alive connection.
-    if (shown.status === 413 || shown.status === 411) headers.connection = 'close';
-    sendJson(res, shown.status, { code: shown.code, message: shown.message }, headers);
+    if ([401, 403, 411, 413, 503].includes(shown.status)) headers.connection = 'close';
+    sendJson(res, shown.status, body, headers);
   }
 }
 

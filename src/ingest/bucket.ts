@@ -32,6 +32,12 @@ export class RateLimiter {
     return true;
   }
 
+  /** Give back a token taken by `take` (the attempt it paid for turned out fine). */
+  refund(id: string): void {
+    const b = this.buckets.get(id);
+    if (b) b.tokens = Math.min(this.burst, b.tokens + 1);
+  }
+
   private sweep(now: number): void {
     this.lastSweep = now;
     // a bucket that has refilled completely carries no state worth keeping

@@ -34,6 +34,27 @@ export interface IngestOptions {
   ratePerSec: number;
   rateBurst: number;
   maxConnections: number;
+  /** Embedded: a connection must have logged in this long (ms) after it opened, else it is closed. */
+  connectTimeout: number;
+  /** Embedded: connections not yet logged in; one more closes the oldest of the busiest address. */
+  maxPendingConnections: number;
+  /** Embedded: largest remaining length of a packet after CONNECT, refused from its fixed header. */
+  maxPacket: number;
+  /** Embedded: largest remaining length of a CONNECT. */
+  maxConnectPacket: number;
+  /** Embedded: most topic filters in one SUBSCRIBE or UNSUBSCRIBE (more closes the connection). */
+  maxFilters: number;
+  /** Embedded: refused subscriptions one connection may have before it is closed. */
+  maxRefusedSubscriptions: number;
+  /** Embedded: bytes all connections may hold in unfinished packets and socket buffers. */
+  memoryBudget: number;
+  /** Embedded: a device that does not read what it is sent for this long (ms) is disconnected. */
+  drainTimeout: number;
+  /** Embedded: log-in attempts per device id and per source address: bucket size and refill rate; only failures keep the tokens. */
+  loginBurst: number;
+  loginRatePerSec: number;
+  /** Embedded: password checks (scrypt) running at once. */
+  loginConcurrency: number;
   /** A device's key under /edgekeeper/devices/ is rewritten at most this often (ms), at once on online/offline. */
   mirrorInterval: number;
   /** A device that sends nothing for this long (ms) is marked offline. */
@@ -45,6 +66,8 @@ export interface IngestOptions {
   retentionInterval: number;
   /** Rows kept in the dead-letter table ingest_rejects (oldest dropped first). */
   rejectsMax: number;
+  /** Most per-device last-seen series on /metrics (first seen first); the rest are counted. */
+  deviceSeries: number;
   /** How far back (ms) a (device, seq, ts) is checked for duplicates. */
   dedupeWindow: number;
   /** A command not delivered within this long (ms) is marked expired. */
@@ -147,6 +170,90 @@ export const ingestConfigSection: ConfigSection = {
       max: 1_000_000,
       doc: 'Most concurrent device connections (embedded).',
     },
+    connectTimeout: {
+      type: 'duration',
+      default: 10_000,
+      min: 100,
+      max: 300_000,
+      doc: 'Embedded: a connection not logged in this long after it opened is closed, whatever it sent.',
+    },
+    // far above what devices connecting at once need: a log-in takes milliseconds (a password
+    // check about 50 ms on a Pi), so 256 at a time is a reconnect storm of thousands per second
+    maxPendingConnections: {
+      type: 'integer',
+      default: 256,
+      min: 1,
+      max: 100_000,
+      doc: 'Embedded: connections not yet logged in; one more closes the oldest of the address with the most.',
+    },
+    // a report of maxPayload plus its topic and headers fits; 128 KiB per connection is what
+    // the parser may hold of one unfinished packet
+    maxPacket: {
+      type: 'bytes',
+      default: 128 * KIB,
+      min: 1 * KIB,
+      max: 256 * 1024 * KIB - 1,
+      doc: 'Embedded: largest packet (remaining length) after CONNECT; a larger one closes the connection as soon as its fixed header arrives. At least maxPayload + 1KiB.',
+    },
+    // client id, user name and password are at most a few hundred bytes; a will is a status
+    maxConnectPacket: {
+      type: 'bytes',
+      default: 4 * KIB,
+      min: 256,
+      max: 1024 * KIB,
+      doc: 'Embedded: largest CONNECT packet (remaining length).',
+    },
+    // a device subscribes to one topic, its command topic
+    maxFilters: {
+      type: 'integer',
+      default: 8,
+      min: 1,
+      max: 10_000,
+      doc: 'Embedded: most topic filters in one SUBSCRIBE or UNSUBSCRIBE; more closes the connection.',
+    },
+    maxRefusedSubscriptions: {
+      type: 'integer',
+      default: 16,
+      min: 1,
+      max: 10_000,
+      doc: 'Embedded: refused subscriptions one connection may have; the next closes it.',
+    },
+    memoryBudget: {
+      type: 'bytes',
+      default: 64 * 1024 * KIB,
+      min: 1024 * KIB,
+      max: 16 * 1024 * 1024 * KIB,
+      doc: 'Embedded: bytes all connections together may hold in unfinished packets and socket buffers; over it the connection holding the most is closed.',
+    },
+    drainTimeout: {
+      type: 'duration',
+      default: 30_000,
+      min: 1000,
+      doc: 'Embedded: a device that does not read what it is sent for this long is disconnected.',
+    },
+    loginBurst: {
+      type: 'integer',
+      default: 10,
+      min: 1,
+      max: 100_000,
+      doc: 'Embedded: log-in attempts a device id, and a source address, may make at once; a success gives its attempt back.',
+    },
+    loginRatePerSec: {
+      type: 'number',
+      default: 1,
+      min: 0.001,
+      max: 100_000,
+      doc: 'Embedded: failed log-in attempts per second, per device id and per source address, once the burst is spent.',
+    },
+    // scrypt takes a core for about 50 ms on a Pi; one at a time leaves the other cores to the
+    // etcd API and the reports
+    loginConcurrency: {
+      type: 'integer',
+      default: 1,
+      min: 1,
+      max: 64,
+      doc: 'Embedded: password checks (scrypt, a core for about 50 ms on a Pi) running at once; the others wait.',
+    },
     mirrorInterval: {
       type: 'duration',
       default: 5000,
@@ -179,6 +286,13 @@ export const ingestConfigSection: ConfigSection = {
       max: 1_000_000,
       doc: 'Rows kept in the dead-letter table ingest_rejects.',
     },
+    deviceSeries: {
+      type: 'integer',
+      default: 1000,
+      min: 0,
+      max: 100_000,
+      doc: 'Most per-device last-seen series on /metrics (devices first seen first); the rest are counted in edgekeeper_ingest_devices_unexported.',
+    },
     dedupeWindow: {
       type: 'duration',
       default: 3_600_000,
@@ -198,6 +312,15 @@ export const ingestConfigSection: ConfigSection = {
       max: 100_000,
       doc: 'Most reports per write batch (smaller keeps each transaction short for the etcd API writes that share the writer).',
     },
+  },
+  check(v) {
+    const payload = v.maxPayload as number;
+    const packet = v.maxPacket as number;
+    return packet < payload + KIB
+      ? [
+          `Expected \`mqtt.maxPacket\` to be at least \`mqtt.maxPayload\` + 1KiB (${payload + KIB}), got ${packet}`,
+        ]
+      : [];
   },
 };
 

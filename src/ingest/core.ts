@@ -39,6 +39,7 @@ export class IngestCore {
     this.registry = new DeviceRegistry(store, clock, metrics, log, {
       mirrorInterval: opts.mirrorInterval,
       silenceTimeout: opts.silenceTimeout,
+      maxMetrics: opts.maxMetrics,
     });
     this.rejects = new DeadLetters(store, clock, metrics, log, opts.rejectsMax);
   }
@@ -59,8 +60,9 @@ export class IngestCore {
             payload: e.head,
             size: e.size,
             detail: e.detail,
+            count: e.count,
           });
-          if (e.device) this.registry.rejected(e.device);
+          if (e.device) for (let i = 0; i < e.count; i++) this.registry.rejected(e.device);
           break;
         case 'online':
           this.registry.setOnline(e.device, e.online, e.via);

@@ -21,7 +21,7 @@ export type ReportOutcome = 'stored' | RejectReason;
 
 export type PasswordCheck = 'ok' | 'unknown' | 'wrong';
 
-/** A device's reports committed since the last sighting: how many, and the last one. */
+/** A device's reports committed since the last sighting: how many, and the last one (with every metric they carried). */
 export interface Sighting {
   device: string;
   count: number;
@@ -38,6 +38,8 @@ export type EdgeEvent =
       head?: Uint8Array;
       size: number;
       detail?: string;
+      /** Refusals of this reason and device in the same turn, folded into this one (its head and detail are the first's). */
+      count: number;
     }
   | { t: 'online'; device: string; online: boolean; via: string }
   | { t: 'seen'; sightings: Sighting[] }
@@ -64,6 +66,8 @@ export class IngestEdge {
   readonly writer: ReportWriter;
   private readonly limiter: RateLimiter;
   private queue: EdgeEvent[] = [];
+  /** The queue's reject events by reason and device: a flood of refusals is one event per turn. */
+  private rejects = new Map<string, Extract<EdgeEvent, { t: 'reject' }>>();
   private posting = false;
   private sightings = new Map<string, Sighting>();
   private sightingTimer: ReturnType<typeof setTimeout> | undefined;
@@ -115,7 +119,13 @@ export class IngestEdge {
     reason: RejectReason,
     info: { device?: string; topic?: string; payload?: Buffer; detail?: string },
   ): void {
-    this.emit({
+    const key = `${reason}\0${info.device ?? ''}`;
+    const same = this.rejects.get(key);
+    if (same) {
+      same.count++;
+      return;
+    }
+    const e: Extract<EdgeEvent, { t: 'reject' }> = {
       t: 'reject',
       reason,
       device: info.device,
@@ -124,7 +134,10 @@ export class IngestEdge {
       head: info.payload ? Uint8Array.prototype.slice.call(info.payload, 0, HEAD_BYTES) : undefined,
       size: info.payload?.length ?? 0,
       detail: info.detail,
-    });
+      count: 1,
+    };
+    this.rejects.set(key, e);
+    this.emit(e);
   }
 
   setOnline(device: string, online: boolean, via: string): void {
@@ -153,7 +166,10 @@ export class IngestEdge {
     const s = this.sightings.get(device);
     if (s) {
       s.count++;
-      s.report = report;
+      // The mirror keeps every metric's last value: one that only an earlier report of this
+      // sighting carried must not be lost. Spread, not Object.assign: a metric named
+      // `__proto__` stays a plain key.
+      s.report = { ...report, metrics: { ...s.report.metrics, ...report.metrics } };
     } else this.sightings.set(device, { device, count: 1, report });
     this.sightingTimer ??= setTimeout(
       () => this.postSightings(),
@@ -182,6 +198,7 @@ export class IngestEdge {
     if (this.queue.length === 0) return;
     const list = this.queue;
     this.queue = [];
+    this.rejects.clear();
     this.link.events(list);
   }
 

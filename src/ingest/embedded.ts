@@ -30,11 +30,14 @@ import type {
   Subscription,
 } from 'aedes';
 import mqttPacket from 'mqtt-packet';
+import { type Clock, systemClock } from '../clock.js';
 import type { Logger } from '../log.js';
 import type { IngestOptions } from './config.js';
 import type { CommandDelivery } from './downlink.js';
 import type { IngestEdge } from './edge.js';
+import { type Conn, ConnectionGuard } from './guard.js';
 import { commandTopic, parseTopic, sanitize, statusTopic, validDeviceId } from './ids.js';
+import { LoginThrottle } from './login.js';
 import { parseStatus } from './payload.js';
 import { acceptConnection } from './v5bridge.js';
 
@@ -61,12 +64,33 @@ export class EmbeddedBroker implements CommandDelivery {
   private readonly waitingAck = new Map<string, () => void>();
   private readonly chains = new Map<string, Promise<void>>();
   private addresses: { host: string; port: number; tls: boolean }[] = [];
+  readonly guard: ConnectionGuard;
+  readonly logins: LoginThrottle;
+  /** The connection behind each stream handed to aedes (the socket, or the MQTT 5 bridge). */
+  private readonly connOf = new WeakMap<Duplex, Conn>();
+  private readonly refusedSubs = new WeakMap<Client, number>();
 
   constructor(
     private readonly core: IngestEdge,
     private readonly opts: IngestOptions,
     private readonly log: Logger,
-  ) {}
+    clock: Clock = systemClock,
+  ) {
+    this.guard = new ConnectionGuard(
+      {
+        connectTimeout: opts.connectTimeout,
+        maxPending: opts.maxPendingConnections,
+        memoryBudget: opts.memoryBudget,
+        maxPacket: opts.maxPacket,
+        maxConnect: opts.maxConnectPacket,
+        maxFilters: opts.maxFilters,
+      },
+      clock,
+    );
+    this.guard.onRefused = (conn, r) =>
+      this.core.reject(r.reason, { device: conn.device, detail: `${conn.address}: ${r.detail}` });
+    this.logins = new LoginThrottle(opts, clock);
+  }
 
   async start(): Promise<void> {
     const { Aedes } = await import('aedes');
@@ -77,7 +101,9 @@ export class EmbeddedBroker implements CommandDelivery {
       // the device id is the client id: allow the same 64 characters as validDeviceId
       maxClientsIdLength: 64,
       heartbeatInterval: 60_000,
-      connectTimeout: 10_000,
+      // the guard's deadline runs from the accept; aedes's from the first byte to the CONNECT
+      connectTimeout: this.opts.connectTimeout,
+      drainTimeout: this.opts.drainTimeout,
       authenticate: (client, username, password, cb) => this.authenticate(client, username, password, cb),
       authorizePublish: (client, packet, cb) => this.authorizePublish(client, packet, cb),
       authorizeSubscribe: (client, sub, cb) => this.authorizeSubscribe(client, sub, cb),
@@ -98,7 +124,13 @@ export class EmbeddedBroker implements CommandDelivery {
 
     // MQTT 5 devices go through a bridge to aedes's 3.1.1 (see v5bridge.ts)
     const aedesHandle = b.handle as (conn: Duplex) => void;
-    const handle = (sock: net.Socket) => acceptConnection(sock, aedesHandle);
+    const handle = (sock: net.Socket) => {
+      const conn = this.guard.accept(sock);
+      acceptConnection(sock, conn, this.guard, this.opts.maxPacket, (stream) => {
+        this.connOf.set(stream, conn);
+        aedesHandle(stream);
+      });
+    };
     const listen = parseHostPort(this.opts.listen, 1883);
     const plain = net.createServer(handle);
     await this.listen(plain, listen.host, listen.port, false);
@@ -121,8 +153,8 @@ export class EmbeddedBroker implements CommandDelivery {
   }
 
   private listen(server: net.Server, host: string, port: number, isTls: boolean): Promise<void> {
-    // a little slack above the device limit for connections that are still authenticating
-    server.maxConnections = this.opts.maxConnections + 64;
+    // the devices and those still logging in (the guard closes the oldest of the latter)
+    server.maxConnections = this.opts.maxConnections + this.opts.maxPendingConnections + 1;
     return new Promise((resolve, reject) => {
       server.once('error', reject);
       server.listen(port, host, () => {
@@ -189,31 +221,57 @@ export class EmbeddedBroker implements CommandDelivery {
       cb(authError('identifier rejected', 2), null);
       return;
     }
-    this.core.checkPassword(username, password ?? Buffer.alloc(0)).then(
-      (check) => {
-        if (check === 'ok') {
-          this.deviceOf.set(client, username);
-          cb(null, true);
-          return;
-        }
-        if (check === 'unknown')
-          this.core.reject('unknown_device', {
-            device: username,
-            detail: 'no such device; add it with `edgekeeper device add`',
-          });
-        else this.core.reject('auth', { device: username, detail: 'wrong password' });
-        cb(authError('bad user name or password', 4), null);
-      },
-      (err) => {
-        this.log.warn({ err }, 'password check failed');
-        cb(authError('server unavailable', 3), null);
-      },
-    );
+    const pw = password ?? Buffer.alloc(0);
+    const conn = this.connOf.get(client.conn as Duplex);
+    this.logins
+      .attempt(
+        username,
+        conn?.address ?? '?',
+        pw,
+        () => !(client as unknown as { closed: boolean }).closed,
+        () => this.core.checkPassword(username, pw),
+      )
+      .then(
+        (check) => {
+          if (check === 'gone') return;
+          if (check === 'throttled') {
+            this.core.reject('throttled', {
+              device: username,
+              detail: `${conn?.address ?? '?'}: too many failed log-ins for this device or address; try later`,
+            });
+            cb(authError('server unavailable', 3), null);
+            return;
+          }
+          if (check === 'ok') {
+            this.deviceOf.set(client, username);
+            cb(null, true);
+            return;
+          }
+          if (check === 'unknown')
+            this.core.reject('unknown_device', {
+              device: username,
+              detail: 'no such device; add it with `edgekeeper device add`',
+            });
+          else this.core.reject('auth', { device: username, detail: 'wrong password' });
+          cb(authError('bad user name or password', 4), null);
+        },
+        (err) => {
+          this.log.warn({ err }, 'password check failed');
+          cb(authError('server unavailable', 3), null);
+        },
+      );
   }
 
   /** Close the device's connections (after remove/rotate). */
   revoke(device: string): void {
+    this.logins.forget(device);
     for (const c of this.conns.get(device) ?? []) c.close();
+  }
+
+  /** What the bounds hold now, for the metrics. */
+  stats(): { buffered: number; pending: number; loginsWaiting: number } {
+    const g = this.guard.stats();
+    return { buffered: g.buffered, pending: g.pending, loginsWaiting: this.logins.queued };
   }
 
   private authorizePublish(
@@ -292,6 +350,21 @@ export class EmbeddedBroker implements CommandDelivery {
       cb(null, { ...sub, qos: Math.min(sub.qos, 1) as 0 | 1 });
       return;
     }
+    // each refusal is a dead letter on the main thread: a connection gets a few, then is closed
+    const refused = (this.refusedSubs.get(client) ?? 0) + 1;
+    this.refusedSubs.set(client, refused);
+    if (refused > this.opts.maxRefusedSubscriptions) {
+      if (refused === this.opts.maxRefusedSubscriptions + 1) {
+        this.core.reject('too_many_refusals', {
+          device: dev,
+          topic: sub.topic,
+          detail: `more than ${this.opts.maxRefusedSubscriptions} refused subscriptions; connection closed`,
+        });
+        client.close();
+      }
+      cb(null, null);
+      return;
+    }
     this.core.reject('acl', {
       device: dev,
       topic: sub.topic,
@@ -303,6 +376,8 @@ export class EmbeddedBroker implements CommandDelivery {
   private connected(client: Client): void {
     const dev = this.deviceOf.get(client);
     if (!dev) return;
+    const conn = this.connOf.get(client.conn as Duplex);
+    if (conn) this.guard.established(conn, dev);
     let set = this.conns.get(dev);
     if (!set) {
       set = new Set();
@@ -396,6 +471,8 @@ export class EmbeddedBroker implements CommandDelivery {
     // stop accepting, then let aedes close every client, then wait for the listeners
     const closed = this.servers.map((s) => new Promise<void>((r) => s.close(() => r())));
     await new Promise<void>((r) => (this.broker ? this.broker.close(() => r()) : r()));
+    // aedes knows only the clients that connected; the listeners wait for every socket
+    this.guard.closeAll();
     await Promise.all(closed);
   }
 }

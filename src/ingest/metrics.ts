@@ -2,9 +2,24 @@ import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 
 export type IngestMetrics = ReturnType<typeof createMetrics>;
 
+/** What the scrape-time metrics read; set by the part once its registry exists. */
+export interface DeviceMetricsSource {
+  /** Devices with credentials that have never connected. */
+  neverConnected(): number;
+  /** Known devices in the order their series are kept (first seen first). */
+  devices(): Iterable<{ id: string; lastSeen: number }>;
+  /** How many that is. */
+  count(): number;
+  /** Most per-device series; the rest are counted, not exported. */
+  maxSeries: number;
+}
+
 export function createMetrics(registry: Registry) {
   const registers = [registry];
+  const source: { current?: DeviceMetricsSource } = {};
   return {
+    /** Set by the part: the registry and store behind the scrape-time metrics. */
+    source,
     reports: new Counter({
       name: 'edgekeeper_ingest_reports_total',
       help: 'Reports committed to the reports table.',
@@ -19,6 +34,12 @@ export function createMetrics(registry: Registry) {
     rejects: new Counter({
       name: 'edgekeeper_ingest_rejects_total',
       help: 'Refused connections, subscriptions and reports, per reason.',
+      labelNames: ['reason'] as const,
+      registers,
+    }),
+    rejectsUnrecorded: new Counter({
+      name: 'edgekeeper_ingest_rejects_unrecorded_total',
+      help: 'Rejects counted but not written to the dead-letter table (sampled out, or the write failed), per reason.',
       labelNames: ['reason'] as const,
       registers,
     }),
@@ -41,9 +62,39 @@ export function createMetrics(registry: Registry) {
     }),
     devices: new Gauge({
       name: 'edgekeeper_ingest_devices',
-      help: 'Known devices by state.',
+      help: 'Known devices by state: online, offline, never (credentials, never connected).',
       labelNames: ['state'] as const,
       registers,
+      collect() {
+        const s = source.current;
+        if (s) this.set({ state: 'never' }, s.neverConnected());
+      },
+    }),
+    lastSeen: new Gauge({
+      name: 'edgekeeper_ingest_device_last_seen_timestamp_seconds',
+      help: 'When each device was last heard from (unix seconds); the first mqtt.deviceSeries devices by first contact.',
+      labelNames: ['device'] as const,
+      registers,
+      collect() {
+        this.reset();
+        const s = source.current;
+        if (!s) return;
+        let n = 0;
+        for (const d of s.devices()) {
+          if (n++ >= s.maxSeries) break;
+          // Device ids are validated (A-Z a-z 0-9 . _ : -, at most 64): safe label values.
+          this.set({ device: d.id }, d.lastSeen / 1000);
+        }
+      },
+    }),
+    unexported: new Gauge({
+      name: 'edgekeeper_ingest_devices_unexported',
+      help: 'Known devices without a last-seen series because mqtt.deviceSeries is reached.',
+      registers,
+      collect() {
+        const s = source.current;
+        if (s) this.set(Math.max(0, s.count() - s.maxSeries));
+      },
     }),
     held: new Gauge({
       name: 'edgekeeper_ingest_held_reports',
@@ -70,6 +121,21 @@ export function createMetrics(registry: Registry) {
     threadRestarts: new Counter({
       name: 'edgekeeper_ingest_thread_restarts_total',
       help: 'Times the ingest thread (broker or subscriber) ended on its own and was started again.',
+      registers,
+    }),
+    buffered: new Gauge({
+      name: 'edgekeeper_ingest_buffered_bytes',
+      help: 'Bytes the embedded broker holds in unfinished packets and socket buffers (bounded by mqtt.memoryBudget).',
+      registers,
+    }),
+    pending: new Gauge({
+      name: 'edgekeeper_ingest_pending_connections',
+      help: 'Embedded broker connections not yet logged in (bounded by mqtt.maxPendingConnections).',
+      registers,
+    }),
+    loginsWaiting: new Gauge({
+      name: 'edgekeeper_ingest_logins_waiting',
+      help: 'Log-ins waiting for a password check (mqtt.loginConcurrency run at once).',
       registers,
     }),
     writeErrors: new Counter({

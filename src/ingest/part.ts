@@ -28,6 +28,11 @@ export interface IngestPart extends Part {
 }
 
 const MAX_BODY = 4096;
+/** Devices named in status(): more than a status frame has room for. */
+const ATTENTION_LISTED = 10;
+// registering devices and reading what they sent need the local admin token (src/admin.ts);
+// the device list is public, as /edgekeeper/devices/ is over the etcd API
+const ADMIN = { admin: true };
 
 async function readJson(req: IncomingMessage): Promise<Record<string, unknown>> {
   const chunks: Buffer[] = [];
@@ -69,6 +74,18 @@ export function createIngestPart(ctx: PartContext, opts: IngestOptions): IngestP
   const log = ctx.logger.child({ part: 'ingest' });
   const metrics = createMetrics(ctx.registry);
   const core = new IngestCore(ctx.store, ctx.clock, metrics, log, options);
+  const source = {
+    neverConnected: () => {
+      let n = 0;
+      for (const { id } of ctx.store.query<{ id: string }>('SELECT id FROM ingest_devices').iterate())
+        if (!core.registry.devices.has(id)) n++;
+      return n;
+    },
+    devices: () => core.registry.devices.values(),
+    count: () => core.registry.devices.size,
+    maxSeries: options.deviceSeries,
+  };
+  metrics.source.current = source;
   let thread: IngestThread | undefined;
   let addresses: Address[] = [];
   // the downlink's transport is the thread, made at start
@@ -92,17 +109,27 @@ export function createIngestPart(ctx: PartContext, opts: IngestOptions): IngestP
       listDevices(ctx.store).map((d) => ({ ...d, online: live.get(d.id)?.online ?? d.online })),
     );
   });
-  ctx.http.add('POST', '/v1/devices', async (req, res, url) => {
-    const id = idFrom(await readJson(req), url);
-    const secret = await addDevice(ctx.store, id, ctx.clock.now());
-    send(res, 201, { id, secret });
-  });
-  ctx.http.add('POST', '/v1/devices/rotate', async (req, res, url) => {
-    const id = idFrom(await readJson(req), url);
-    const secret = await rotateDevice(ctx.store, id, ctx.clock.now());
-    thread?.revoke(id);
-    send(res, 200, { id, secret });
-  });
+  ctx.http.add(
+    'POST',
+    '/v1/devices',
+    async (req, res, url) => {
+      const id = idFrom(await readJson(req), url);
+      const secret = await addDevice(ctx.store, id, ctx.clock.now());
+      send(res, 201, { id, secret });
+    },
+    ADMIN,
+  );
+  ctx.http.add(
+    'POST',
+    '/v1/devices/rotate',
+    async (req, res, url) => {
+      const id = idFrom(await readJson(req), url);
+      const secret = await rotateDevice(ctx.store, id, ctx.clock.now());
+      thread?.revoke(id);
+      send(res, 200, { id, secret });
+    },
+    ADMIN,
+  );
   const remove = async (req: IncomingMessage, res: ServerResponse, url: URL) => {
     const id = idFrom(req.method === 'DELETE' ? {} : await readJson(req), url);
     const removed = await removeDevice(ctx.store, id);
@@ -110,19 +137,24 @@ export function createIngestPart(ctx: PartContext, opts: IngestOptions): IngestP
     core.registry.forget(id);
     send(res, removed ? 200 : 404, { id, removed });
   };
-  ctx.http.add('POST', '/v1/devices/remove', remove);
-  ctx.http.add('DELETE', '/v1/devices', remove);
-  ctx.http.add('GET', '/v1/ingest/rejects', (_req, res, url) => {
-    const limit = Math.min(1000, Math.max(1, Number(url.searchParams.get('limit') ?? 50) || 50));
-    send(
-      res,
-      200,
-      DeadLetters.list(ctx.store, limit).map((r) => ({
-        ...r,
-        head: r.head ? Buffer.from(r.head).toString('hex') : null,
-      })),
-    );
-  });
+  ctx.http.add('POST', '/v1/devices/remove', remove, ADMIN);
+  ctx.http.add('DELETE', '/v1/devices', remove, ADMIN);
+  ctx.http.add(
+    'GET',
+    '/v1/ingest/rejects',
+    (_req, res, url) => {
+      const limit = Math.min(1000, Math.max(1, Number(url.searchParams.get('limit') ?? 50) || 50));
+      send(
+        res,
+        200,
+        DeadLetters.list(ctx.store, limit).map((r) => ({
+          ...r,
+          head: r.head ? Buffer.from(r.head).toString('hex') : null,
+        })),
+      );
+    },
+    ADMIN,
+  );
 
   ctx.addReadinessCheck('ingest', () => {
     if (thread?.down) return `the ingest thread stopped (${thread.down.message}); starting it again`;
@@ -167,19 +199,17 @@ export function createIngestPart(ctx: PartContext, opts: IngestOptions): IngestP
     },
     status() {
       const { online, offline } = core.registry.counts();
-      const attention: { id: string; why: string }[] = [];
-      for (const d of core.registry.devices.values()) {
-        if (!d.online) attention.push({ id: d.id, why: d.reason ?? 'offline' });
-        else if (d.rejects > 0) attention.push({ id: d.id, why: `${d.rejects} rejected` });
-        if (attention.length >= 5) break;
-      }
+      const attention = core.registry.attention(ATTENTION_LISTED);
       return {
         mode: options.mode,
-        devices: { online, offline },
+        devices: { online, offline, never: source.neverConnected() },
         connections: options.mode === 'embedded' ? core.connections : null,
-        attention,
+        attention: attention.list,
+        attentionTotal: attention.total,
+        rejecting: attention.rejecting,
         reportsPerMinute: core.ratePerMinute(),
         rejects: Object.fromEntries(core.rejects.counts),
+        rejectsUnrecorded: Object.fromEntries(core.rejects.unrecorded),
         queued: thread?.queued ?? 0,
         commandsPending: downlink.pendingCount(),
       };

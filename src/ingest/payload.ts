@@ -27,7 +27,14 @@ export type RejectReason =
   | 'bad_device_id'
   | 'bad_topic'
   | 'connections'
-  | 'unknown_device';
+  | 'unknown_device'
+  // the embedded broker's connection bounds (guard.ts, gate.ts, login.ts)
+  | 'timeout'
+  | 'protocol'
+  | 'too_many_filters'
+  | 'too_many_refusals'
+  | 'memory'
+  | 'throttled';
 
 export type Decoded =
   | { ok: true; report: Report; body: Buffer }

@@ -6,8 +6,12 @@
  *
  * Mirror rate: a device's key is rewritten at most once per `mirrorInterval`, except that an
  * online/offline change is written at once (with a `device.online`/`device.offline` row in the
- * `events` table in the same transaction). Each write carries many devices (one revision each
- * chunk), so 1,000 chatty devices cost a few revisions per interval, not one per report.
+ * `events` table in the same transaction). Each write carries up to 100 devices (one revision
+ * per chunk), so 1,000 chatty devices cost 10 transactions per interval (2 a second at the
+ * default 5 s), not one per report.
+ *
+ * Metrics: the mirror keeps each metric's last known value and when it arrived, not only the
+ * last report's, up to `maxMetrics` names per device (the oldest name is dropped past it).
  *
  * Silence: our own sweep on the injected Clock rather than a store lease per device. A store
  * lease deletes its keys when it expires, so a silent device would vanish from
@@ -26,6 +30,16 @@ const PUTS_PER_TXN = 100;
 // Online/offline changes logged one line each per second; more (a broker restart brings back
 // every device at once) are summed into one line: the watch and the events table have each.
 const CHANGE_LINES_PER_SECOND = 10;
+/** A device whose reports were refused this recently needs attention. */
+const REJECT_ATTENTION_MS = 10 * 60_000;
+
+/** A device worth naming on the status frame. */
+export interface Attention {
+  id: string;
+  reason: 'offline' | 'silent' | 'rejected';
+  /** Offline since, or the last refused report (ms epoch). */
+  since: number;
+}
 
 /** The JSON under /edgekeeper/devices/<id>. */
 export interface DeviceDoc {
@@ -40,14 +54,22 @@ export interface DeviceDoc {
   reports: number;
   lastSeq: number | null;
   lastTs: number | null;
+  /** Each metric's last known value (from whichever report last carried it). */
   metrics?: Record<string, number>;
+  /** When the report that last carried each metric was received (ms epoch). */
+  metricsAt?: Record<string, number>;
   state?: Record<string, unknown>;
   tags?: Record<string, string>;
+  /** Reports refused since the daemon started. */
   rejects: number;
+  /** When the last of them was refused (ms epoch). */
+  lastRejectAt?: number;
 }
 
 /** A device as the registry tracks it: its document plus bookkeeping for the mirror. */
-export interface DeviceState extends DeviceDoc {
+export interface DeviceState extends Omit<DeviceDoc, 'metrics' | 'metricsAt'> {
+  /** Metric name -> last value and when it arrived (a Map: any valid name is a plain key). */
+  values: Map<string, { v: number; at: number }>;
   mirroredAt: number;
   dirty: boolean;
   urgent: boolean;
@@ -78,7 +100,7 @@ export class DeviceRegistry {
     private readonly clock: Clock,
     private readonly metrics: IngestMetrics,
     private readonly log: Logger,
-    private readonly opts: { mirrorInterval: number; silenceTimeout: number },
+    private readonly opts: { mirrorInterval: number; silenceTimeout: number; maxMetrics: number },
   ) {}
 
   /** Load the persisted registry. `resetOnline`: connections did not survive the restart (embedded). */
@@ -91,7 +113,9 @@ export class DeviceRegistry {
         reports: number;
         online: number;
         last: string | null;
-      }>('SELECT id, first_seen, last_seen, reports, online, last FROM ingest_device_state')
+      }>(
+        'SELECT id, first_seen, last_seen, reports, online, last FROM ingest_device_state ORDER BY first_seen, id',
+      )
       .all();
     const now = this.clock.now();
     for (const r of rows) {
@@ -111,7 +135,7 @@ export class DeviceRegistry {
         reason: last.reason,
         lastSeq: last.lastSeq ?? null,
         lastTs: last.lastTs ?? null,
-        metrics: last.metrics,
+        values: loadValues(last, r.last_seen),
         state: last.state,
         tags: last.tags,
         rejects: 0,
@@ -156,6 +180,7 @@ export class DeviceRegistry {
         since: now,
         lastSeq: null,
         lastTs: null,
+        values: new Map(),
         rejects: 0,
         mirroredAt: 0,
         dirty: true,
@@ -173,7 +198,14 @@ export class DeviceRegistry {
     d.reports += count;
     d.lastSeq = r.seq;
     d.lastTs = r.ts;
-    d.metrics = r.metrics;
+    for (const [name, v] of Object.entries(r.metrics)) {
+      d.values.delete(name); // re-inserted last: the Map stays in arrival order, oldest first
+      d.values.set(name, { v, at: now });
+    }
+    for (const name of d.values.keys()) {
+      if (d.values.size <= this.opts.maxMetrics) break;
+      d.values.delete(name);
+    }
     if (r.state) d.state = r.state;
     if (r.tags) d.tags = r.tags;
     d.dirty = true;
@@ -187,10 +219,11 @@ export class DeviceRegistry {
     d.dirty = true;
   }
 
-  rejected(id: string): void {
+  rejected(id: string, now = this.clock.now()): void {
     const d = this.devices.get(id);
     if (d) {
       d.rejects++;
+      d.lastRejectAt = now;
       d.dirty = true;
     }
   }
@@ -273,8 +306,13 @@ export class DeviceRegistry {
       lastTs: d.lastTs,
       rejects: d.rejects,
     };
+    if (d.lastRejectAt !== undefined) doc.lastRejectAt = d.lastRejectAt;
     if (d.reason) doc.reason = d.reason;
-    if (d.metrics) doc.metrics = d.metrics;
+    if (d.values.size > 0) {
+      // fromEntries defines each name as an own key (a metric may be called `__proto__`).
+      doc.metrics = Object.fromEntries([...d.values].map(([k, x]) => [k, x.v]));
+      doc.metricsAt = Object.fromEntries([...d.values].map(([k, x]) => [k, x.at]));
+    }
     if (d.state) doc.state = d.state;
     if (d.tags) doc.tags = d.tags;
     return doc;
@@ -371,4 +409,36 @@ export class DeviceRegistry {
   counts(): { online: number; offline: number } {
     return { online: this.online, offline: this.devices.size - this.online };
   }
+
+  /**
+   * Devices that need attention, worst first: reports refused in the last 10 minutes (newest
+   * first), then offline ones (most recently gone first). `limit` of them, and how many in all.
+   */
+  attention(limit: number, now = this.clock.now()): { list: Attention[]; total: number; rejecting: number } {
+    const rejected: Attention[] = [];
+    const offline: Attention[] = [];
+    for (const d of this.devices.values()) {
+      if (d.lastRejectAt !== undefined && now - d.lastRejectAt <= REJECT_ATTENTION_MS)
+        rejected.push({ id: d.id, reason: 'rejected', since: d.lastRejectAt });
+      else if (!d.online)
+        offline.push({ id: d.id, reason: d.reason === 'silence' ? 'silent' : 'offline', since: d.since });
+    }
+    const newest = (a: Attention, b: Attention) => b.since - a.since || (a.id < b.id ? -1 : 1);
+    rejected.sort(newest);
+    offline.sort(newest);
+    const list = [...rejected, ...offline];
+    return { list: list.slice(0, limit), total: list.length, rejecting: rejected.length };
+  }
+}
+
+/** The values of a persisted document; documents from before `metricsAt` carry no times. */
+function loadValues(doc: Partial<DeviceDoc>, lastSeen: number): Map<string, { v: number; at: number }> {
+  const out = new Map<string, { v: number; at: number }>();
+  const at = doc.metricsAt ?? {};
+  const entries = Object.entries(doc.metrics ?? {})
+    .filter(([, v]) => typeof v === 'number')
+    .map(([k, v]) => [k, { v, at: typeof at[k] === 'number' ? at[k] : lastSeen }] as const)
+    .sort((a, b) => a[1].at - b[1].at);
+  for (const [k, x] of entries) out.set(k, x);
+  return out;
 }

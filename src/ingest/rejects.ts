@@ -1,9 +1,10 @@
 /**
  * Everything refused is counted per reason (`edgekeeper_ingest_rejects_total{reason}`) and its
  * first bytes kept in the dead-letter table `ingest_rejects`, bounded by `rejectsMax` rows
- * (oldest deleted in the same transaction). A flood must not turn into a write flood: at most
- * one row per (device, reason) per second and `ROWS_PER_SEC` rows overall are written; the
- * counter still counts every reject.
+ * (oldest deleted in the same transaction). A flood must not turn into a write flood: the table
+ * is a sample, at most one row per (device, reason) per second and `ROWS_PER_SEC` rows overall.
+ * What the sample leaves out (and rows whose write failed) is counted per reason in
+ * `edgekeeper_ingest_rejects_unrecorded_total{reason}`, so the table never drops silently.
  */
 import type { Clock } from '../clock.js';
 import type { Logger } from '../log.js';
@@ -33,6 +34,8 @@ export interface RejectRow {
 
 export class DeadLetters {
   readonly counts = new Map<string, number>();
+  /** Per reason: rejects counted but not in the table (sampled out, or their write failed). */
+  readonly unrecorded = new Map<string, number>();
   private pending: Record<string, unknown>[] = [];
   private recent = new Map<string, number>();
   private second = 0;
@@ -50,10 +53,19 @@ export class DeadLetters {
 
   record(
     reason: RejectReason,
-    info: { device?: string; topic?: string; payload?: Uint8Array; size?: number; detail?: string },
+    info: {
+      device?: string;
+      topic?: string;
+      payload?: Uint8Array;
+      size?: number;
+      detail?: string;
+      /** Refusals this one stands for (the ingest thread folds a turn's alike refusals into one). */
+      count?: number;
+    },
   ): void {
-    this.metrics.rejects.inc({ reason });
-    this.counts.set(reason, (this.counts.get(reason) ?? 0) + 1);
+    const n = info.count ?? 1;
+    this.metrics.rejects.inc({ reason }, n);
+    this.counts.set(reason, (this.counts.get(reason) ?? 0) + n);
     const now = this.clock.now();
     const sec = Math.floor(now / 1000);
     if (sec !== this.second) {
@@ -62,7 +74,10 @@ export class DeadLetters {
       this.recent.clear();
     }
     const key = `${info.device ?? ''}\0${reason}`;
-    if (this.inSecond >= ROWS_PER_SEC || this.recent.has(key)) return;
+    if (this.inSecond >= ROWS_PER_SEC || this.recent.has(key)) {
+      this.dropped(reason, 1);
+      return;
+    }
     this.recent.set(key, now);
     this.inSecond++;
     this.pending.push({
@@ -95,12 +110,19 @@ export class DeadLetters {
       )
       .then(
         () => undefined,
-        (err) =>
+        (err) => {
+          for (const r of rows) this.dropped(r.reason as string, 1);
           this.log.warn(
-            { err },
+            { err, rows: rows.length },
             'could not record rejected input in ingest_rejects; it is still counted in /metrics',
-          ),
+          );
+        },
       );
+  }
+
+  private dropped(reason: string, n: number): void {
+    this.metrics.rejectsUnrecorded.inc({ reason }, n);
+    this.unrecorded.set(reason, (this.unrecorded.get(reason) ?? 0) + n);
   }
 
   /** Wait for dead letters already recorded to be written. */

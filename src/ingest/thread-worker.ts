@@ -12,7 +12,7 @@ import type { ThreadData } from './thread.js';
 import type { ReportBatch } from './writer.js';
 
 // the queue length reaches the main thread with every batch and event; this catches a queue
-// that grows while nothing else moves (admission closed)
+// that grows while nothing else moves (admission closed), and carries the broker's bounds
 const STATS_MS = 1000;
 
 const { opts, level } = (workerData as { data: ThreadData }).data;
@@ -54,10 +54,12 @@ const embedded = opts.mode === 'embedded' ? new EmbeddedBroker(edge, opts, log) 
 const external = opts.mode === 'external' ? new ExternalSubscriber(edge, opts, log) : undefined;
 const transport = (embedded ?? external)!;
 
-let lastQueued = 0;
+let last = '';
 const stats = setInterval(() => {
-  if (edge.writer.queued === lastQueued) return;
-  lastQueued = edge.writer.queued;
-  peer.notify('events', { list: [], queued: lastQueued });
+  const now = { queued: edge.writer.queued, bounds: embedded?.stats() };
+  const text = JSON.stringify(now);
+  if (text === last) return;
+  last = text;
+  peer.notify('events', { list: [], ...now });
 }, STATS_MS);
 stats.unref();

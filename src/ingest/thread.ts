@@ -28,6 +28,9 @@ export interface ThreadData {
 
 export type Address = { host: string; port: number; tls: boolean };
 
+/** The embedded broker's bounds in use, sent once a second when they change. */
+export type BrokerBounds = { buffered: number; pending: number; loginsWaiting: number };
+
 const RESTART_MS = 1000;
 const RESTART_MAX_MS = 30_000;
 
@@ -75,8 +78,13 @@ export class IngestThread implements CommandDelivery {
           a.device,
           Buffer.from(a.password.buffer, a.password.byteOffset, a.password.length),
         ),
-      events: (a: { list: EdgeEvent[]; queued: number }) => {
+      events: (a: { list: EdgeEvent[]; queued: number; bounds?: BrokerBounds }) => {
         this.setQueued(a.queued);
+        if (a.bounds) {
+          core.metrics.buffered.set(a.bounds.buffered);
+          core.metrics.pending.set(a.bounds.pending);
+          core.metrics.loginsWaiting.set(a.bounds.loginsWaiting);
+        }
         core.apply(a.list, (device) => this.onReachable?.(device));
       },
     });

@@ -16,32 +16,54 @@
 import { Duplex } from 'node:stream';
 import type net from 'node:net';
 import mqttPacket from 'mqtt-packet';
+import type { Conn, ConnectionGuard } from './guard.js';
 
 // 3.1.1 CONNACK return code -> MQTT 5 reason code
 const CONNACK_V5: Record<number, number> = { 0: 0, 1: 0x84, 2: 0x85, 3: 0x88, 4: 0x86, 5: 0x87 };
 
 /**
- * Peek at the first bytes of a connection: calls `plain(sock)` for MQTT 3.x (bytes put back) or
- * `bridged(stream)` with an MQTT 3.1.1 view of an MQTT 5 connection.
+ * Peek at the first bytes of a connection, then hand it on with every later chunk going through
+ * the guard's packet gate first: `plain(sock)` for MQTT 3.x (bytes put back), or
+ * `plain(stream)` with an MQTT 3.1.1 view of an MQTT 5 connection.
  */
-export function acceptConnection(sock: net.Socket, plain: (s: Duplex) => void): void {
-  let buf = Buffer.alloc(0);
+export function acceptConnection(
+  sock: net.Socket,
+  conn: Conn,
+  guard: ConnectionGuard,
+  maxPacket: number,
+  plain: (s: Duplex) => void,
+): void {
+  let buf: Buffer = Buffer.alloc(0);
   const onData = (d: Buffer) => {
-    buf = Buffer.concat([buf, d]);
+    buf = buf.length === 0 ? d : Buffer.concat([buf, d]);
     const level = connectLevel(buf);
     if (level === undefined && buf.length < 64) return;
     sock.off('data', onData);
     sock.pause();
+    const pass = guard.gate(conn, level ?? 0);
     if (level === 5) {
-      plain(bridge(sock, buf));
-    } else {
-      // aedes reads with 'readable' + read(), which sees the bytes put back
-      sock.unshift(buf);
-      plain(sock);
+      plain(bridge(sock, buf, pass, conn, maxPacket));
+      return;
     }
+    gateReads(sock, pass);
+    // aedes reads with 'readable' + read(), which sees the bytes put back
+    sock.unshift(buf);
+    plain(sock);
   };
   sock.on('data', onData);
   sock.on('error', () => undefined);
+}
+
+/**
+ * aedes reads a connection with `read()` on 'readable' and parses what it gets; the gate sees
+ * each chunk first, and a refused one is never returned (the socket is closing by then).
+ */
+function gateReads(sock: net.Socket, pass: (chunk: Uint8Array) => boolean): void {
+  const read = sock.read;
+  sock.read = function gatedRead(this: net.Socket, n?: number) {
+    const chunk = read.call(this, n) as Buffer | null;
+    return chunk === null || pass(chunk) ? chunk : null;
+  };
 }
 
 /** The protocol level of a CONNECT at the start of `b`, undefined until enough bytes arrived. */
@@ -73,7 +95,13 @@ function publishFields(p: Pkt): Pkt {
   };
 }
 
-function bridge(sock: net.Socket, first: Buffer): Duplex {
+function bridge(
+  sock: net.Socket,
+  first: Buffer,
+  pass: (chunk: Uint8Array) => boolean,
+  conn: Conn,
+  maxPacket: number,
+): Duplex {
   const fromDevice = mqttPacket.parser({ protocolVersion: 5 });
   const fromBroker = mqttPacket.parser({ protocolVersion: 4 });
   const unsubCounts = new Map<number, number>();
@@ -91,7 +119,18 @@ function bridge(sock: net.Socket, first: Buffer): Duplex {
     },
     write(chunk: Buffer, _enc, cb) {
       fromBroker.parse(chunk);
-      cb();
+      // a device that does not read holds aedes's writes back, as a plain socket does
+      if (!sock.writableNeedDrain || sock.destroyed) return cb();
+      let called = false;
+      const go = () => {
+        if (called) return;
+        called = true;
+        sock.off('drain', go);
+        sock.off('close', go);
+        cb();
+      };
+      sock.once('drain', go);
+      sock.once('close', go);
     },
     final(cb) {
       sock.end();
@@ -111,6 +150,11 @@ function bridge(sock: net.Socket, first: Buffer): Duplex {
   const toDevice = (p: Pkt) => {
     if (!sock.destroyed)
       sock.write(mqttPacket.generate(p as unknown as mqttPacket.Packet, { protocolVersion: 5 }));
+  };
+  let connacked = false;
+  // after the CONNACK, a refusal is said with a DISCONNECT and its reason code (MQTT-4.13.2)
+  conn.disconnect = (code) => {
+    if (connacked) toDevice({ cmd: 'disconnect', reasonCode: code });
   };
 
   fromDevice.on('packet', (raw: unknown) => {
@@ -178,10 +222,14 @@ function bridge(sock: net.Socket, first: Buffer): Duplex {
     const p = raw as Pkt & Record<string, any>;
     switch (p.cmd) {
       case 'connack':
+        connacked = p.returnCode === 0;
         toDevice({
           cmd: 'connack',
           sessionPresent: p.sessionPresent,
           reasonCode: CONNACK_V5[p.returnCode as number] ?? 0x80,
+          // so that a device does not send what the gate refuses (MQTT-3.2.2.3.6); the gate
+          // counts the remaining length, this the whole packet, so the header's 5 bytes on top
+          ...(p.returnCode === 0 ? { properties: { maximumPacketSize: maxPacket + 5 } } : {}),
         });
         return;
       case 'publish':
@@ -207,7 +255,9 @@ function bridge(sock: net.Socket, first: Buffer): Duplex {
     }
   });
 
-  sock.on('data', (d: Buffer) => fromDevice.parse(d));
+  sock.on('data', (d: Buffer) => {
+    if (pass(d)) fromDevice.parse(d);
+  });
   sock.on('close', () => {
     if (!closed) {
       closed = true;
@@ -216,7 +266,7 @@ function bridge(sock: net.Socket, first: Buffer): Duplex {
     }
   });
   sock.on('error', () => undefined);
-  fromDevice.parse(first);
+  if (pass(first)) fromDevice.parse(first);
   (inner as Duplex & { remoteAddress?: string }).remoteAddress = sock.remoteAddress;
   return inner;
 }

@@ -18,6 +18,13 @@ export const probesConfigSection: ConfigSection = {
       max: 3_600_000,
       doc: 'How often the in-kernel histograms are read, exported and stored.',
     },
+    storeInterval: {
+      type: 'duration',
+      default: 60_000,
+      min: 1000,
+      max: 3_600_000,
+      doc: 'Samples wait in memory and are stored this often (or once 1,000 wait): fewer commits, less SD-card wear. Waiting samples are lost on a crash; /metrics has them meanwhile.',
+    },
     runqlatPeriod: {
       type: 'duration',
       default: 60_000,

@@ -39,6 +39,8 @@ const BPF_STATS = '/proc/sys/kernel/bpf_stats_enabled';
 const INSERT = 'INSERT INTO probe_samples (ts, probe, metric, data) VALUES (?, ?, ?, ?)';
 /** The fleet sync's upload cursor for this table (`cursors.name`). */
 const CURSOR_NAME = 'probe_samples';
+/** Samples waiting in memory that make a store happen before `storeInterval`. */
+const MAX_PENDING_SAMPLES = 1000;
 /** Label values we keep per keyed map: a map keyed by something unbounded cannot grow /metrics. */
 const MAX_KEYS = 64;
 /** Previous prints kept for deltas: the fixed maps times MAX_KEYS, with room to spare. */
@@ -126,6 +128,36 @@ export function parseOomLine(text: string): Record<string, string | number> | un
   };
 }
 
+/**
+ * `edgekeeper_probe_up`'s reason: one word from a fixed set, so a label never carries free text
+ * (paths, exit messages, percentages). The full sentence is in /v1/probes and the log.
+ */
+const REASON_CODES: [RegExp, string][] = [
+  [/^running$/, 'running'],
+  [/^idle/, 'idle'],
+  // First: a restart's reason quotes bpftrace's own output, which may contain any other phrase.
+  [/restarting in \d+ s$/, 'restarting'],
+  [/disabled in config/, 'disabled'],
+  [/^not root/, 'no_root'],
+  [/missing capabilities/, 'no_capabilities'],
+  [/bpftrace not found/, 'no_bpftrace'],
+  [/does not run$/, 'bpftrace_broken'],
+  [/too old/, 'bpftrace_too_old'],
+  [/tracefs not mounted/, 'no_tracefs'],
+  [/bpftrace -l failed/, 'bpftrace_list_failed'],
+  [/tracepoint missing/, 'no_tracepoint'],
+  [/over CPU budget/, 'over_cpu_budget'],
+  [/^starting$/, 'starting'],
+  [/^not started$/, 'not_started'],
+  [/^stopped$/, 'stopped'],
+];
+
+export function reasonCode(state: ProbeStatus): string {
+  const why = state.replace(/^unavailable: /, '');
+  for (const [re, code] of REASON_CODES) if (re.test(why)) return code;
+  return 'other';
+}
+
 export class ProbesPart implements Part {
   readonly name = 'probes';
   private readonly log: Logger;
@@ -134,6 +166,7 @@ export class ProbesPart implements Part {
     Pick<
       ProbesOptions,
       | 'interval'
+      | 'storeInterval'
       | 'runqlatPeriod'
       | 'runqlatOn'
       | 'cpuBudget'
@@ -158,7 +191,11 @@ export class ProbesPart implements Part {
   private retentionTimer: { cancel(): void } | undefined;
   private stopped = false;
   private started = false;
+  private booting: Promise<void> | undefined;
   private writes = new Set<Promise<unknown>>();
+  /** Samples waiting to be stored (see ProbesOptions.storeInterval). */
+  private pending: [number, string, string, Buffer][] = [];
+  private storeTimer: { cancel(): void } | undefined;
   private lastOom: Record<string, string | number> | undefined;
   samplesWritten = 0;
   private bpfStatsPrev: string | undefined;
@@ -171,6 +208,7 @@ export class ProbesPart implements Part {
     this.enabled = resolveEnabled(opts.enabled);
     this.o = {
       interval: opts.interval ?? 10_000,
+      storeInterval: opts.storeInterval ?? 60_000,
       runqlatPeriod: opts.runqlatPeriod ?? 60_000,
       runqlatOn: Math.min(opts.runqlatOn ?? 10_000, opts.runqlatPeriod ?? 60_000),
       cpuBudget: opts.cpuBudget ?? 2,
@@ -184,11 +222,8 @@ export class ProbesPart implements Part {
     };
     this.metrics = createProbeMetrics(ctx.registry, (g) => {
       g.reset();
-      for (const [probe, s] of Object.entries(this.probeStates())) {
-        const up = s === 'running' || s === 'idle (duty cycle)';
-        const reason = up ? (s === 'running' ? '' : s) : s.replace(/^unavailable: /, '');
-        g.set({ probe, reason: reason.slice(0, 160) }, up ? 1 : 0);
-      }
+      for (const [probe, s] of Object.entries(this.probeStates()))
+        g.set({ probe, reason: reasonCode(s) }, s === 'running' || s === 'idle (duty cycle)' ? 1 : 0);
     });
     for (const [map, spec] of Object.entries(HIST_METRICS)) {
       registerBucketHistogram(ctx.registry, spec.metric, spec.help, () => this.series(map));
@@ -210,6 +245,20 @@ export class ProbesPart implements Part {
   async start(): Promise<void> {
     if (this.started) return;
     this.started = true;
+    this.scheduleRetention(0);
+    if (this.enabled.length === 0) {
+      // Nothing to run: no bpftrace is looked for or started, so probes that are off cost nothing.
+      const off = 'disabled in config (probes.enabled)';
+      const unavailable = Object.fromEntries(PROBE_NAMES.map((p) => [p, off])) as Record<ProbeName, string>;
+      this.env = { checks: [], unavailable };
+      return;
+    }
+    this.booting = this.boot().catch((err: unknown) => this.log.error({ err }, 'probes failed to start'));
+    if (!this.opts.background) await this.booting;
+  }
+
+  /** Checks the machine, then starts the supervisor for the probes that can run. */
+  private async boot(): Promise<void> {
     this.env = await checkEnvironment({
       bpftracePath: this.o.bpftracePath,
       tracefsDir: this.o.tracefsDir,
@@ -253,7 +302,6 @@ export class ProbesPart implements Part {
       });
       this.sup.start();
     }
-    this.scheduleRetention(0);
   }
 
   private enableBpfStats(): void {
@@ -276,7 +324,10 @@ export class ProbesPart implements Part {
     if (this.stopped) return;
     this.stopped = true;
     this.retentionTimer?.cancel();
+    await this.booting;
     await this.sup?.stop();
+    this.storeTimer?.cancel();
+    this.flush();
     if (this.bpfStatsPrev !== undefined) {
       try {
         writeFileSync(BPF_STATS, this.bpfStatsPrev);
@@ -443,7 +494,23 @@ export class ProbesPart implements Part {
     }
   }
 
+  /** Keep `rows` until the next store (at most `storeInterval` away, or 1,000 rows). */
   private write(rows: [number, string, string, Buffer][]): void {
+    for (const r of rows) this.pending.push(r);
+    if (this.pending.length >= MAX_PENDING_SAMPLES || this.stopped) this.flush();
+    else
+      this.storeTimer ??= this.ctx.clock.setTimeout(() => {
+        this.storeTimer = undefined;
+        this.flush();
+      }, this.o.storeInterval);
+  }
+
+  private flush(): void {
+    this.storeTimer?.cancel();
+    this.storeTimer = undefined;
+    const rows = this.pending;
+    if (rows.length === 0) return;
+    this.pending = [];
     const p = this.ctx.store
       .write({ sql: [{ sql: INSERT, rows }] })
       .then(() => {

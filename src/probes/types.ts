@@ -18,6 +18,12 @@ export interface ProbesOptions {
   bpftracePath?: string;
   /** 'shared' (default): one bpftrace process for every probe; 'per-probe': one each. */
   sharing?: 'shared' | 'per-probe';
+  /**
+   * Samples are kept in memory and stored this often (or once 1,000 are waiting): each store is
+   * a commit, and on an SD card an idle node's commits are its wear. Samples still waiting are
+   * lost on a crash (they are in /metrics meanwhile). Default 60 s.
+   */
+  storeInterval?: number;
   /** Samples older than this are deleted (once uploaded when an uplink is configured). Default 7 d. */
   retention?: number;
   /** Hard cap on stored sample rows; the oldest go first, uploaded or not, with a warning. */
@@ -33,6 +39,12 @@ export interface ProbesOptions {
   bpfStats?: boolean;
   /** True when the fleet uplink runs: retention keeps rows its cursor has not passed. */
   uplinkEnabled?: boolean;
+  /**
+   * start() returns at once and the machine check (bpftrace --version, bpftrace -l: 0.3-0.7 s)
+   * and bpftrace's start run behind it; probes say "unavailable: starting" meanwhile. The daemon
+   * sets it so that READY=1 does not wait for bpftrace. Default false: start() waits.
+   */
+  background?: boolean;
 
   // --- injection points for tests ---
   host?: HostAccess;

@@ -13,4 +13,5 @@ export {
   type HistoryRow,
   importHistory,
 } from './history.js';
+export { type SchemaStatus, schemaStatus } from './sql/schema.js';
 export type * from './types.js';

@@ -3,10 +3,11 @@
  * that crosses its threshold, so every client waiting on that commit waits while pages are
  * copied and the database is synced at the card's speed. Here the writer connection never
  * checkpoints; a thread of our own does (maintenance-worker.ts), passively (it never blocks the
- * writer), while the writer is idle (no batch executing or syncing, nothing queued) and at most
- * once a second, so each checkpoint stays small and a burst of writes is never slowed by one: on
- * an SD card a checkpoint and a commit share the card's few write I/Os. Only a WAL that passed
- * `BUSY_BYTES` uncopied is checkpointed while the writer is busy.
+ * writer), while the writer is idle (no batch executing or syncing, nothing queued), at most once
+ * a second and once `IDLE_BYTES` are uncopied (or the oldest is `IDLE_MAX_AGE_MS` old), so each
+ * checkpoint stays small and a burst of writes is never slowed by one: on an SD card a
+ * checkpoint and a commit share the card's few write I/Os. Only a WAL that passed `BUSY_BYTES`
+ * uncopied is checkpointed while the writer is busy.
  *
  * The WAL restarts (is overwritten from its start, in place) when a writer begins while every
  * frame has been copied: after an idle checkpoint, at the next commit. Until then it grows, and
@@ -32,6 +33,14 @@ import { WalIndex } from './sql/walindex.js';
 const TICK_MS = 50;
 /** Idle checkpoints at most this often: each one syncs the WAL and the database. */
 const MIN_INTERVAL_MS = 1000;
+/**
+ * An idle writer's WAL is checkpointed once this much is uncopied, or once its oldest uncopied
+ * frame is `IDLE_MAX_AGE_MS` old: each checkpoint also writes the file system's journal (its
+ * syncs carry the files' times), so a node committing a few times a minute checkpoints a few
+ * times an hour, not after every commit.
+ */
+const IDLE_BYTES = 128 * 1024;
+const IDLE_MAX_AGE_MS = 10 * 60_000;
 /** This much uncopied WAL is checkpointed even while the writer is busy. */
 const BUSY_BYTES = WAL_LIMIT_BYTES / 2;
 /** A WAL this long that has not restarted makes the writer hold its queue for one checkpoint. */
@@ -61,6 +70,8 @@ export class Maintenance {
   private recent: { cause: StallCause; start: number; end: number }[] = [];
   private dead = false;
   private lastCheckpoint = 0;
+  /** When the WAL was first seen with uncopied frames (0: all copied). */
+  private uncopiedSince = 0;
   private closed = false;
   private readonly walIndex: WalIndex;
 
@@ -133,11 +144,18 @@ export class Maintenance {
   private tick(): void {
     if (this.running || this.closed || this.dead) return;
     const w = this.walIndex.read();
-    if (!w || w.copied >= w.frames) return;
+    const now = performance.now();
+    if (!w || w.copied >= w.frames) {
+      this.uncopiedSince = 0;
+      return;
+    }
+    if (this.uncopiedSince === 0) this.uncopiedSince = now;
     const uncopied = (w.frames - w.copied) * w.frameBytes;
     const busy = this.writerBusy();
-    if (busy && uncopied < BUSY_BYTES) return;
-    if (!busy && performance.now() - this.lastCheckpoint < MIN_INTERVAL_MS && uncopied < BUSY_BYTES) return;
+    if (uncopied < BUSY_BYTES) {
+      if (busy || now - this.lastCheckpoint < MIN_INTERVAL_MS) return;
+      if (uncopied < IDLE_BYTES && now - this.uncopiedSince < IDLE_MAX_AGE_MS) return;
+    }
     const hold = busy && w.frames * w.frameBytes >= HOLD_BYTES;
     (hold
       ? this.holdWriter(async () => {

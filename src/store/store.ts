@@ -431,6 +431,10 @@ class SqliteStore implements Store {
     return r.value as WriteResponse;
   }
 
+  settled(): Promise<void> {
+    return this.writer.settled();
+  }
+
   query<R = unknown>(sql: string): ReadStatement<R> {
     let s = this.queries.get(sql);
     if (!s) {

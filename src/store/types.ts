@@ -409,8 +409,14 @@ export interface Store {
 
   // Generic writes and reads for the other parts' tables.
   write(req: WriteRequest): Promise<WriteResponse>;
-  /** A prepared statement on the read connection (cached by SQL text). */
+  /**
+   * A prepared read-only statement (cached by SQL text). It sees everything committed, which for
+   * a moment includes a batch whose sync has not returned yet; a reader that must see only
+   * durable rows (the uplink) awaits `settled()` and reads synchronously right after.
+   */
   query<R = unknown>(sql: string): ReadStatement<R>;
+  /** Resolves at a moment when every committed write is durable (at once when none is syncing). */
+  settled(): Promise<void>;
 
   // Status and maintenance
   revision(): number;

@@ -111,6 +111,8 @@ export class Writer {
   /** Size and duration of the last batch, for lingering. */
   private last = { size: 0, commitMs: 0, endedAt: 0 };
   private idleWaiters: (() => void)[] = [];
+  /** Waiting for the batch in its sync to be durable (see settled). */
+  private settleWaiters: (() => void)[] = [];
   private walFd?: number;
   private readonly walIndex: WalIndex;
   /** Work that must run alone (defragmentation): waits for the writer to be idle. */
@@ -151,6 +153,15 @@ export class Writer {
   /** True while a batch executes or syncs. */
   get active(): boolean {
     return this.busy;
+  }
+
+  /**
+   * Resolves when nothing committed is waiting for its sync. The waiters run as microtasks right
+   * after a sync, before the next batch (scheduled with setImmediate) can commit anything.
+   */
+  settled(): Promise<void> {
+    if (!this.busy) return Promise.resolve();
+    return new Promise((r) => this.settleWaiters.push(r));
   }
 
   /**
@@ -200,6 +211,7 @@ export class Writer {
       x.reject(e as Error);
     } finally {
       this.busy = false;
+      for (const w of this.settleWaiters.splice(0)) w();
       this.afterBatch();
     }
   }
@@ -250,6 +262,7 @@ export class Writer {
     } catch (e) {
       for (const p of take) p.reject(e as Error);
       this.busy = false;
+      for (const w of this.settleWaiters.splice(0)) w();
       this.afterBatch();
       return;
     }
@@ -270,6 +283,7 @@ export class Writer {
     } finally {
       for (let i = 0; i < take.length; i++) take[i]!.resolve(batch.results[i]!);
       this.busy = false;
+      for (const w of this.settleWaiters.splice(0)) w();
       this.afterBatch();
     }
   }
@@ -317,7 +331,7 @@ export class Writer {
     for (const p of [...take, ...this.interactive.splice(0), ...this.bulk.splice(0)]) p.reject(e);
     for (const x of this.exclusive.splice(0)) x.reject(e);
     this.busy = false;
-    for (const w of this.idleWaiters.splice(0)) w();
+    for (const w of [...this.idleWaiters.splice(0), ...this.settleWaiters.splice(0)]) w();
     this.onFatal(e);
   }
 

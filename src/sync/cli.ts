@@ -1,9 +1,9 @@
 import { readFileSync } from 'node:fs';
 import { request as httpRequest } from 'node:http';
 import { request as httpsRequest } from 'node:https';
-import { parseArgs } from 'node:util';
+import { type CliCommand, DEFAULT_HTTP, daemonJson, defineCommand, io, output } from '../cli.js';
+import { EdgeError, UnreachableError, UsageError } from '../errors.js';
 import { createLogger } from '../log.js';
-import type { CliCommand } from '../part.js';
 import type { FleetServer } from './receiver/server.js';
 
 const FLEET_USAGE = `Usage: edgekeeper fleet-server --database postgres://USER@HOST:PORT/DB [options]
@@ -32,8 +32,8 @@ touched by --node or the nodes file.`;
 function parseHostPort(s: string): { host: string; port: number } {
   const i = s.lastIndexOf(':');
   const port = Number(s.slice(i + 1));
-  if (i < 0 || !Number.isInteger(port) || port < 0 || port > 65535)
-    throw new Error(`--listen must be HOST:PORT, got ${s}`);
+  if (i < 0 || !/^\d{1,5}$/.test(s.slice(i + 1)) || port > 65535)
+    throw new UsageError(`--listen must be HOST:PORT, got ${JSON.stringify(s)}`);
   return { host: s.slice(0, i).replace(/^\[|\]$/g, ''), port };
 }
 
@@ -44,99 +44,78 @@ function parseNodes(lines: string[], where: string): Record<string, string> {
     if (!line || line.startsWith('#')) continue;
     const i = line.indexOf('=');
     if (i <= 0 || i === line.length - 1)
-      throw new Error(`${where}: expected NAME=TOKEN, got ${JSON.stringify(line)}`);
+      throw new UsageError(`${where}: expected NAME=TOKEN, got ${JSON.stringify(line.slice(0, 80))}`);
     out[line.slice(0, i)] = line.slice(i + 1);
   }
   return out;
 }
 
-export const fleetServerCommand: CliCommand = {
+export const fleetServerCommand: CliCommand = defineCommand({
   name: 'fleet-server',
   summary: 'Run the reference fleet receiver (PostgreSQL) that nodes upload to',
   usage: FLEET_USAGE,
-  async run(args) {
-    let v: Record<string, string | string[] | boolean | undefined>;
-    try {
-      v = parseArgs({
-        args,
-        options: {
-          database: { type: 'string' },
-          listen: { type: 'string', default: '127.0.0.1:9490' },
-          node: { type: 'string', multiple: true },
-          'nodes-file': { type: 'string' },
-          'admin-token': { type: 'string' },
-          'tls-cert': { type: 'string' },
-          'tls-key': { type: 'string' },
-          'client-ca': { type: 'string' },
-          'max-batch': { type: 'string' },
-          'stale-after': { type: 'string' },
-          help: { type: 'boolean', short: 'h' },
-        },
-      }).values;
-    } catch (err) {
-      process.stderr.write(`${(err as Error).message}\n\n${FLEET_USAGE}\n`);
-      return 2;
-    }
-    if (v.help) {
-      process.stdout.write(`${FLEET_USAGE}\n`);
-      return 0;
-    }
-    const database = (v.database as string | undefined) ?? process.env.EDGEKEEPER_FLEET_DATABASE;
-    if (!database) {
-      process.stderr.write(`--database is required\n\n${FLEET_USAGE}\n`);
-      return 2;
-    }
-    let server: FleetServer;
+  options: {
+    database: { type: 'string', value: 'URL', env: 'EDGEKEEPER_FLEET_DATABASE' },
+    listen: { type: 'string', value: 'HOST:PORT', default: '127.0.0.1:9490' },
+    node: { type: 'string', value: 'NAME=TOKEN', multiple: true },
+    'nodes-file': { type: 'string', value: 'FILE' },
+    'admin-token': { type: 'string', value: 'TOKEN', env: 'EDGEKEEPER_FLEET_ADMIN_TOKEN' },
+    'tls-cert': { type: 'string', value: 'FILE' },
+    'tls-key': { type: 'string', value: 'FILE' },
+    'client-ca': { type: 'string', value: 'FILE' },
+    'max-batch': { type: 'string', value: 'BYTES' },
+    'stale-after': { type: 'string', value: 'SECONDS' },
+  },
+  async main({ values: v }) {
+    const database = v.database as string | undefined;
+    if (!database) throw new UsageError('--database is required (or EDGEKEEPER_FLEET_DATABASE)');
     const file = v['nodes-file'] as string | undefined;
     const readNodes = () => ({
       ...(file ? parseNodes(readFileSync(file, 'utf8').split('\n'), file) : {}),
       ...parseNodes((v.node as string[] | undefined) ?? [], '--node'),
     });
-    try {
-      const { host, port } = parseHostPort(v.listen as string);
-      const nodes = readNodes();
-      const staleAfter = v['stale-after'] === undefined ? undefined : Number(v['stale-after']);
-      if (staleAfter !== undefined && !(Number.isInteger(staleAfter) && staleAfter >= 0))
-        throw new Error(`--stale-after must be a whole number of seconds, got ${String(v['stale-after'])}`);
-      if ((v['tls-cert'] === undefined) !== (v['tls-key'] === undefined))
-        throw new Error('--tls-cert and --tls-key go together');
-      server = await (await import('./receiver/server.js')).startFleetServer({
-        database,
-        host,
-        port,
-        nodes,
-        nodesAuthoritative: file !== undefined,
-        staleAfterSeconds: staleAfter,
-        adminToken: (v['admin-token'] as string | undefined) ?? process.env.EDGEKEEPER_FLEET_ADMIN_TOKEN,
-        maxBatchBytes: v['max-batch'] ? Number(v['max-batch']) : undefined,
-        tls: v['tls-cert']
-          ? {
-              cert: v['tls-cert'] as string,
-              key: v['tls-key'] as string,
-              clientCa: v['client-ca'] as string | undefined,
-            }
-          : undefined,
-        logger: createLogger(),
-      });
-    } catch (err) {
-      process.stderr.write(`fleet-server could not start: ${(err as Error).message}\n`);
-      return 1;
-    }
-    process.stdout.write(`fleet-server listening on ${server.url}\n`);
+    const { host, port } = parseHostPort(v.listen as string);
+    const nodes = readNodes();
+    const staleAfter = v['stale-after'] === undefined ? undefined : Number(v['stale-after']);
+    if (staleAfter !== undefined && !(Number.isInteger(staleAfter) && staleAfter >= 0))
+      throw new UsageError(
+        `--stale-after must be a whole number of seconds, got ${JSON.stringify(v['stale-after'])}`,
+      );
+    const maxBatch = v['max-batch'] === undefined ? undefined : Number(v['max-batch']);
+    if (maxBatch !== undefined && !(Number.isInteger(maxBatch) && maxBatch > 0))
+      throw new UsageError(`--max-batch must be a number of bytes, got ${JSON.stringify(v['max-batch'])}`);
+    if ((v['tls-cert'] === undefined) !== (v['tls-key'] === undefined))
+      throw new UsageError('--tls-cert and --tls-key go together');
+    const server: FleetServer = await (await import('./receiver/server.js')).startFleetServer({
+      database,
+      host,
+      port,
+      nodes,
+      nodesAuthoritative: file !== undefined,
+      staleAfterSeconds: staleAfter,
+      adminToken: v['admin-token'] as string | undefined,
+      maxBatchBytes: maxBatch,
+      tls: v['tls-cert']
+        ? {
+            cert: v['tls-cert'] as string,
+            key: v['tls-key'] as string,
+            clientCa: v['client-ca'] as string | undefined,
+          }
+        : undefined,
+      logger: createLogger(),
+    });
+    io.out(`fleet-server listening on ${server.url}\n`);
     const reload = () => {
       let list: Record<string, string>;
       try {
         list = readNodes();
       } catch (err) {
-        process.stderr.write(`SIGHUP: nodes file not read, nothing changed: ${(err as Error).message}\n`);
+        io.err(`SIGHUP: nodes file not read, nothing changed: ${(err as Error).message}\n`);
         return;
       }
       server.applyNodes(list, file !== undefined).then(
-        (r) =>
-          process.stdout.write(
-            `nodes file applied: ${r.revoked.length} revoked, ${r.ignored.length} ignored\n`,
-          ),
-        (err: unknown) => process.stderr.write(`SIGHUP: nodes file not applied: ${(err as Error).message}\n`),
+        (r) => io.out(`nodes file applied: ${r.revoked.length} revoked, ${r.ignored.length} ignored\n`),
+        (err: unknown) => io.err(`SIGHUP: nodes file not applied: ${(err as Error).message}\n`),
       );
     };
     process.on('SIGHUP', reload);
@@ -148,10 +127,10 @@ export const fleetServerCommand: CliCommand = {
     await server.close();
     return 0;
   },
-};
+});
 
 const NODE_USAGE = `Usage: edgekeeper fleet-node add|rotate|revoke|decommission NAME [options]
-       edgekeeper fleet-node list [--state STATE] [--json]
+       edgekeeper fleet-node list [--state STATE] [-w table|simple|json]
 
 Manages the nodes of a fleet server through its admin API.
   add NAME           register a node; prints its new token (once) on stdout
@@ -166,7 +145,7 @@ Options:
   --token TOKEN       add: this token instead of a random one (16+ printable characters)
   --ca FILE           CA bundle to trust for an https server
   --state STATE       list: active (default), problems, all, stale, alert, warn, ok, revoked, retired
-  --json              print the server's JSON answer`;
+  -w, --write-out     table (default), simple or json (the server's answer; --json is -w json)`;
 
 /** One admin API call; resolves with the status and the parsed JSON body. */
 function adminCall(
@@ -211,69 +190,45 @@ function adminCall(
   });
 }
 
-export const fleetNodeCommand: CliCommand = {
+export const fleetNodeCommand: CliCommand = defineCommand({
   name: 'fleet-node',
   summary: 'Add, rotate, revoke, decommission or list the nodes of a fleet server',
   usage: NODE_USAGE,
-  async run(args) {
-    let v: Record<string, string | boolean | undefined>;
-    let pos: string[];
-    try {
-      const parsed = parseArgs({
-        args,
-        allowPositionals: true,
-        options: {
-          server: { type: 'string' },
-          'admin-token': { type: 'string' },
-          token: { type: 'string' },
-          ca: { type: 'string' },
-          state: { type: 'string' },
-          json: { type: 'boolean' },
-          help: { type: 'boolean', short: 'h' },
-        },
-      });
-      v = parsed.values;
-      pos = parsed.positionals;
-    } catch (err) {
-      process.stderr.write(`${(err as Error).message}\n\n${NODE_USAGE}\n`);
-      return 2;
-    }
-    if (v.help) {
-      process.stdout.write(`${NODE_USAGE}\n`);
-      return 0;
-    }
-    const [action, name, ...rest] = pos;
-    const needsName = ['add', 'rotate', 'revoke', 'decommission'].includes(action ?? '');
-    if (
-      !(needsName || action === 'list') ||
-      (needsName && !name) ||
-      (action === 'list' && name) ||
-      rest.length
-    ) {
-      process.stderr.write(`${NODE_USAGE}\n`);
-      return 2;
-    }
-    const token = (v['admin-token'] as string | undefined) ?? process.env.EDGEKEEPER_FLEET_ADMIN_TOKEN;
-    if (!token) {
-      process.stderr.write('--admin-token (or EDGEKEEPER_FLEET_ADMIN_TOKEN) is required\n');
-      return 2;
-    }
-    const server =
-      (v.server as string | undefined) ?? process.env.EDGEKEEPER_FLEET_URL ?? 'http://127.0.0.1:9490';
+  subcommands: { add: [1, 1], rotate: [1, 1], revoke: [1, 1], decommission: [1, 1], list: [0, 0] },
+  options: {
+    server: { type: 'string', value: 'URL', env: 'EDGEKEEPER_FLEET_URL', default: 'http://127.0.0.1:9490' },
+    'admin-token': { type: 'string', value: 'TOKEN', env: 'EDGEKEEPER_FLEET_ADMIN_TOKEN' },
+    token: { type: 'string', value: 'TOKEN' },
+    ca: { type: 'string', value: 'FILE' },
+    state: {
+      type: 'string',
+      value: 'STATE',
+      choices: ['active', 'problems', 'all', 'stale', 'alert', 'warn', 'ok', 'revoked', 'retired'],
+      default: 'active',
+    },
+  },
+  formats: ['simple', 'table', 'json'],
+  defaultFormat: (sub) => (sub === 'list' ? 'table' : 'simple'),
+  async main({ values: v, sub, args, format }) {
+    const token = v['admin-token'] as string | undefined;
+    if (!token) throw new UsageError('--admin-token (or EDGEKEEPER_FLEET_ADMIN_TOKEN) is required');
+    const server = v.server as string;
+    const name = args[0];
     const ca = v.ca as string | undefined;
+    let r: { status: number; body: Record<string, unknown> };
     try {
       const node = encodeURIComponent(name ?? '');
-      const r =
-        action === 'list'
+      r =
+        sub === 'list'
           ? await adminCall(
               server,
               token,
               'GET',
-              `/v1/nodes?sort=health&state=${encodeURIComponent((v.state as string | undefined) ?? 'active')}`,
+              `/v1/nodes?sort=health&state=${encodeURIComponent(v.state as string)}`,
               undefined,
               ca,
             )
-          : action === 'add'
+          : sub === 'add'
             ? await adminCall(
                 server,
                 token,
@@ -282,103 +237,83 @@ export const fleetNodeCommand: CliCommand = {
                 { name, ...(v.token ? { token: v.token } : {}) },
                 ca,
               )
-            : await adminCall(server, token, 'POST', `/v1/nodes/${node}/${action}`, undefined, ca);
-      if (r.status >= 300) {
-        process.stderr.write(`${String(r.body.code ?? r.status)}: ${String(r.body.message ?? '')}\n`);
-        return 1;
-      }
-      if (v.json) process.stdout.write(`${JSON.stringify(r.body, null, 2)}\n`);
-      else if (action === 'list') {
-        const rows = r.body.nodes as {
-          name: string;
-          health: string;
-          lastSeen: string | null;
-          problem: string | null;
-        }[];
-        const lines = rows.map(
-          (n) =>
-            `${n.health.toUpperCase().padEnd(8)} ${n.name.padEnd(24)} ${(n.lastSeen ?? 'never').padEnd(24)} ${n.problem ?? ''}`,
-        );
-        process.stdout.write(
-          `${['HEALTH   NODE                     LAST CONTACT             PROBLEM', ...lines].join('\n')}\n`,
-        );
-        if ((r.body.total as number) > rows.length)
-          process.stderr.write(`(${rows.length} of ${String(r.body.total)} nodes shown)\n`);
-      } else if (r.body.token) {
-        // The token alone on stdout, so TOKEN=$(edgekeeper fleet-node add NAME) works.
-        process.stdout.write(`${String(r.body.token)}\n`);
-        process.stderr.write(`token of ${name} shown once: put it in the node's sync.tokenFile\n`);
-      } else process.stdout.write(`${name}: ${String(r.body.status)}\n`);
-      return 0;
+            : await adminCall(server, token, 'POST', `/v1/nodes/${node}/${sub}`, undefined, ca);
     } catch (err) {
-      process.stderr.write(`cannot reach the fleet server at ${server}: ${(err as Error).message}\n`);
-      return 1;
+      if (err instanceof EdgeError || (err as NodeJS.ErrnoException).code === 'ENOENT') throw err;
+      throw new UnreachableError(server, (err as Error).message, { cause: err });
     }
+    if (r.status >= 300) {
+      const code = String(r.body.code ?? '');
+      throw new EdgeError(
+        code.startsWith('EDGE_ERR_') ? code : 'EDGE_ERR_INTERNAL',
+        String(r.body.message ?? `HTTP ${r.status}`),
+        r.status,
+      );
+    }
+    if (sub === 'list') {
+      const rows = r.body.nodes as {
+        name: string;
+        health: string;
+        lastSeen: string | null;
+        problem: string | null;
+      }[];
+      output(format, {
+        json: r.body,
+        table: rows.map((n) => ({
+          health: n.health.toUpperCase(),
+          node: n.name,
+          lastContact: n.lastSeen ?? 'never',
+          problem: n.problem ?? '',
+        })),
+        simple: () =>
+          rows.map((n) => `${n.health} ${n.name} ${n.lastSeen ?? 'never'} ${n.problem ?? ''}`.trimEnd()),
+      });
+      if ((r.body.total as number) > rows.length)
+        io.err(`(${rows.length} of ${String(r.body.total)} nodes shown)\n`);
+    } else if (r.body.token) {
+      // The token alone on stdout, so TOKEN=$(edgekeeper fleet-node add NAME) works.
+      output(format, { json: r.body, simple: () => String(r.body.token) });
+      if (format !== 'json') io.err(`token of ${name} shown once: put it in the node's sync.tokenFile\n`);
+    } else output(format, { json: r.body, simple: () => `${name}: ${String(r.body.status)}` });
+    return 0;
   },
-};
+});
 
-const SYNC_USAGE = `Usage: edgekeeper sync status [--http HOST:PORT]
+const SYNC_USAGE = `Usage: edgekeeper sync status [--http HOST:PORT] [-w simple|table|json]
 
 Shows the uplink of a running node: state (ok, retrying, offline, disabled), records waiting per
 table, oldest unsent age, last successful upload, applied desired-state version, records dropped.`;
 
-export const syncCommand: CliCommand = {
+export const syncCommand: CliCommand = defineCommand({
   name: 'sync',
   summary: 'Show the fleet uplink status of a running node (sync status)',
   usage: SYNC_USAGE,
-  async run(args) {
-    let v: Record<string, string | boolean | undefined>;
-    let positionals: string[];
-    try {
-      const parsed = parseArgs({
-        args,
-        allowPositionals: true,
-        options: {
-          http: { type: 'string', default: '127.0.0.1:9480' },
-          json: { type: 'boolean' },
-          help: { type: 'boolean', short: 'h' },
-        },
-      });
-      v = parsed.values;
-      positionals = parsed.positionals;
-    } catch (err) {
-      process.stderr.write(`${(err as Error).message}\n\n${SYNC_USAGE}\n`);
-      return 2;
-    }
-    if (v.help) {
-      process.stdout.write(`${SYNC_USAGE}\n`);
-      return 0;
-    }
-    if (positionals[0] !== 'status') {
-      process.stderr.write(`${SYNC_USAGE}\n`);
-      return 2;
-    }
-    try {
-      const res = await fetch(`http://${v.http as string}/v1/sync/status`);
-      if (!res.ok) throw new Error(`the daemon answered ${res.status}`);
-      const s = (await res.json()) as Record<string, unknown>;
-      if (v.json) {
-        process.stdout.write(`${JSON.stringify(s, null, 2)}\n`);
-        return 0;
-      }
-      const b = s.backlog as Record<string, number>;
-      process.stdout.write(
-        [
-          `state:            ${String(s.state)}`,
-          `backlog:          events ${b.events}, reports ${b.reports}, samples ${b.samples} (${String(s.backlogBytes)} bytes)`,
-          `oldest unsent:    ${s.oldestUnsentAgeSeconds === null ? '-' : `${Math.round(s.oldestUnsentAgeSeconds as number)} s`}`,
-          `last success:     ${String(s.lastSuccess ?? 'never')}`,
-          `last error:       ${String(s.lastError ?? '-')}`,
-          `batch seq:        ${String(s.seq)}`,
-          `desired version:  ${String(s.desiredVersion ?? '-')}`,
-          `reports admitted: ${s.admittingReports ? 'yes' : 'NO (disk budget full, stop-ack)'}`,
-          `records dropped:  ${String(s.droppedRecords)}`,
-        ].join('\n') + '\n',
-      );
-      return 0;
-    } catch (err) {
-      process.stderr.write(`cannot reach the daemon at ${v.http as string}: ${(err as Error).message}\n`);
-      return 1;
-    }
+  subcommands: { status: [0, 0] },
+  options: { http: { type: 'string', value: 'HOST:PORT', default: DEFAULT_HTTP } },
+  formats: ['simple', 'table', 'json'],
+  async main({ values, format }) {
+    const { status, body: s } = await daemonJson<Record<string, unknown>>(
+      values.http as string,
+      'GET',
+      '/v1/sync/status',
+    );
+    if (status === 404)
+      throw new EdgeError('EDGE_ERR_NOT_FOUND', 'the daemon has no uplink status (/v1/sync/status)', 404);
+    const b = s.backlog as Record<string, number>;
+    output(format, {
+      json: s,
+      simple: () => [
+        `state:            ${String(s.state)}`,
+        `backlog:          events ${b.events}, reports ${b.reports}, samples ${b.samples} (${String(s.backlogBytes)} bytes)`,
+        `oldest unsent:    ${s.oldestUnsentAgeSeconds === null ? '-' : `${Math.round(s.oldestUnsentAgeSeconds as number)} s`}`,
+        `last success:     ${String(s.lastSuccess ?? 'never')}`,
+        `last error:       ${String(s.lastError ?? '-')}`,
+        `batch seq:        ${String(s.seq)}`,
+        `desired version:  ${String(s.desiredVersion ?? '-')}`,
+        `reports admitted: ${s.admittingReports ? 'yes' : 'NO (disk budget full, stop-ack)'}`,
+        `records dropped:  ${String(s.droppedRecords)}`,
+      ],
+    });
+    return 0;
   },
-};
+});

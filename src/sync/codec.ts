@@ -194,6 +194,7 @@ function unpackDeltas(col: unknown, n: number, what: string): number[] {
   let prev = 0;
   for (let i = 0; i < n; i++) {
     prev += r.int();
+    if (!int64(prev)) throw bad(`column ${what} sums past a 64-bit integer`);
     out[i] = prev;
   }
   if (!r.done) throw bad(`column ${what} is longer than its ${n} rows`);
@@ -249,7 +250,7 @@ function unpackRelative(
     if (col.length !== n) throw bad(`column ${what} has ${col.length} rows, expected ${n}`);
     return col.map((v) => {
       if (v === null) return null;
-      if (typeof v !== 'number' || !Number.isFinite(v)) throw bad(`column ${what} holds a non-number`);
+      if (!int64(v)) throw bad(`column ${what} holds a non-integer`);
       return v;
     });
   }
@@ -260,7 +261,9 @@ function unpackRelative(
     if (u === 0) out[i] = null;
     else {
       const z = u - 1;
-      out[i] = (z % 2 === 0 ? z / 2 : -(z + 1) / 2) + base(i);
+      const v = (z % 2 === 0 ? z / 2 : -(z + 1) / 2) + base(i);
+      if (!int64(v)) throw bad(`column ${what} holds a value past a 64-bit integer`);
+      out[i] = v;
     }
   }
   if (!r.done) throw bad(`column ${what} is longer than its ${n} rows`);
@@ -686,7 +689,7 @@ function decodeEvents(col: unknown): EventRecord[] {
     if (!Array.isArray(row) || row.length !== 5) throw bad(`e[${k}] is not [id, ts, kind, subject, data]`);
     const [id, ts, kind, subject, data] = row as unknown[];
     if (typeof id !== 'number' || !Number.isInteger(id) || id < 1) throw bad(`e[${k}] has a bad id`);
-    if (typeof ts !== 'number' || !Number.isFinite(ts)) throw bad(`e[${k}] has a bad ts`);
+    if (!int64(ts)) throw bad(`e[${k}] has a bad ts`);
     if (typeof kind !== 'string') throw bad(`e[${k}] has a bad kind`);
     if (subject !== null && typeof subject !== 'string') throw bad(`e[${k}] has a bad subject`);
     if (data !== null && typeof data !== 'string') throw bad(`e[${k}] has bad data`);
@@ -738,12 +741,11 @@ export function decodeBatch(bytes: Uint8Array): DecodedBatch {
     throw bad('st (stream) is not a hex string');
   if (typeof m.q !== 'number' || !Number.isSafeInteger(m.q) || m.q < 1)
     throw bad('q (sequence) is not a positive integer');
-  if (typeof m.t !== 'number' || !Number.isFinite(m.t)) throw bad('t (sent at) is not a number');
+  if (!int64(m.t)) throw bad('t (sent at) is not an integer (ms)');
   if (m.a !== null && m.a !== undefined && typeof m.a !== 'string')
     throw bad('a (applied version) is not a string');
   const bl = Array.isArray(m.bl) && m.bl.length === 3 ? (m.bl as unknown[]) : undefined;
-  if (!bl || bl.some((x) => typeof x !== 'number' || !Number.isFinite(x) || x < 0))
-    throw bad('bl (backlog) is not three counts');
+  if (!bl || bl.some((x) => !int64(x) || (x as number) < 0)) throw bad('bl (backlog) is not three counts');
   try {
     const events = m.e === undefined ? [] : decodeEvents(m.e);
     const reports = m.r === undefined ? EMPTY_REPORTS() : decodeReportColumns(m.r);
@@ -862,6 +864,14 @@ function obj(v: unknown, what: string): Record<string, unknown> {
   return v as Record<string, unknown>;
 }
 
+/**
+ * Times, ids, sequence numbers and counts end up in bigint columns: an integer whose decimal
+ * form is inside the signed 64-bit range (the largest double below 2^63 is 2^63 - 1024).
+ */
+function int64(v: unknown): v is number {
+  return typeof v === 'number' && Number.isInteger(v) && Math.abs(v) <= 2 ** 63 - 1024;
+}
+
 function count(v: unknown, what: string): number {
   // A batch holds at most a few hundred thousand rows; a larger count is hostile.
   if (typeof v !== 'number' || !Number.isInteger(v) || v < 0 || v > 10_000_000)
@@ -877,8 +887,7 @@ function stringArray(v: unknown, what: string): string[] {
 
 function intArray(v: unknown[], n: number, what: string): number[] {
   if (v.length !== n) throw bad(`column ${what} has ${v.length} rows, expected ${n}`);
-  for (const x of v)
-    if (typeof x !== 'number' || !Number.isFinite(x)) throw bad(`column ${what} holds a non-number`);
+  for (const x of v) if (!int64(x)) throw bad(`column ${what} holds a non-integer`);
   return v as number[];
 }
 

@@ -106,6 +106,12 @@ export const syncConfigSection: ConfigSection = {
       min: 10,
       doc: 'How often to look for new records when everything is sent.',
     },
+    batchDelay: {
+      type: 'duration',
+      default: 30_000,
+      min: 0,
+      doc: 'How long new records may wait for more before a batch goes (a full batch or a heartbeat goes at once): every upload moves the cursors, a commit on the SD card.',
+    },
     heartbeatInterval: {
       type: 'duration',
       default: 60_000,

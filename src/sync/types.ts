@@ -45,6 +45,8 @@ export interface SyncOptions {
   reportsPolicy?: ReportsPolicy;
   /** How often to look for new records when everything is sent; default 1 s. */
   idleInterval?: number;
+  /** New records wait this long for more before a batch goes (ms). Default 30 s. */
+  batchDelay?: number;
   /** An empty batch (backlog, applied version, last seen) at least this often; default 60 s. */
   heartbeatInterval?: number;
   /** How often to upload the status frame; default 5 min; 0 = never. */

@@ -98,6 +98,7 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
     diskBudget: options.diskBudget ?? 512 * 1024 * 1024,
     reportsPolicy: options.reportsPolicy ?? 'stop-ack',
     idleInterval: options.idleInterval ?? 1000,
+    batchDelay: options.batchDelay ?? 30_000,
     heartbeatInterval: options.heartbeatInterval ?? 60_000,
     frameInterval: options.frameInterval ?? 300_000,
     budgetInterval: options.budgetInterval ?? 5000,
@@ -234,6 +235,9 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
 
   // --- batches ---------------------------------------------------------------------------------
 
+  /** When records were first found waiting for a batch (see batchDelay); undefined: none. */
+  let waitingSince: number | undefined;
+
   /** Read the next batch after the cursors (and after `after`, the batch in flight). */
   function buildBatch(
     after: Record<Source, number>,
@@ -273,6 +277,15 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
     const records = maxRecords - room;
     const heartbeatDue = clock.now() - lastSentAt >= o.heartbeatInterval;
     if (records === 0 && appliedVersion === reportedApplied && !heartbeatDue) return undefined;
+    // A few new records wait up to batchDelay for more: on an SD card every upload also costs a
+    // commit (the cursors move), and a node with one device reporting once a second would
+    // otherwise commit twice per report.
+    const full = room <= 0 || bytes >= o.batchMaxBytes;
+    if (records > 0 && !full && !heartbeatDue && appliedVersion === reportedApplied) {
+      waitingSince ??= clock.now();
+      if (clock.now() - waitingSince < o.batchDelay) return undefined;
+    }
+    waitingSince = undefined;
     const header = {
       node,
       stream,
@@ -482,6 +495,9 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
     maxRecords: number,
     batchSeq: number,
   ): Promise<Pending | undefined> {
+    // Read only what is durable: a batch still syncing is committed but not yet acknowledged, and
+    // a power cut could take it back after the receiver stored it.
+    await store.settled();
     const p = buildBatch(after, maxRecords, batchSeq);
     if (!p) return undefined;
     // Protected from the budget from now on, like the batch in flight.

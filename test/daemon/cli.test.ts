@@ -1,91 +1,167 @@
-/** The command line: help, version, usage errors (exit 2), invalid configuration (exit 78). */
+/**
+ * The daemon's commands and the data commands against a real running daemon (all its parts,
+ * in this process): `status` shows the daemon (readiness, store, devices) in each output format;
+ * `endpoint status`, `kv`, `lease`, `device` and `frame` print data in simple, table and json;
+ * a bad output path is one line with EDGE_ERR_IO; backup and restore of a stopped node.
+ */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, describe, test } from 'node:test';
+import { after, before, describe, test } from 'node:test';
+import { loadConfig } from '../../src/config/index.js';
+import { allFlags, allSections, type Daemon, parts, startDaemon } from '../../src/daemon/index.js';
+import { silentLogger } from '../../src/log.js';
+import { main } from '../../src/main.js';
+import { capture } from '../capture.js';
 
-const repo = join(import.meta.dirname, '..', '..');
-const main = join(repo, 'src', 'main.ts');
-const version = (JSON.parse(readFileSync(join(repo, 'package.json'), 'utf8')) as { version: string }).version;
+const run = (...args: string[]) => capture(() => main(args));
 
-function run(...args: string[]) {
-  const r = spawnSync(process.execPath, ['--import', 'tsx', main, ...args], {
-    cwd: repo,
-    encoding: 'utf8',
-    env: { ...process.env, NOTIFY_SOCKET: '' },
-    timeout: 60_000,
+describe('commands against a running daemon', () => {
+  const tmp = mkdtempSync(join(tmpdir(), 'ek-daemon-cli-'));
+  let daemon: Daemon;
+  let http: string;
+  let etcd: string;
+
+  before(async () => {
+    const config = loadConfig({
+      env: {},
+      fileData: { probes: { enabled: [] } },
+      sections: allSections(),
+      flagSpecs: allFlags(),
+      flags: {
+        'data-dir': join(tmp, 'node'),
+        'http-listen': '127.0.0.1:0',
+        'etcd-listen': '127.0.0.1:0',
+        'mqtt-listen': '127.0.0.1:0',
+        'node-name': 'cli-node<b>',
+        'log-level': 'silent',
+      },
+    });
+    daemon = await startDaemon(config, parts, { env: {}, logger: silentLogger() });
+    http = `${daemon.httpAddress.host}:${daemon.httpAddress.port}`;
+    const st = (await (await fetch(`http://${http}/v1/status`)).json()) as {
+      parts: { etcd: { clientUrls: string[] } };
+    };
+    etcd = st.parts.etcd.clientUrls[0]!.replace(/^http:\/\//, '');
   });
-  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
-
-describe('edgekeeper CLI', () => {
-  const tmp = mkdtempSync(join(tmpdir(), 'ek-cli-'));
-  after(() => rmSync(tmp, { recursive: true, force: true }));
-
-  test('--help lists every command with its summary; --version prints the version', () => {
-    const h = run('--help');
-    assert.equal(h.code, 0);
-    for (const cmd of ['run', 'backup', 'restore', 'help'])
-      assert.match(h.stdout, new RegExp(`^  ${cmd} +\\S`, 'm'));
-    const v = run('--version');
-    assert.equal(v.code, 0);
-    assert.equal(v.stdout.trim(), version);
+  after(async () => {
+    await daemon?.stop();
+    rmSync(tmp, { recursive: true, force: true });
   });
 
-  test('<cmd> --help prints the full usage, including every run flag', () => {
-    const r = run('run', '--help');
-    assert.equal(r.code, 0);
-    for (const f of ['--config FILE', '--data-dir', '--http-listen', '--node-name', '--log-level']) {
-      assert.ok(r.stdout.includes(f), `${f} in run --help`);
+  test('status shows the daemon: readiness, store, devices; in simple, table and json', async () => {
+    const simple = await run('status', '--http', http);
+    assert.equal(simple.code, 0, simple.err);
+    assert.match(simple.out, /^node {5}cli-node<b> \(edgekeeper \d+\.\d+\.\d+, pid \d+, up /m);
+    assert.match(simple.out, /^ready {4}yes$/m);
+    assert.match(simple.out, /^store {4}revision \d+, \d+ keys, [\d.]+ \S+ of 2\.0 GiB/m);
+    assert.match(simple.out, /^devices {2}0 online, 0 offline$/m);
+    const json = JSON.parse((await run('status', '--http', http, '-w', 'json')).out);
+    assert.equal(json.node, 'cli-node<b>');
+    assert.equal(json.readiness.ready, true);
+    assert.ok(json.readiness.checks.includes('store'));
+    const table = (await run('status', '--http', http, '-w', 'table')).out;
+    assert.match(table, /^KEY +VALUE$/m);
+    assert.match(table, /^readiness\.ready +true$/m);
+    assert.match(table, /^store\.revision +\d+$/m);
+  });
+
+  test('kv, lease and endpoint status print simple, table and json', async () => {
+    assert.equal((await run('kv', 'put', '/cli/a', 'hello', '--endpoints', etcd)).out, 'OK\n');
+    const put = JSON.parse((await run('kv', 'put', '/cli/b', 'x', '--endpoints', etcd, '-w', 'json')).out);
+    assert.ok(put.header.revision > 1);
+    assert.equal(
+      (await run('kv', 'get', '/cli/', '--prefix', '--endpoints', etcd)).out,
+      '/cli/a\nhello\n/cli/b\nx\n',
+    );
+    const t = (await run('kv', 'get', '/cli/a', '--endpoints', etcd, '-w', 'table')).out;
+    assert.match(
+      t,
+      /^KEY +VALUE +MOD_REVISION +CREATE_REVISION +VERSION +LEASE\n\/cli\/a +hello +\d+ +\d+ +1 +-\n$/,
+    );
+    const j = JSON.parse((await run('kv', 'get', '/cli/a', '--endpoints', etcd, '--json')).out);
+    assert.equal(Buffer.from(j.kvs[0].value, 'base64').toString(), 'hello');
+    const grant = await run('lease', 'grant', '30', '--endpoints', etcd, '-w', 'json');
+    const { id } = JSON.parse(grant.out) as { id: string };
+    assert.match(
+      (await run('lease', 'list', '--endpoints', etcd, '-w', 'table')).out,
+      new RegExp(`^ID\\n${id}\\n$`),
+    );
+    const e = JSON.parse((await run('endpoint', 'status', '--endpoints', etcd, '-w', 'json')).out);
+    assert.equal(e.version, '3.5.13');
+    assert.match((await run('endpoint', 'status', '--endpoints', etcd)).out, /^alarms: none$/m);
+    // The daemon refuses: one line with the code the etcd message stands for.
+    const gone = await run('lease', 'revoke', '1234', '--endpoints', etcd);
+    assert.equal(gone.code, 1);
+    assert.equal(
+      gone.err,
+      'edgekeeper lease: etcdserver: requested lease not found [EDGE_ERR_LEASE_NOT_FOUND]\n',
+    );
+  });
+
+  test('device and ingest commands: table by default, simple, json; a missing device is EDGE_ERR_KEY_NOT_FOUND', async () => {
+    const add = await run('device', 'add', 'pump-1', '--http', http);
+    assert.equal(add.code, 0, add.err);
+    assert.match(add.out, /^device pump-1 added; .* \S{16,}\n$/);
+    const tbl = (await run('device', 'list', '--http', http)).out;
+    assert.match(tbl, /^ID +STATE +LAST_SEEN +REPORTS\npump-1 +never +- +0\n$/);
+    assert.equal((await run('device', 'list', '--http', http, '-w', 'simple')).out, 'pump-1 never - 0\n');
+    assert.equal(JSON.parse((await run('device', 'list', '--http', http, '-w', 'json')).out)[0].id, 'pump-1');
+    const missing = await run('device', 'rotate', 'nobody', '--http', http);
+    assert.equal(missing.code, 1);
+    assert.equal(missing.err, 'edgekeeper device: no device nobody [EDGE_ERR_KEY_NOT_FOUND]\n');
+    const bad = await run('device', 'add', 'bad/id', '--http', http);
+    assert.equal(bad.code, 1);
+    assert.match(
+      bad.err,
+      /^edgekeeper device: the daemon refused: device id "bad\/id" is invalid.*\[EDGE_ERR_INVALID_ARGUMENT\]\n$/,
+    );
+    assert.equal((await run('ingest', 'rejects', '--http', http)).out, 'no rejected input recorded\n');
+    assert.equal((await run('ingest', 'rejects', '--http', http, '-w', 'json')).out, '[]\n');
+  });
+
+  test('frame: a PNG to a file or stdout; a bad path is one line with EDGE_ERR_IO', async () => {
+    const file = join(tmp, 'f.png');
+    const ok = await run('frame', '--http', http, '--size', '320x240', '--out', file);
+    assert.equal(ok.code, 0, ok.err);
+    assert.equal(readFileSync(file).subarray(1, 4).toString(), 'PNG');
+    const bad = await run('frame', '--http', http, '--out', join(tmp, 'no', 'such', 'dir', 'f.png'));
+    assert.equal(bad.code, 1);
+    assert.match(
+      bad.err,
+      /^edgekeeper frame: ENOENT: no such file or directory, open '.*f\.png\.tmp-\d+' \[EDGE_ERR_IO\]\n$/,
+    );
+    const stdout = await run('frame', '--http', http, '--out', '-');
+    assert.equal(stdout.out.slice(1, 4), 'PNG');
+  });
+
+  test('backup through the daemon; a bad path is EDGE_ERR_IO', async () => {
+    const file = join(tmp, 'b.db');
+    const r = await run('backup', file, '--http', http);
+    assert.equal(r.code, 0, r.err);
+    assert.ok(existsSync(file));
+    const nowhere = await run('backup', join(tmp, 'no', 'dir', 'b.db'), '--http', http);
+    assert.equal(nowhere.code, 1);
+    assert.match(nowhere.err, /\[EDGE_ERR_IO\]\n$/);
+  });
+});
+
+describe('a stopped node', () => {
+  test('restore refuses a missing or damaged backup and leaves the node alone', async () => {
+    const tmp = mkdtempSync(join(tmpdir(), 'ek-restore-'));
+    try {
+      let r = await run('restore', join(tmp, 'missing.db'), '--data-dir', join(tmp, 'node'));
+      assert.equal(r.code, 1);
+      assert.match(r.err, /no backup file.*\[EDGE_ERR_IO\]/);
+      const junk = join(tmp, 'junk.db');
+      const { writeFileSync } = await import('node:fs');
+      writeFileSync(junk, 'this is not a database'.repeat(300));
+      r = await run('restore', junk, '--data-dir', join(tmp, 'node'));
+      assert.equal(r.code, 1);
+      assert.match(r.err, /failed its integrity check.*\[EDGE_ERR_CORRUPT\]\n$/);
+    } finally {
+      rmSync(tmp, { recursive: true, force: true });
     }
-    assert.match(run('backup', '--help').stdout, /Usage: edgekeeper backup FILE/);
-    assert.match(run('help', 'restore').stdout, /Usage: edgekeeper restore FILE/);
-  });
-
-  test('unknown command, unknown flag, missing argument: a clear message and exit 2', () => {
-    let r = run('frobnicate');
-    assert.equal(r.code, 2);
-    assert.match(r.stderr, /unknown command "frobnicate"/);
-    r = run('run', '--no-such-flag');
-    assert.equal(r.code, 2);
-    assert.match(r.stderr, /run: Unknown option '--no-such-flag'/);
-    assert.match(r.stderr, /edgekeeper run --help/);
-    r = run('backup');
-    assert.equal(r.code, 2);
-    assert.match(r.stderr, /backup: expected 1 argument/);
-    r = run('--bogus');
-    assert.equal(r.code, 2);
-    r = run();
-    assert.equal(r.code, 2);
-    assert.match(r.stderr, /Usage: edgekeeper <command>/);
-  });
-
-  test('invalid configuration: every problem printed, exit 78, nothing started', () => {
-    const file = join(tmp, 'bad.json');
-    writeFileSync(file, JSON.stringify({ http: { listen: 'everywhere' }, store: { quota: -1 } }));
-    const r = run('run', '--config', file, '--data-dir', join(tmp, 'data'), '--log-level', 'chatty');
-    assert.equal(r.code, 78);
-    assert.match(r.stderr, /Expected `http\.listen` to be HOST:PORT/);
-    assert.match(r.stderr, /Expected `store\.quota` to be a size/);
-    assert.match(r.stderr, /Expected `log\.level` \(from --log-level\)/);
-  });
-
-  test('restore refuses a missing or damaged backup and leaves the node alone', () => {
-    let r = run('restore', join(tmp, 'missing.db'), '--data-dir', join(tmp, 'node'));
-    assert.equal(r.code, 1);
-    assert.match(r.stderr, /no backup file/);
-    const junk = join(tmp, 'junk.db');
-    writeFileSync(junk, 'this is not a database'.repeat(300));
-    r = run('restore', junk, '--data-dir', join(tmp, 'node'));
-    assert.equal(r.code, 1);
-    assert.match(r.stderr, /failed its integrity check.*EDGE_ERR_CORRUPT/);
-  });
-
-  test('backup from a daemon that is not running says how to reach a stopped node', () => {
-    const r = run('backup', join(tmp, 'b.db'), '--http', '127.0.0.1:1');
-    assert.equal(r.code, 1);
-    assert.match(r.stderr, /no edgekeeper answers at http:\/\/127\.0\.0\.1:1\/v1\/backup .*--data-dir/);
   });
 });

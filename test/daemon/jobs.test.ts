@@ -15,6 +15,7 @@ import {
   daemonMigrations,
   Heartbeat,
   JobRecorder,
+  registerObjectiveMetrics,
   runScheduledBackup,
   storeReadinessCheck,
   verifyDatabaseFile,
@@ -168,18 +169,58 @@ describe('daemon jobs on the real store', () => {
     assert.throws(() => verifyDatabaseFile(join(dir, 'missing.db')), CorruptDatabaseError);
   });
 
-  test('store readiness: fine on a healthy store, failing past the commit objective', async () => {
-    // A p99 needs at least 20 commits within the last minute.
+  test('store readiness means "can serve": a missed commit objective is a metric, never a 503', async () => {
+    const reg = new Registry();
+    // An objective no real commit can meet: every p99 is above it.
+    registerObjectiveMetrics(reg, store, 0.000001);
+    const sample = async (name: string) =>
+      (await reg.getSingleMetric(name)!.get()).values.map((v) => v.value);
+    // Fewer than 20 commits in the last minute: no p99, and no verdict either way.
+    const fresh = await openStore({
+      file: join(dir, 'fresh.db'),
+      inlineWriter: true,
+      clock,
+      logger: silentLogger(),
+      migrations: daemonMigrations,
+    });
+    try {
+      const idle = new Registry();
+      registerObjectiveMetrics(idle, fresh, 50);
+      await fresh.put({ key: key('one'), value: key('slow') });
+      assert.deepEqual(
+        (await idle.getSingleMetric('edgekeeper_daemon_commit_objective_met')!.get()).values,
+        [],
+      );
+      assert.match(await idle.metrics(), /# TYPE edgekeeper_daemon_commit_objective_met gauge/);
+    } finally {
+      await fresh.close();
+    }
     for (let i = 0; i < 20; i++) await store.put({ key: key('p99'), value: key('x') });
-    assert.equal(storeReadinessCheck(store, 60_000)(), undefined);
-    // An objective no real commit can meet: the real p99 is above it.
-    assert.match(storeReadinessCheck(store, 0.000001)() ?? '', /^store commit p99 [\d.]+ ms > objective/);
+    assert.equal(storeReadinessCheck(store)(), undefined, 'ready although every commit misses the objective');
+    assert.deepEqual(await sample('edgekeeper_daemon_commit_objective_met'), [0]);
+    const p99 = (await sample('edgekeeper_daemon_commit_p99_seconds'))[0]!;
+    assert.ok(p99 > 0.000001 / 1000 && p99 < 60, `p99 ${p99} s`);
+    assert.deepEqual(await sample('edgekeeper_daemon_commit_objective_seconds'), [0.000001 / 1000]);
+    const met = new Registry();
+    registerObjectiveMetrics(met, store, 60_000);
+    assert.deepEqual(
+      (await met.getSingleMetric('edgekeeper_daemon_commit_objective_met')!.get()).values.map((v) => v.value),
+      [1],
+    );
+
     const closed = {
       stats: () => {
         throw new Error('the store is closed');
       },
     };
-    assert.equal(storeReadinessCheck(closed, 50)(), 'store does not answer: the store is closed');
+    assert.equal(storeReadinessCheck(closed)(), 'store does not answer: the store is closed');
+    const full = { stats: () => ({ ...store.stats(), noSpace: true, dbSize: 2048, quota: 1024 }) };
+    assert.match(
+      storeReadinessCheck(full)() ?? '',
+      /^database is over its quota \(2048 > 1024 bytes\): writes are refused/,
+    );
+    const stalled = { problem: () => 'store has not committed a write for 6000 ms' };
+    assert.equal(storeReadinessCheck(store, stalled)(), 'store has not committed a write for 6000 ms');
   });
 
   test('heartbeat commits through the real writer and pings on each commit', async () => {
@@ -231,7 +272,7 @@ describe('daemon jobs on the real store', () => {
     }
     assert.equal(pings, 1, 'no pings while the write hangs');
     assert.match(hb.problem() ?? '', /^store has not committed a write for \d+ ms$/);
-    const check = storeReadinessCheck(store, 60_000, hb);
+    const check = storeReadinessCheck(store, hb);
     assert.match(check() ?? '', /has not committed/);
     hang = false;
     for (const w of waiting.splice(0)) w();

@@ -4,7 +4,7 @@
  * store closes last; a part that fails to start unwinds everything already started.
  */
 import assert from 'node:assert/strict';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
@@ -146,5 +146,31 @@ describe('daemon lifecycle', () => {
     // The database was closed: a new daemon starts on it.
     const d = await startDaemon(config(dir), [], { env: {}, logger: silentLogger(), inlineWriter: true });
     await d.stop();
+  });
+
+  test("parts get a runtime directory off the data directory: systemd's, else one per data directory in /dev/shm", async () => {
+    const seen: string[] = [];
+    const probe: PartEntry = {
+      name: 'probe',
+      create: (ctx) => {
+        seen.push(ctx.runtimeDir);
+        return { name: 'probe', start: async () => {}, stop: async () => {} };
+      },
+    };
+    const runtime = join(tmp, 'runtime');
+    for (const [dir, env] of [
+      [join(tmp, 'rt-a'), {}],
+      [join(tmp, 'rt-b'), {}],
+      [join(tmp, 'rt-c'), { RUNTIME_DIRECTORY: runtime }],
+    ] as const) {
+      const d = await startDaemon(config(dir), [probe], { env, logger: silentLogger() });
+      await d.stop();
+    }
+    const [a, b, c] = seen;
+    assert.ok(a!.startsWith('/dev/shm/edgekeeper-') && b!.startsWith('/dev/shm/edgekeeper-'), `${a} ${b}`);
+    assert.notEqual(a, b, 'two data directories share one runtime directory');
+    assert.equal(statSync(a!).mode & 0o777, 0o700);
+    assert.equal(c, runtime);
+    for (const x of [a!, b!]) rmSync(x, { recursive: true, force: true });
   });
 });

@@ -207,9 +207,15 @@ describe('edgekeeper run under a notify socket', () => {
     const kept = readdirSync(join(dataDir, 'backups')).filter((f) => /^edgekeeper-\d{8}T\d{9}Z\.db$/.test(f));
     assert.equal(kept.length, 2, kept.join(','));
     for (const f of kept) verifyDatabaseFile(join(dataDir, 'backups', f));
+    // The seeded database had the daemon's tables only: the other parts' schema steps were
+    // applied at start, after the pre-upgrade backup, which rotation leaves alone.
+    const preUpgrade = readdirSync(join(dataDir, 'backups')).filter((f) =>
+      /^edgekeeper-pre-upgrade-/.test(f),
+    );
+    assert.equal(preUpgrade.length, 1, preUpgrade.join(','));
     assert.deepEqual(
       readdirSync(join(dataDir, 'backups')).sort(),
-      kept.sort(),
+      [...kept, ...preUpgrade].sort(),
       'no temporary files left behind',
     );
 

@@ -49,7 +49,7 @@ describe('systemd unit', () => {
       .trim()
       .split('\n')
       .filter((l) => l !== '');
-    for (const l of lines) assert.match(l, /Command \/usr\/local\/bin\/edgekeeper is not executable|^$/);
+    for (const l of lines) assert.match(l, /Command \/usr\/bin\/edgekeeper is not executable|^$/);
   });
 
   test('security exposure is below 3.0, with the capabilities bpftrace needs and nothing more', () => {

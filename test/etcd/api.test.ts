@@ -303,6 +303,7 @@ describe('the part', () => {
         clock: systemClock,
         http: { add() {} },
         stateDir: dir,
+        runtimeDir: dir,
         nodeName: 'node-7',
         addReadinessCheck: (name, check) => checks.set(name, check),
       },
@@ -354,7 +355,7 @@ describe('CLI commands', () => {
       p.on('close', (code) => resolve({ code: code ?? -1, out, err }));
     });
 
-  it('kv put/get/del, lease grant/timetolive/list/revoke, lock -- CMD, status, --help', async () => {
+  it('kv put/get/del, lease grant/timetolive/list/revoke, lock -- CMD, endpoint status, --help', async () => {
     assert.equal((await cli(['kv', 'put', '/cli/a', 'hello'])).out, 'OK\n');
     assert.equal((await cli(['kv', 'get', '/cli/', '--prefix'])).out, '/cli/a\nhello\n');
     assert.equal((await cli(['kv', 'get', '/cli/a', '--print-value-only'])).out, 'hello\n');
@@ -368,14 +369,14 @@ describe('CLI commands', () => {
     const l = await cli(['lock', 'clilock', '--', 'sh', '-c', 'echo "$EDGEKEEPER_LOCK_KEY"; exit 7']);
     assert.equal(l.code, 7, l.err);
     assert.match(l.out, /^clilock\//);
-    const s = await cli(['status', '-w', 'json']);
+    const s = await cli(['endpoint', 'status', '-w', 'json']);
     assert.equal(JSON.parse(s.out).version, '3.5.13');
     const h = await cli(['kv', '--help']);
     assert.equal(h.code, 0);
     assert.match(h.out, /edgekeeper kv get/);
     const bad = await cli(['lease', 'revoke', 'zz']);
-    assert.equal(bad.code, 1);
-    assert.match(bad.err, /lease ID in hex/);
+    assert.equal(bad.code, 2, 'a malformed lease ID is a usage error');
+    assert.match(bad.err, /lease ID in hex.*\[EDGE_ERR_USAGE\]/);
   });
 
   it('kv watch prints events', async () => {

@@ -62,12 +62,29 @@ export const inputs: Record<string, SnapshotInputs> = {
       reportsPerMinute: [850, 840, 861, 790, 610, 420, 400, 395, 402, 388],
     },
     alerts: [
-      { severity: 'warning', text: '13 devices offline for more than 5 minutes (press line 2)' },
       {
         severity: 'critical',
         text: 'oven-2-temp sends reports that fail validation: metrics.t is not a number',
       },
     ],
+  },
+  // Everything that must be red at once: no device online, a full disk, writes not committing;
+  // and an under-voltage warning from the Pi firmware.
+  failing: {
+    ...healthyInputs,
+    devices: {
+      online: 0,
+      offline: 12,
+      attention: [
+        { name: 'press-07-vibration', reason: 'offline', sinceMs: T0 - 47 * MIN },
+        { name: 'flow-meter-11', reason: 'silent', sinceMs: T0 - 2 * 60 * MIN },
+        { name: 'press-08-vibration', reason: 'offline', sinceMs: T0 - 3 * 24 * 60 * MIN },
+      ],
+      attentionTotal: 12,
+      reportsPerMinute: [320, 300, 280, 0, 0, 0, 0, 0, 0, 0],
+    },
+    system: { ...system, diskUsedBytes: 57.2 * GiB, throttledBits: 0x50005 },
+    alerts: [{ severity: 'critical', text: 'not ready: store has not committed a write for 7021 ms' }],
   },
   noprobes: {
     ...healthyInputs,

@@ -11,6 +11,7 @@ import {
   graphemes,
   type Layout,
   layout,
+  overallStatus,
   Renderer,
   SIZES,
   sanitize,
@@ -153,4 +154,73 @@ test('attention list names the worst first and counts the rest', () => {
   const second = texts.indexOf('press-07-vibration');
   assert.ok(first >= 0 && second > first, 'rejected before offline');
   assert.ok(texts.some((t) => /^\+\d+ more need attention$/.test(t)));
+});
+
+const textsOf = (l: Layout) => l.elements.filter((e): e is TextElement => e.kind === 'text');
+
+test('every size draws the status word, and it never contradicts the alert line', () => {
+  for (const size of Object.values(SIZES)) {
+    const r = renderer(size.name);
+    for (const [name, snap] of Object.entries(snapshots)) {
+      const texts = textsOf(layout(snap, size, r.measure));
+      const word = overallStatus(snap).word;
+      const badge = texts.find((t) => t.text === word && t.y < 24);
+      assert.ok(badge, `${size.name} ${name}: no ${word} badge in the header`);
+      const all = texts.map((t) => t.text);
+      if (word === 'WARN' || word === 'ALERT') {
+        assert.ok(
+          !all.includes('no active alerts'),
+          `${size.name} ${name}: ${word} above "no active alerts"`,
+        );
+        const worst = snap.alerts[0]!;
+        assert.ok(
+          texts.some((t) => t.full === worst.text),
+          `${size.name} ${name}: the worst alert "${worst.text}" is not drawn`,
+        );
+      }
+    }
+  }
+});
+
+test('red where it is bad: no device online, a full disk; offline devices say for how long', () => {
+  const snap = snapshots.failing!;
+  for (const size of Object.values(SIZES)) {
+    const r = renderer(size.name);
+    const texts = textsOf(layout(snap, size, r.measure));
+    // The first device named says how long it has been offline, on every size.
+    const first = texts.find((t) => /offline 47m/.test(t.full));
+    assert.ok(first, `${size.name}: "offline 47m" for the first device`);
+    if (size.mono) continue;
+    const zero = texts.find((t) => t.text === '0');
+    assert.equal(zero?.tone, 'bad', `${size.name}: "0 online" with every device offline is red`);
+    const disk = texts.find((t) => /99%/.test(t.text));
+    assert.equal(disk?.tone, 'bad', `${size.name}: a 99% full disk is red`);
+    assert.ok(
+      texts.some((t) => t.text === 'CRIT'),
+      size.name,
+    );
+  }
+  // A healthy node's online count is green, a few offline devices are amber, not red.
+  const r = renderer('800x480');
+  const healthy = textsOf(layout(snapshots.healthy!, SIZES['800x480'], r.measure));
+  assert.equal(healthy.find((t) => t.text === '42')?.tone, 'ok');
+  const some = textsOf(layout(snapshots.offline!, SIZES['800x480'], r.measure));
+  assert.equal(some.find((t) => t.text === '13')?.tone, 'warn');
+  assert.equal(some.find((t) => t.text === 'offline 14m')?.tone, 'warn');
+});
+
+test('HTML in node, device and alert names is drawn as text, never interpreted', () => {
+  const html = '<b>pump</b><script>alert(1)</script>&amp;';
+  const snap = buildSnapshot({
+    ...inputs.offline!,
+    node: html,
+    devices: { online: 1, offline: 1, attention: [{ name: html, reason: 'offline', sinceMs: T0 - 60_000 }] },
+    alerts: [{ severity: 'critical', text: html }],
+  });
+  assert.equal(snap.node, html);
+  assert.equal(snap.devices?.attention[0]?.name, html);
+  assert.ok(snap.alerts.some((a) => a.text === html));
+  const r = renderer('800x480');
+  const texts = textsOf(layout(snap, SIZES['800x480'], r.measure));
+  assert.ok(texts.filter((t) => t.full === html).length >= 3, 'node, device and alert keep their text');
 });

@@ -6,24 +6,27 @@
  */
 import assert from 'node:assert/strict';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { execFile } from 'node:child_process';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, test } from 'node:test';
-import { promisify } from 'node:util';
 import { Registry } from 'prom-client';
 import { ManualClock } from '../../src/clock.js';
-import { createFramesPart, type DevicesInput, type FramesPart } from '../../src/frames/index.js';
+import {
+  createFramesPart,
+  type DevicesInput,
+  type FramesPart,
+  framesCliCommands,
+} from '../../src/frames/index.js';
 import { silentLogger } from '../../src/log.js';
 import type { HttpRoutes, PartContext, RouteHandler } from '../../src/part.js';
 import { openStore } from '../../src/store/index.js';
 import type { Store } from '../../src/store/types.js';
+import { capture } from '../capture.js';
 import { inputs, T0 } from './fixtures.js';
 import { decodePng } from './helpers.js';
 
-const execFileP = promisify(execFile);
 const tmp = mkdtempSync(join(tmpdir(), 'ek-frames-part-'));
 const stateDir = join(tmp, 'state');
 mkdirSync(stateDir);
@@ -73,6 +76,7 @@ before(async () => {
     clock,
     http,
     stateDir,
+    runtimeDir: stateDir,
     nodeName: 'test-node',
     addReadinessCheck: () => {},
   };
@@ -119,21 +123,11 @@ async function until(what: string, f: () => Promise<boolean> | boolean): Promise
   assert.fail(`timed out waiting for ${what}`);
 }
 
-const cliEntry = new URL('../../src/frames/index.ts', import.meta.url).href;
-/** Run the `frame` command in a child process, as `edgekeeper frame ...` would. */
+/** Run the `frame` command in this process, as `edgekeeper frame ...` would. */
 async function runCli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  const script = `const m = await import(${JSON.stringify(cliEntry)}); process.exitCode = await m.framesCliCommands.find((c) => c.name === 'frame').run(JSON.parse(process.argv[1]));`;
-  try {
-    const r = await execFileP(
-      process.execPath,
-      ['--import', 'tsx', '--input-type=module', '-e', script, JSON.stringify(args)],
-      { timeout: 30_000 },
-    );
-    return { code: 0, stdout: r.stdout, stderr: r.stderr };
-  } catch (err) {
-    const e = err as { code?: number; stdout?: string; stderr?: string };
-    return { code: typeof e.code === 'number' ? e.code : -1, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
-  }
+  const cmd = framesCliCommands.find((c) => c.name === 'frame')!;
+  const r = await capture(() => cmd.run(args));
+  return { code: r.code, stdout: r.out, stderr: r.err };
 }
 
 const get = (path: string, headers: Record<string, string> = {}) =>
@@ -251,7 +245,10 @@ test('edgekeeper frame --size --out fetches from the running daemon (in its own 
   await new Promise((r) => dead.close(r));
   const down = await runCli(['--out', join(tmp, 'x.png'), '--http', `127.0.0.1:${deadPort}`]);
   assert.equal(down.code, 1);
-  assert.match(down.stderr, /cannot reach the daemon/);
+  assert.match(
+    down.stderr,
+    /^edgekeeper frame: nothing answers at 127\.0\.0\.1:\d+ .*\[EDGE_ERR_UNREACHABLE\]\n$/,
+  );
   assert.ok(!existsSync(join(tmp, 'x.png')));
 });
 
@@ -284,6 +281,7 @@ test('bad options are refused at creation with the config path', () => {
     clock,
     http,
     stateDir,
+    runtimeDir: stateDir,
     nodeName: 'x',
     addReadinessCheck: () => {},
   };
@@ -312,6 +310,7 @@ test('a framebuffer that cannot be used is reported; frames still go to the othe
       clock,
       http: { add: () => {} },
       stateDir: dir,
+      runtimeDir: dir,
       nodeName: 'x',
       addReadinessCheck: () => {},
     };

@@ -1,13 +1,13 @@
 /**
- * Snapshot building (validation of whatever the sources hand us, derived alerts, unknowns),
- * the change hash at display precision, and the /proc + /sys/class/thermal reader on fixtures.
+ * Snapshot building (validation of whatever the sources hand us, derived alerts, unknowns) and
+ * the change hash at display precision.
  */
 import assert from 'node:assert/strict';
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
-import { buildSnapshot, type SnapshotInputs, SystemReader, snapshotHash } from '../../src/frames/index.js';
+import { buildSnapshot, overallStatus, type SnapshotInputs, snapshotHash } from '../../src/frames/index.js';
 import { inputs, T0 } from './fixtures.js';
 
 const tmp = mkdtempSync(join(tmpdir(), 'ek-snap-'));
@@ -56,6 +56,43 @@ test('garbage from a source becomes unknown, never zero or a crash', () => {
   assert.ok(s.alerts[0]!.text.length <= 160);
 });
 
+test('devices, disk, heat and the firmware become alerts; the header word is always the worst alert', () => {
+  const failing = buildSnapshot(inputs.failing!);
+  const texts = failing.alerts.map((a) => `${a.severity} ${a.text}`);
+  assert.ok(texts.includes('critical every device offline: 12'), texts.join(' | '));
+  assert.ok(texts.includes('critical disk 99% full: writes are about to fail'), texts.join(' | '));
+  assert.ok(texts.includes('warning under-voltage: the power supply is too weak'), texts.join(' | '));
+  assert.equal(failing.devices?.attentionTotal, 12, 'the source says 12 need attention, 3 are named');
+  const some = buildSnapshot(inputs.offline!);
+  assert.ok(some.alerts.some((a) => a.severity === 'warning' && a.text === 'devices offline: 13 of 42'));
+  assert.ok(
+    some.alerts.some((a) => a.severity === 'warning' && a.text === 'devices sending refused reports: 1'),
+  );
+  const hot = buildSnapshot({ ...inputs.healthy!, system: { socTempC: 86, throttledBits: 0x4 } });
+  assert.deepEqual(
+    hot.alerts.map((a) => [a.severity, a.text]),
+    [['critical', 'SoC 86 °C: the CPU throttles hard']],
+    'throttled for heat is said once',
+  );
+  const capped = buildSnapshot({ ...inputs.healthy!, system: { throttledBits: 0x2 } });
+  assert.deepEqual(
+    capped.alerts.map((a) => a.text),
+    ['the firmware throttles the CPU'],
+  );
+  const past = buildSnapshot({ ...inputs.healthy!, system: { throttledBits: 0x50000 } });
+  assert.deepEqual(past.alerts, [], 'what happened since boot is a metric, not an alert');
+  for (const [name, inp] of Object.entries(inputs)) {
+    const snap = buildSnapshot(inp);
+    const word = overallStatus(snap).word;
+    const worst = snap.alerts[0]?.severity;
+    assert.equal(
+      word,
+      worst === 'critical' ? 'ALERT' : worst === 'warning' ? 'WARN' : name === 'unknown' ? '?' : 'OK',
+      name,
+    );
+  }
+});
+
 test('derived alerts: quota, disk, temperature, uplink down; most severe first', () => {
   const s = buildSnapshot({
     ...inputs.uplinkdown!,
@@ -90,45 +127,4 @@ test('the hash changes with what is shown, not with seconds', () => {
   );
   assert.notEqual(snapshotHash(buildSnapshot({ ...base, devices: { ...base.devices, online: 41 } })), h);
   assert.notEqual(snapshotHash(buildSnapshot({ ...base, alerts: [{ severity: 'info', text: 'x' }] })), h);
-});
-
-test('SystemReader reads /proc/stat, /proc/meminfo and the SoC thermal zone from fixtures', () => {
-  const proc = join(tmp, 'proc');
-  const sys = join(tmp, 'sys');
-  mkdirSync(proc, { recursive: true });
-  for (const [zone, type, temp] of [
-    ['thermal_zone0', 'acpitz', '27800'],
-    ['thermal_zone1', 'cpu-thermal', '61234'],
-  ]) {
-    mkdirSync(join(sys, 'class', 'thermal', zone!), { recursive: true });
-    writeFileSync(join(sys, 'class', 'thermal', zone!, 'type'), `${type}\n`);
-    writeFileSync(join(sys, 'class', 'thermal', zone!, 'temp'), `${temp}\n`);
-  }
-  writeFileSync(
-    join(proc, 'meminfo'),
-    'MemTotal:        4000000 kB\nMemFree:  100 kB\nMemAvailable:    3000000 kB\n',
-  );
-  writeFileSync(join(proc, 'stat'), 'cpu  100 0 100 800 0 0 0 0 0 0\ncpu0 1 2 3\n');
-  let now = 0;
-  const r = new SystemReader({ procRoot: proc, sysRoot: sys, diskPath: tmp, now: () => now });
-  const first = r.read();
-  assert.equal(first.cpuPercent, undefined, 'no base sample yet: unknown, not 0');
-  assert.equal(first.memTotalBytes, 4_000_000 * 1024);
-  assert.equal(first.memUsedBytes, 1_000_000 * 1024);
-  assert.equal(first.socTempC, 61.234, 'the cpu zone, not the first one');
-  assert.ok((first.diskTotalBytes ?? 0) > 0 && (first.diskUsedBytes ?? -1) >= 0);
-  // +300 busy, +100 idle jiffies -> 75%.
-  writeFileSync(join(proc, 'stat'), 'cpu  300 0 200 900 0 0 0 0 0 0\n');
-  now = 1000;
-  assert.equal(r.read().cpuPercent, 75);
-  // Broken files: unknown, no throw.
-  writeFileSync(join(proc, 'stat'), 'garbage');
-  writeFileSync(join(proc, 'meminfo'), 'nothing here');
-  writeFileSync(join(sys, 'class', 'thermal', 'thermal_zone1', 'temp'), 'hot\n');
-  now = 3000;
-  const broken = r.read();
-  assert.equal(broken.memTotalBytes, undefined);
-  assert.equal(broken.socTempC, undefined);
-  const none = new SystemReader({ procRoot: join(tmp, 'nope'), sysRoot: join(tmp, 'nope') }).read();
-  assert.deepEqual(none, {});
 });

@@ -9,24 +9,14 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { describe, it } from 'node:test';
 import { ingestCliCommands } from '../../src/ingest/index.js';
+import { capture } from '../capture.js';
 import { verifySecret } from '../../src/ingest/auth.js';
 import { device, endClient, harness, openTestStore, refused, tempDir } from './helpers.js';
 
 async function cli(name: string, args: string[]): Promise<{ code: number; out: string; err: string }> {
   const cmd = ingestCliCommands.find((c) => c.name === name)!;
-  const out: string[] = [];
-  const err: string[] = [];
-  const log = console.log;
-  const error = console.error;
-  console.log = (...a: unknown[]) => out.push(a.join(' '));
-  console.error = (...a: unknown[]) => err.push(a.join(' '));
-  try {
-    const code = await cmd.run(args);
-    return { code, out: out.join('\n'), err: err.join('\n') };
-  } finally {
-    console.log = log;
-    console.error = error;
-  }
+  const r = await capture(() => cmd.run(args));
+  return { code: r.code, out: r.out.replace(/\n$/, ''), err: r.err };
 }
 
 describe('ingest CLI', () => {

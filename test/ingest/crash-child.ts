@@ -25,6 +25,7 @@ const part = createIngestPart(
     clock: systemClock,
     http: { add: () => undefined },
     stateDir: dir,
+    runtimeDir: dir,
     nodeName: 'crash',
     addReadinessCheck: () => undefined,
   },

@@ -70,6 +70,7 @@ export async function harness(
     clock,
     http: { add: (m, p, h) => routes.set(`${m} ${p}`, h) },
     stateDir: dir,
+    runtimeDir: dir,
     nodeName: 'test',
     addReadinessCheck: () => undefined,
   };

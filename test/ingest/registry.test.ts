@@ -29,6 +29,7 @@ test('a burst of 300 devices changing state logs 10 lines a second and a summary
   const reg = new DeviceRegistry(store, clock, metrics, pino(sink), {
     mirrorInterval: 1000,
     silenceTimeout: 60_000,
+    maxMetrics: 256,
   });
   try {
     for (let i = 0; i < 300; i++) reg.setOnline(`d${i}`, true, 'connect');
@@ -47,6 +48,43 @@ test('a burst of 300 devices changing state logs 10 lines a second and a summary
     assert.equal(summary.length, 1);
     assert.deepEqual([summary[0]!.online, summary[0]!.offline], [290, 50]);
     assert.equal(lines.at(-1)!.msg, 'device online');
+  } finally {
+    await reg.stop();
+    await store.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('1,000 devices reporting every second: 10 mirror transactions per interval, not 1,000', async () => {
+  const dir = tempDir();
+  const clock = new ManualClock(1_700_000_000_000);
+  const store = await openTestStore(dir, clock);
+  const reg = new DeviceRegistry(store, clock, createMetrics(new Registry()), pino({ level: 'silent' }), {
+    mirrorInterval: 5000,
+    silenceTimeout: 60_000,
+    maxMetrics: 256,
+  });
+  const report = (i: number, s: number) => ({ seq: s, ts: clock.now(), metrics: { t: i + s } });
+  try {
+    reg.start();
+    for (let i = 0; i < 1000; i++) reg.report(`d${i}`, report(i, 0));
+    // Coming online is written at once: 1,000 devices in chunks of 100.
+    await reg.kick();
+    await new Promise((r) => setImmediate(r));
+    await reg.kick();
+    const start = store.revision();
+    // Ten seconds of one report per device per second: two intervals.
+    for (let s = 1; s <= 10; s++) {
+      clock.advance(1000);
+      for (let i = 0; i < 1000; i++) reg.report(`d${i}`, report(i, s));
+      await reg.kick();
+    }
+    const revisions = store.revision() - start;
+    assert.ok(revisions <= 20 && revisions >= 10, `${revisions} transactions for 10,000 reports`);
+    const doc = JSON.parse(
+      store.range({ key: Buffer.from('/edgekeeper/devices/d7') }).kvs[0]!.value.toString(),
+    ) as { metrics: Record<string, number> };
+    assert.ok(doc.metrics.t! >= 7 + 5, 'the mirror moved on within the interval');
   } finally {
     await reg.stop();
     await store.close();

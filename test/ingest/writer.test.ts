@@ -182,7 +182,7 @@ describe('report writer', () => {
     assert.ok(Math.max(...perTurn.values()) <= 64, JSON.stringify([...perTurn]));
   });
 
-  it('holds batches while admission is closed, writes them when it opens, refuses them once stopping', async () => {
+  it('holds batches while admission is closed, writes them when it opens, refuses them once stopping', async (ctx) => {
     let admit = false;
     const reg = new Registry();
     const metrics = createMetrics(reg);
@@ -196,6 +196,10 @@ describe('report writer', () => {
       seq,
       body: Buffer.from([0xa0]),
     });
+    // The committer's recheck timer is unref'd (the daemon's sockets keep it alive); so is
+    // everything else here, so this interval keeps the test's event loop running meanwhile.
+    const alive = setInterval(() => {}, 1000);
+    ctx.after(() => clearInterval(alive));
     let done = 0;
     const first = Promise.all([1, 2, 3].map((i) => w.add(report(i), 1, arrivalTime()).then(() => done++)));
     await new Promise((r) => setTimeout(r, 700));

@@ -9,7 +9,7 @@
  */
 import assert from 'node:assert/strict';
 import { type ChildProcess, spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'node:test';
@@ -60,7 +60,7 @@ test('MQTT reports reach PostgreSQL exactly once through a SIGKILL; devices show
       etcd: { listen: `127.0.0.1:${etcdPort}` },
       mqtt: { listen: `127.0.0.1:${mqttPort}` },
       probes: { enabled: [] },
-      sync: { url: fleet.url, token: 'secret-token', idleInterval: '200ms' },
+      sync: { url: fleet.url, token: 'secret-token', idleInterval: '200ms', batchDelay: 0 },
     }),
   );
   let daemon: ChildProcess | undefined;
@@ -96,8 +96,11 @@ test('MQTT reports reach PostgreSQL exactly once through a SIGKILL; devices show
   const devices = ['press-1', 'press-2', 'oven-1'];
   const secrets = new Map<string, string>();
   for (const id of devices) {
+    // registering a device needs the admin token the daemon wrote for its own user
+    const token = readFileSync(join(dir, 'data', 'http.token'), 'utf8').trim();
     const r = await fetch(`http://127.0.0.1:${httpPort}/v1/devices`, {
       method: 'POST',
+      headers: { authorization: `Bearer ${token}` },
       body: JSON.stringify({ id }),
     });
     assert.equal(r.status, 201);

@@ -399,8 +399,10 @@ describe('etcd-format snapshots, differential against real etcd 3.4', () => {
       for (let i = 0; i < 30; i++) await d.store.put({ key: b(`/d/${i % 7}`), value: b(`v${i}`) });
       rev = d.store.revision();
       const file = join(tmp, 'http.snap');
+      const token = readFileSync(join(d.stateDir, 'http.token'), 'utf8').trim();
       const res = await fetch(`http://127.0.0.1:${d.httpAddress.port}/v1/backup?format=etcd`, {
         method: 'POST',
+        headers: { authorization: `Bearer ${token}` },
       });
       assert.equal(res.status, 200);
       writeFileSync(file, Buffer.from(await res.arrayBuffer()));

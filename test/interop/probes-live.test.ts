@@ -146,7 +146,7 @@ describe('probes live (real bpftrace)', { timeout: 120_000 }, () => {
       metricValue(text, 'edgekeeper_probe_fsync_seconds_bucket', 'le="+Inf"'),
       metricValue(text, 'edgekeeper_probe_fsync_seconds_count'),
     );
-    assert.equal(metricValue(text, 'edgekeeper_probe_up', 'probe="fsync",reason=""'), 1);
+    assert.equal(metricValue(text, 'edgekeeper_probe_up', 'probe="fsync",reason="running"'), 1);
 
     const st = h.part.status() as {
       latest: Record<string, { p50Ms: number; p99Ms: number } | undefined>;

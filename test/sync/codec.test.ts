@@ -225,6 +225,13 @@ test('hostile column data is refused with SyncBadBatchError', () => {
         [1, 1, 'k', null, null],
       ],
     },
+    // found by the fuzzer (test/sync/fuzz.ts): times and counts go into bigint columns, and a
+    // sent-at of -2^63 ms or a fractional event time made the receiver answer 500
+    { ...good, t: -(2 ** 63) },
+    { ...good, t: 1.5 },
+    { ...good, bl: [0.5, 0, 0] },
+    { ...good, e: [[1, 1.5, 'k', null, null]] },
+    { ...good, r: { n: 1, i: [1], ra: [2 ** 64], ts: [null], dv: ['d'], di: Buffer.from([0]) } },
     {
       ...good,
       s: {

@@ -16,6 +16,7 @@ function ctx(): PartContext {
     clock: systemClock,
     http: { add: () => {} },
     stateDir: '/nonexistent',
+    runtimeDir: '/nonexistent',
     nodeName: 'n',
     addReadinessCheck: () => {},
   };

@@ -75,6 +75,7 @@ export function makeContext(
     clock,
     http: { add: (method, path, h) => routes.set(`${method} ${path}`, h) },
     stateDir: dir,
+    runtimeDir: dir,
     nodeName,
     addReadinessCheck: (name, check) => readiness.set(name, check),
     routes,

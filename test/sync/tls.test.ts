@@ -107,6 +107,7 @@ test('a node uploads with its client certificate; a certificate for another node
       keyFile: f(`${cert}.key`),
       caFile: f('ca.crt'),
       idleInterval: 20,
+      batchDelay: 0,
       retryBase: 10,
       retryMax: 100,
     });

@@ -247,6 +247,7 @@ describe('fleet pages in Chromium', { skip: missing }, () => {
       url: srv.url,
       token: tokens.get(ALERT),
       idleInterval: 20,
+      batchDelay: 0,
       healthInterval: 50,
       heartbeatInterval: 60_000,
       frameInterval: 100,

@@ -46,10 +46,12 @@ const NODES = [
   'stopack',
   'retryafter',
   'window',
+  'delay',
 ];
 const FAST: SyncOptions = {
   batchMaxRecords: 300,
   idleInterval: 20,
+  batchDelay: 0,
   retryBase: 10,
   retryMax: 150,
   budgetInterval: 50,
@@ -432,6 +434,47 @@ describe('uplink', () => {
     assert.equal(requests, 0);
     clock.advance(60_000); // 03:00:30
     await assertExactlyOnce('window', store, ['reports']);
+  });
+
+  test('batch delay: a few records wait for more on the injected clock, a full batch goes at once', async () => {
+    const clock = new ManualClock(Date.now());
+    const proxy = await startFaultProxy(srv.url);
+    cleanups.push(() => proxy.close());
+    let batches = 0;
+    proxy.mode = (req) => {
+      if (req.url?.endsWith('/batches')) batches++;
+      return 'pass';
+    };
+    const { store, part } = await node(
+      'delay',
+      { url: proxy.url, batchMaxRecords: 50, batchDelay: 30_000 },
+      { clock },
+    );
+    await part.start();
+    // The first batch at start is a heartbeat (nothing sent yet): it goes at once.
+    await waitFor('the first heartbeat', () => batches >= 1);
+    await new Promise((r) => setTimeout(r, 300));
+    const atStart = batches;
+    await insertReports(store, 3);
+    // The uplink looks every idleInterval (20 ms of the injected clock): step it 5 s at a time.
+    const step = async (n: number) => {
+      for (let i = 0; i < n; i++) {
+        clock.advance(5000);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    };
+    await step(5);
+    assert.equal(batches, atStart, 'three records wait while the delay runs');
+    assert.equal((await pgIds('delay', 'fleet_reports')).length, 0);
+    await step(3);
+    await waitFor('the delayed batch', async () => (await pgIds('delay', 'fleet_reports')).length === 3);
+    const sent = batches;
+    // 50 records fill a batch: it goes at the next look (one idleInterval), not after the delay.
+    await insertReports(store, 50);
+    clock.advance(100);
+    await waitFor('the full batch', async () => (await pgIds('delay', 'fleet_reports')).length === 53);
+    assert.ok(batches > sent);
+    await assertExactlyOnce('delay', store, ['reports']);
   });
 
   test('bandwidth cap: the next batch waits for its share of time on the injected clock', async () => {

@@ -3,6 +3,7 @@
  * `Migration`s recorded in `schema_migrations`. Each step runs once, in its own transaction.
  */
 import type Database from 'better-sqlite3';
+import { SchemaTooNewError } from '../../errors.js';
 import type { Migration } from '../types.js';
 
 const BASE: string[] = [
@@ -73,8 +74,61 @@ const BASE: string[] = [
   `,
 ];
 
-/** Apply the base schema and the parts' migrations; returns nothing, throws on failure. */
+/** Where a database stands against the schema this binary knows; steps read "part version". */
+export interface SchemaStatus {
+  /** Steps this binary would apply ("store 1" is the base schema). */
+  pending: string[];
+  /** Steps the file has that this binary does not know: a newer edgekeeper wrote them. */
+  newer: string[];
+  /** For each part in `newer`, the last step this binary knows. */
+  known: string[];
+}
+
+/**
+ * Compares the file's `user_version` and `schema_migrations` with the base schema and `parts`.
+ * A part this binary has no migrations for at all is not judged (its tables are not ours to read).
+ */
+export function schemaStatus(db: Database.Database, parts: readonly Migration[]): SchemaStatus {
+  const current = db.pragma('user_version', { simple: true }) as number;
+  const out: SchemaStatus = { pending: [], newer: [], known: [] };
+  for (let v = current; v < BASE.length; v++) out.pending.push(`store ${v + 1}`);
+  if (current > BASE.length) {
+    out.newer.push(`store ${current}`);
+    out.known.push(`store ${BASE.length}`);
+  }
+  const hasTable = db
+    .prepare("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_migrations'")
+    .get();
+  const rows = hasTable
+    ? (db.prepare('SELECT part, version FROM schema_migrations ORDER BY part, version').all() as {
+        part: string;
+        version: number;
+      }[])
+    : [];
+  const last = new Map<string, number>();
+  for (const m of parts) last.set(m.part, Math.max(last.get(m.part) ?? 0, m.version));
+  const done = new Set(rows.map((r) => `${r.part} ${r.version}`));
+  for (const r of rows) {
+    const max = last.get(r.part);
+    if (max !== undefined && r.version > max) {
+      out.newer.push(`${r.part} ${r.version}`);
+      if (!out.known.includes(`${r.part} ${max}`)) out.known.push(`${r.part} ${max}`);
+    }
+  }
+  for (const m of [...parts].sort((a, b) => a.part.localeCompare(b.part) || a.version - b.version)) {
+    if (!done.has(`${m.part} ${m.version}`)) out.pending.push(`${m.part} ${m.version}`);
+  }
+  return out;
+}
+
+/**
+ * Apply the base schema and the parts' migrations; throws on failure. A file with steps this
+ * binary does not know is refused untouched (SchemaTooNewError): an older edgekeeper must not
+ * write to a schema it cannot read.
+ */
 export function migrate(db: Database.Database, parts: readonly Migration[]): void {
+  const status = schemaStatus(db, parts);
+  if (status.newer.length) throw new SchemaTooNewError(db.name, status.newer, status.known);
   const current = db.pragma('user_version', { simple: true }) as number;
   for (let v = current; v < BASE.length; v++) {
     db.transaction(() => {

@@ -343,6 +343,11 @@ export async function startFleetServer(opts: FleetServerOptions): Promise<FleetS
       // A record already stored under another batch: the uplink and receiver disagree, which
       // must never pass silently; the batch is refused whole.
       if ((err as { code?: string }).code === '23505') throw new SyncConflictError(b.seq);
+      // class 22, data exception: a value the decoder let through and PostgreSQL cannot hold
+      // (a NUL in a text, a number out of range): the batch is at fault, not the receiver
+      const code = (err as { code?: unknown }).code;
+      if (typeof code === 'string' && code.startsWith('22'))
+        throw new SyncBadBatchError(`a value cannot be stored: ${(err as Error).message}`);
       throw err;
     } finally {
       c.release();

@@ -211,6 +211,7 @@ async function eventLoop(frames: number): Promise<void> {
     clock: systemClock,
     http: { add: () => {} },
     stateDir: dir,
+    runtimeDir: dir,
     nodeName: 'bench',
     addReadinessCheck: () => {},
   };

@@ -25,6 +25,7 @@ const makePart = () =>
       clock: systemClock,
       http: { add() {} },
       stateDir: dir,
+      runtimeDir: dir,
       nodeName: 'bench',
       addReadinessCheck() {},
     },
@@ -35,6 +36,7 @@ const makePart = () =>
       batchMaxRecords: Number(batch),
       batchMaxBytes: 16 * 1024 * 1024,
       idleInterval: 20,
+      batchDelay: 0,
     },
   );
 const setCursor = (position: number) =>

@@ -48,10 +48,12 @@ export async function makeHarness(options: ProbesOptions, clock: Clock = systemC
     clock,
     http: { add: (method, path, handler) => routes.set(`${method} ${path}`, handler) },
     stateDir: dir,
+    runtimeDir: dir,
     nodeName: 'test',
     addReadinessCheck: () => {},
   };
-  const part = createProbesPart(ctx, options);
+  // Samples are stored every second here (60 s by default): tests look for them in the table.
+  const part = createProbesPart(ctx, { storeInterval: 1000, ...options });
   let server: Server | undefined;
   return {
     part,

@@ -1,0 +1,15 @@
+/**
+ * The etcd API's fuzz targets (fuzz.ts), a few seconds each with a fixed seed; the bench
+ * runs them longer (`npm run bench -- fuzz`).
+ */
+import { describe, it } from 'node:test';
+import { fuzzSeconds, runFuzz, testSeed } from '../fuzz.js';
+import { etcdTargets } from './fuzz.js';
+
+describe('etcd API, fuzzed requests', () => {
+  for (const t of etcdTargets)
+    it(`${t.name}: every input is answered, nothing crashes, memory stays bounded`, async (ctx) => {
+      const r = await runFuzz(t, { seconds: fuzzSeconds(3), seed: testSeed() });
+      ctx.diagnostic(JSON.stringify(r));
+    });
+});
