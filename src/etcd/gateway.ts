@@ -349,8 +349,15 @@ export class Gateway {
       });
       signal = ac.signal;
     }
-    runUnary(this.opts.ctx, route.stat, impl, msg, signal, (err, out) =>
-      this.guard(req, res, () => this.answer(res, resType, route.stat, err, out)),
+    runUnary(
+      this.opts.ctx,
+      route.stat,
+      impl,
+      msg,
+      signal,
+      (err, out) => this.guard(req, res, () => this.answer(res, resType, route.stat, err, out)),
+      // Only the headers: etcd's gateway never passes the HTTP client's certificate on as a user.
+      { headers: req.headers },
     );
   }
 
@@ -583,6 +590,11 @@ class GatewayStream extends EventEmitter implements StreamCall {
 
   get writableLength(): number {
     return this.queued;
+  }
+
+  /** The request's headers (auth reads `Authorization`). */
+  get headers(): IncomingMessage['headers'] {
+    return this.req.headers;
   }
 
   write(msg: object, cb?: () => void): boolean {
