@@ -118,35 +118,42 @@ describe('etcd auth: etcdctl against etcd 3.4 and edgekeeper', () => {
     await same(['user', 'add', 'root:again']);
     await same(['auth', 'enable']);
     // Enabled: nobody, a wrong password, a non-root user.
-    await same(['get', '/a/1']);
-    await same(['put', '/a/1', 'x']);
-    await same(['user', 'list']);
-    await same(['--user', 'root:nope', 'get', '/a/1']);
-    await same(['--user', 'nobody:pw', 'get', '/a/1']);
-    for (const args of [
-      ['role', 'add', 'r1'],
-      ['role', 'add', 'r1'],
-      ['role', 'add', 'r2'],
-      ['user', 'add', 'alice:pw'],
-      ['user', 'add', 'bob:pw'],
-      ['role', 'grant-permission', 'r1', 'read', '/a/', '--prefix'],
-      ['role', 'grant-permission', 'r1', 'write', '/w/k'],
-      ['role', 'grant-permission', 'r1', 'readwrite', '/r1', '/r5'],
-      ['role', 'grant-permission', 'r1', 'readwrite', '/r5', '/r7'],
-      ['role', 'grant-permission', 'r1', 'readwrite', '/l/', '--prefix'],
-      ['role', 'grant-permission', 'r1', 'write', '/a/', '--prefix'],
-      ['role', 'grant-permission', 'r1', 'read', '/a/', '--prefix'],
-      ['role', 'grant-permission', 'r2', 'read', '/z', '--from-key'],
-      ['user', 'grant-role', 'alice', 'r1'],
-      ['user', 'grant-role', 'alice', 'r1'],
-      ['user', 'grant-role', 'bob', 'r2'],
-      ['put', '/a/1', 'one'],
-      ['put', '/b/1', 'bee'],
-      ['put', '/z9', 'zed'],
+    await sameAll([
+      ['get', '/a/1'],
+      ['put', '/a/1', 'x'],
+      ['user', 'list'],
+      ['--user', 'root:nope', 'get', '/a/1'],
+      ['--user', 'nobody:pw', 'get', '/a/1'],
+      [...ROOT, 'role', 'add', 'r1'],
+    ]);
+    // Groups of commands whose order does not matter, one group after the other.
+    for (const group of [
+      [
+        ['role', 'add', 'r1'],
+        ['role', 'add', 'r2'],
+        ['user', 'add', 'alice:pw'],
+        ['user', 'add', 'bob:pw'],
+        ['role', 'grant-permission', 'r1', 'write', '/w/k'],
+        ['role', 'grant-permission', 'r1', 'readwrite', '/r1', '/r5'],
+        ['role', 'grant-permission', 'r1', 'readwrite', '/r5', '/r7'],
+        ['role', 'grant-permission', 'r1', 'readwrite', '/l/', '--prefix'],
+        ['role', 'grant-permission', 'r1', 'write', '/a/', '--prefix'],
+        ['put', '/a/1', 'one'],
+        ['put', '/b/1', 'bee'],
+        ['put', '/z9', 'zed'],
+      ],
+      [
+        // Granting again on the same range changes the permission's type.
+        ['role', 'grant-permission', 'r1', 'read', '/a/', '--prefix'],
+        ['role', 'grant-permission', 'r2', 'read', '/z', '--from-key'],
+        ['user', 'grant-role', 'alice', 'r1'],
+        ['user', 'grant-role', 'bob', 'r2'],
+      ],
     ])
-      await same([...ROOT, ...args]);
+      await sameAll(group.map((a) => [...ROOT, ...a]));
     await sameAll([
       ...[
+        ['user', 'grant-role', 'alice', 'r1'],
         ['role', 'grant-permission', 'nosuch', 'read', '/x'],
         ['user', 'grant-role', 'alice', 'nosuch'],
         ['user', 'grant-role', 'nosuch', 'r1'],
@@ -226,52 +233,51 @@ describe('etcd auth: etcdctl against etcd 3.4 and edgekeeper', () => {
 
   it('lease revoke needs write on the keys attached to the lease', async () => {
     // Lease IDs differ between the two servers: grant, attach and revoke on each.
-    const outs: string[] = [];
-    for (const ep of [real.endpoint, edge.endpoint]) {
-      const g = await etcdctl(ep, [...ALICE, 'lease', 'grant', '100']);
-      const id = /lease ([0-9a-f]+) granted/.exec(g.stdout)?.[1];
-      assert.ok(id, g.stdout + g.stderr);
-      const attach = await etcdctl(ep, [...ROOT, 'put', '/b/leased', 'v', `--lease=${id}`]);
-      const put = await etcdctl(ep, [...ALICE, 'put', '/w/k', 'v', `--lease=${id}`]);
-      const revoke = await etcdctl(ep, [...ALICE, 'lease', 'revoke', id]);
-      const ttl = await etcdctl(ep, [...ALICE, 'lease', 'timetolive', id]);
-      outs.push(
-        [attach, put, revoke, ttl]
+    const outs = await Promise.all(
+      [real.endpoint, edge.endpoint].map(async (ep) => {
+        const g = await etcdctl(ep, [...ALICE, 'lease', 'grant', '100']);
+        const id = /lease ([0-9a-f]+) granted/.exec(g.stdout)?.[1];
+        assert.ok(id, g.stdout + g.stderr);
+        const attach = await etcdctl(ep, [...ROOT, 'put', '/b/leased', 'v', `--lease=${id}`]);
+        const put = await etcdctl(ep, [...ALICE, 'put', '/w/k', 'v', `--lease=${id}`]);
+        const revoke = await etcdctl(ep, [...ALICE, 'lease', 'revoke', id]);
+        const ttl = await etcdctl(ep, [...ALICE, 'lease', 'timetolive', id]);
+        return [attach, put, revoke, ttl]
           .map(seen)
           .join('\n')
           .replaceAll(id, 'ID')
-          .replace(/remaining\(\d+s\)/, 'remaining(_)'),
-      );
-    }
+          .replace(/remaining\(\d+s\)/, 'remaining(_)');
+      }),
+    );
     assert.equal(outs[1], outs[0]);
   });
 
   it('watch: refused without read permission; a role revoked during a watch', async () => {
     const watch = (ep: string, args: string[]) => etcdctlBg(ep, [...ALICE, 'watch', ...args]);
-    const results: string[] = [];
-    for (const ep of [real.endpoint, edge.endpoint]) {
-      // From the next revision on, so that no event depends on when the watch got created.
-      const rev = JSON.parse((await etcdctl(ep, [...ROOT, 'get', 'x', '-w', 'json'])).stdout).header.revision;
-      const denied = watch(ep, ['/b/1']);
-      const w = watch(ep, ['/a/', '--prefix', `--rev=${rev + 1}`]);
-      await etcdctl(ep, [...ROOT, 'put', '/a/9', 'before']);
-      // The watch runs (it has sent its first event) before the role goes.
-      await waitFor(() => w.out().includes('before'), 'the watch to start');
-      await etcdctl(ep, [...ROOT, 'user', 'revoke-role', 'alice', 'r1']);
-      await etcdctl(ep, [...ROOT, 'put', '/a/9', 'after']);
-      const again = await etcdctl(ep, [...ALICE, 'get', '/a/9']);
-      await new Promise((r) => setTimeout(r, 1000));
-      await Promise.all([denied.stop(), w.stop()]);
-      await etcdctl(ep, [...ROOT, 'user', 'grant-role', 'alice', 'r1']);
-      const clean = (s: string) => s.replace(/"ts":"[^"]*"/g, '').replace(/"target":"[^"]*"/g, '');
-      results.push(
-        [
+    const results = await Promise.all(
+      [real.endpoint, edge.endpoint].map(async (ep) => {
+        // From the next revision on, so that no event depends on when the watch got created.
+        const rev = JSON.parse((await etcdctl(ep, [...ROOT, 'get', 'x', '-w', 'json'])).stdout).header
+          .revision;
+        const denied = watch(ep, ['/b/1']);
+        const w = watch(ep, ['/a/', '--prefix', `--rev=${rev + 1}`]);
+        await etcdctl(ep, [...ROOT, 'put', '/a/9', 'before']);
+        // The watch runs (it has sent its first event) before the role goes.
+        await waitFor(() => w.out().includes('before'), 'the watch to start');
+        await etcdctl(ep, [...ROOT, 'user', 'revoke-role', 'alice', 'r1']);
+        await etcdctl(ep, [...ROOT, 'put', '/a/9', 'after']);
+        const again = await etcdctl(ep, [...ALICE, 'get', '/a/9']);
+        await new Promise((r) => setTimeout(r, 1000));
+        await Promise.all([denied.stop(), w.stop()]);
+        await etcdctl(ep, [...ROOT, 'user', 'grant-role', 'alice', 'r1']);
+        const clean = (s: string) => s.replace(/"ts":"[^"]*"/g, '').replace(/"target":"[^"]*"/g, '');
+        return [
           `denied: ${denied.out()}|${clean(denied.err())}`,
           `watch: ${w.out()}|${clean(w.err())}`,
           seen(again),
-        ].join('\n'),
-      );
-    }
+        ].join('\n');
+      }),
+    );
     assert.equal(results[1], results[0]);
   });
 
@@ -305,28 +311,36 @@ describe('etcd auth: etcdctl against etcd 3.4 and edgekeeper', () => {
   });
 
   it('revoking, deleting, passwords, disabling', async () => {
-    for (const args of [
-      ['role', 'revoke-permission', 'r1', '/w/k'],
-      ['role', 'revoke-permission', 'r1', '/w/k'],
-      ['role', 'revoke-permission', 'r1', '/r1', '/r5'],
-      ['role', 'revoke-permission', 'r1', '/a/', '--prefix'],
-      ['role', 'revoke-permission', 'nosuch', '/a'],
-      ['role', 'get', 'r1'],
-      ['user', 'revoke-role', 'bob', 'r2'],
-      ['user', 'revoke-role', 'bob', 'r2'],
-      ['user', 'revoke-role', 'nosuch', 'r2'],
-      ['user', 'revoke-role', 'root', 'root'],
-      ['user', 'delete', 'root'],
-      ['role', 'delete', 'root'],
-      ['user', 'delete', 'nosuch'],
-      ['role', 'delete', 'nosuch'],
-      ['role', 'delete', 'r1'],
-      ['user', 'get', 'alice'],
-      ['user', 'delete', 'bob'],
-      ['user', 'list'],
-      ['role', 'list'],
+    for (const group of [
+      [['role', 'revoke-permission', 'r1', '/w/k']],
+      [
+        ['role', 'revoke-permission', 'r1', '/w/k'],
+        ['role', 'revoke-permission', 'r1', '/r1', '/r5'],
+        ['role', 'revoke-permission', 'r1', '/a/', '--prefix'],
+        ['role', 'revoke-permission', 'nosuch', '/a'],
+        ['user', 'revoke-role', 'bob', 'r2'],
+        ['user', 'revoke-role', 'nosuch', 'r2'],
+        ['user', 'revoke-role', 'root', 'root'],
+        ['user', 'delete', 'root'],
+        ['role', 'delete', 'root'],
+        ['user', 'delete', 'nosuch'],
+        ['role', 'delete', 'nosuch'],
+      ],
+      [
+        ['role', 'get', 'r1'],
+        ['user', 'revoke-role', 'bob', 'r2'],
+      ],
+      [['role', 'delete', 'r1']],
+      [
+        ['user', 'get', 'alice'],
+        ['user', 'delete', 'bob'],
+      ],
+      [
+        ['user', 'list'],
+        ['role', 'list'],
+      ],
     ])
-      await same([...ROOT, ...args]);
+      await sameAll(group.map((a) => [...ROOT, ...a]));
     await same([...ROOT, 'user', 'passwd', 'alice', '--interactive=false'], 'newpw\n');
     await same([...ALICE, 'get', '/x']);
     await same(['--user', 'alice:newpw', 'get', '/x']);

@@ -5,7 +5,8 @@
  * - `Auth` holds users, roles (key-range permissions READ, WRITE, READWRITE on a key, a range
  *   [key, range_end) or key onwards with range_end "\0") and the enabled flag in the etcd part's
  *   tables (`authMigration`, version 2 of the part's schema), so they survive a restart. Passwords
- *   are scrypt hashes with their salt and parameters. Simple tokens live in memory only and expire
+ *   are scrypt hashes with their salt and parameters (a successful check is remembered per user as
+ *   a SHA-256 of hash and password, since etcdctl authenticates on every command). Simple tokens live in memory only and expire
  *   `tokenTtlMs` (etcd: 300 s) after their last use; disabling auth, deleting a user or changing
  *   its password ends its tokens, and a restart ends all of them, as in etcd.
  * - `authMethods` is the Auth service (AuthEnable ... RoleRevokePermission, Authenticate,
@@ -31,7 +32,7 @@ import { big, buf, num } from '../proto.js';
 import type { CallOrigin, Methods, Msg, StreamCall, StreamHandler, Unary } from '../rpc.js';
 import { authError, cancelReason, rawAuthError } from './errors.js';
 import { allowed, type Permission, READ, WRITE } from './perms.js';
-import { AuthStore, checkPassword, hashPassword, ROOT, type Role, type User } from './store.js';
+import { AuthStore, hashPassword, ROOT, type Role, type User } from './store.js';
 
 export { authMigration } from './store.js';
 
@@ -324,7 +325,7 @@ export function authMethods(ctx: EtcdContext, auth: Auth): Methods {
       const u = s.users.get(name);
       if (!u) throw authError('authFailed');
       if (u.noPassword) throw authError('noPasswordUser');
-      if (!(await checkPassword(str(m.password), u.password))) throw authError('authFailed');
+      if (!(await s.verified.check(name, str(m.password), u.password))) throw authError('authFailed');
       // The user may have gone or changed its password while the hash was computed.
       if (s.users.get(name)?.password !== u.password || !s.enabled) throw authError('authFailed');
       return { ...header(), token: s.tokens.assign(name) };
@@ -366,6 +367,7 @@ export function authMethods(ctx: EtcdContext, auth: Auth): Methods {
           sql: [{ sql: 'DELETE FROM etcd_auth_users WHERE name = ?', params: [name] }],
           apply: () => {
             s.users.delete(name);
+            s.verified.forget(name);
             s.tokens.invalidateUser(name);
           },
         };
@@ -380,6 +382,7 @@ export function authMethods(ctx: EtcdContext, auth: Auth): Methods {
           sql: [s.putUser(u)],
           apply: () => {
             s.users.set(name, u);
+            s.verified.forget(name);
             s.tokens.invalidateUser(name);
           },
         };

@@ -3,7 +3,7 @@
  * memory, plus the simple tokens (in memory only, as etcd's: a restart ends every session).
  * Changes are serialized (one at a time) and applied in memory only once they are stored.
  */
-import { randomBytes, scrypt as scryptCb, timingSafeEqual } from 'node:crypto';
+import { createHash, randomBytes, scrypt as scryptCb, timingSafeEqual } from 'node:crypto';
 import { promisify } from 'node:util';
 import type { Logger } from '../../log.js';
 import type { Migration, Store } from '../../store/types.js';
@@ -88,6 +88,29 @@ export async function checkPassword(pw: string, stored: string): Promise<boolean
   return timingSafeEqual(got, want);
 }
 
+/**
+ * Successful checks, remembered per user as a SHA-256 of the stored hash and the password: etcdctl
+ * authenticates on every command, and a scrypt per command would cost a Pi tens of ms of CPU
+ * each time. A new password or a deleted user misses (the stored hash changes or is gone).
+ */
+export class VerifiedPasswords {
+  private readonly map = new Map<string, Buffer>();
+  private static key(stored: string, pw: string): Buffer {
+    return createHash('sha256').update(stored).update('\0').update(pw).digest();
+  }
+  async check(user: string, pw: string, stored: string): Promise<boolean> {
+    const k = VerifiedPasswords.key(stored, pw);
+    const seen = this.map.get(user);
+    if (seen && timingSafeEqual(seen, k)) return true;
+    if (!(await checkPassword(pw, stored))) return false;
+    this.map.set(user, k);
+    return true;
+  }
+  forget(user: string): void {
+    this.map.delete(user);
+  }
+}
+
 // --- simple tokens ------------------------------------------------------------------------------
 
 const LETTERS = 'abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ';
@@ -152,6 +175,7 @@ export class AuthStore {
   readonly roles = new Map<string, Role>();
   private readonly perms = new Map<string, UserPerms>();
   readonly tokens: Tokens;
+  readonly verified = new VerifiedPasswords();
   private queue: Promise<unknown> = Promise.resolve();
 
   constructor(
