@@ -6,14 +6,15 @@
  *   [key, range_end) or key onwards with range_end "\0") and the enabled flag in the etcd part's
  *   tables (`authMigration`, version 2 of the part's schema), so they survive a restart. Passwords
  *   are scrypt hashes with their salt and parameters (a successful check is remembered per user as
- *   a SHA-256 of hash and password, since etcdctl authenticates on every command). Simple tokens live in memory only and expire
- *   `tokenTtlMs` (etcd: 300 s) after their last use; disabling auth, deleting a user or changing
- *   its password ends its tokens, and a restart ends all of them, as in etcd.
+ *   a SHA-256 of hash and password, since etcdctl authenticates on every command). Simple tokens
+ *   live in memory only and expire `tokenTtlMs` (etcd: 300 s) after their last use; disabling
+ *   auth, deleting a user or changing its password ends its tokens, and a restart ends all of
+ *   them, as in etcd.
  * - `authMethods` is the Auth service (AuthEnable ... RoleRevokePermission, Authenticate,
  *   AuthStatus). `guardServices` wraps the other services' method tables so every transport (gRPC,
  *   the gateway) enforces the same rules; while auth is disabled a call pays one boolean test.
  * - Who calls: the `token` (or `authorization`) gRPC metadata, the gateway's `Authorization`
- *   header, or else, with client-cert-auth, the verified client certificate's CN (gRPC only, as
+ *   (or `Grpc-Metadata-Token`) header, or else, with client-cert-auth, the verified client certificate's CN (gRPC only, as
  *   etcd's gateway). A token that is unknown or expired is "etcdserver: invalid auth token".
  * - What each call needs (etcd 3.4's rules): Range, Txn compares and range ops: READ on their
  *   range; Put, DeleteRange: WRITE (plus READ with prev_kv); a Put on a lease and LeaseRevoke:
@@ -78,7 +79,8 @@ export class Auth {
     const token =
       first(origin.metadata?.get('token')) ??
       first(origin.metadata?.get('authorization')) ??
-      first(origin.headers?.authorization);
+      first(origin.headers?.authorization) ??
+      first(origin.headers?.['grpc-metadata-token']);
     if (token !== undefined) {
       const user = this.state.tokens.user(token);
       if (user === undefined) throw authError('invalidAuthToken');
