@@ -2,10 +2,11 @@
  * The main thread's half of report writing: takes the ingest thread's batches (see writer.ts),
  * writes each with `store.write` and counts what committed.
  *
- * Admission: while `admit()` returns false (the fleet sync's disk budget is full and its policy
- * is to stop acknowledging) batches are held, not written, and re-checked every
- * `ADMIT_RECHECK_MS`. Their reports stay unacknowledged, so devices keep them and the brokers
- * stop feeding us.
+ * Admission: while `admit(reports)` returns false (the fleet sync's disk budget is full and its
+ * policy is to stop acknowledging, or the SLO guard makes bulk work yield) batches are held, not
+ * written, and re-checked every `ADMIT_RECHECK_MS`, oldest first, each asked for on its own (the
+ * guard admits a rate of reports, not all or nothing). Their reports stay unacknowledged, so
+ * devices keep them and the brokers stop feeding us.
  */
 import type { Clock, Timer } from '../clock.js';
 import type { Logger } from '../log.js';
@@ -13,7 +14,8 @@ import type { Store } from '../store/types.js';
 import type { IngestMetrics } from './metrics.js';
 import { arrivalTime, type ReportBatch } from './writer.js';
 
-const ADMIT_RECHECK_MS = 500;
+// Short, so that a guard admitting a rate releases held batches evenly rather than in bursts.
+const ADMIT_RECHECK_MS = 100;
 
 interface Held {
   batch: ReportBatch;
@@ -37,12 +39,12 @@ export class ReportCommitter {
     private readonly clock: Clock,
     private readonly metrics: IngestMetrics,
     private readonly log: Logger,
-    private readonly admit?: () => boolean,
+    private readonly admit?: (reports: number) => boolean,
   ) {}
 
   /** Resolves with the rows inserted once committed; rejects when the store refused the batch. */
   commit(batch: ReportBatch): Promise<number> {
-    if (this.held.length === 0 && this.admitting()) return this.write(batch);
+    if (this.held.length === 0 && this.admitting(batch)) return this.write(batch);
     if (this.refusing) return Promise.reject(this.refusing);
     return new Promise((resolve, reject) => {
       this.held.push({ batch, resolve, reject });
@@ -62,20 +64,21 @@ export class ReportCommitter {
     this.metrics.held.set(this.heldReports > 0 ? this.heldReports + this.waiting : 0);
   }
 
-  private admitting(): boolean {
-    return !this.admit || this.admit();
+  private admitting(batch: ReportBatch): boolean {
+    return !this.admit || this.admit(batch.arrived.length);
   }
 
   private recheck(): void {
     this.heldTimer ??= this.clock.setTimeout(() => {
       this.heldTimer = undefined;
-      if (!this.admitting()) {
-        this.recheck();
-        return;
+      let n = 0;
+      while (n < this.held.length && this.admitting(this.held[n]!.batch)) n++;
+      for (const h of this.held.splice(0, n)) {
+        this.heldReports -= h.batch.arrived.length;
+        this.write(h.batch).then(h.resolve, h.reject);
       }
-      this.heldReports = 0;
       this.updateHeld();
-      for (const h of this.held.splice(0)) this.write(h.batch).then(h.resolve, h.reject);
+      if (this.held.length > 0) this.recheck();
     }, ADMIT_RECHECK_MS);
   }
 

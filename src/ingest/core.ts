@@ -4,6 +4,7 @@
  */
 import type { Clock } from '../clock.js';
 import type { Logger } from '../log.js';
+import type { LoadGuard } from '../part.js';
 import type { Store } from '../store/types.js';
 import { VerifiedCache, verifySecret } from './auth.js';
 import { ReportCommitter } from './commit.js';
@@ -33,8 +34,17 @@ export class IngestCore {
     readonly metrics: IngestMetrics,
     readonly log: Logger,
     readonly opts: IngestOptions,
+    /** The SLO guard: reports are written only as fast as it admits them (after the sync's budget). */
+    guard?: Pick<LoadGuard, 'admitBulk'>,
   ) {
-    this.committer = new ReportCommitter(store, clock, metrics, log, opts.admit);
+    const admit = opts.admit;
+    this.committer = new ReportCommitter(
+      store,
+      clock,
+      metrics,
+      log,
+      admit || guard ? (n) => (admit?.() ?? true) && (guard?.admitBulk(n) ?? true) : undefined,
+    );
     this.committer.onCommitted = (n) => this.countRate(n);
     this.registry = new DeviceRegistry(store, clock, metrics, log, {
       mirrorInterval: opts.mirrorInterval,
