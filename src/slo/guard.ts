@@ -114,7 +114,9 @@ export class BurnWindows {
   /** The slow fraction over the error budget; 0 without events. */
   burnRate(nowSec: number, seconds: number, target: number): number {
     const c = this.counts(nowSec, seconds);
-    return c.total === 0 ? 0 : c.bad / c.total / (1 - target);
+    if (c.total === 0) return 0;
+    // Rounded to a millionth: 1 - 0.99 is not 0.01 in floating point, and 2% slow should burn 2.
+    return Math.round((c.bad / c.total / (1 - target)) * 1e6) / 1e6;
   }
 }
 
