@@ -246,7 +246,7 @@ describe('report writer', () => {
     // 150 reports in one turn: one batch, stored as 64 + 64 + 22
     await Promise.all(Array.from({ length: 150 }, (_, i) => add(i)));
     assert.deepEqual(
-      chunked.map((r) => (r.sql?.[0] as { count: number }).count),
+      chunked.map((r) => (r.sql![0] as { count: number }).count),
       [64, 64, 22],
     );
     const got = rows('w6');
