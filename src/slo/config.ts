@@ -47,18 +47,18 @@ export const sloConfigSection: ConfigSection = {
       max: 1000,
       doc: 'Both the 1 m and 5 s burn rates at or above this count as interactive traffic waiting (bulk yields).',
     },
-    // A commit of a report batch costs a few ms of main-thread time; 10 ms more is felt by a put.
+    // A put on an idle node waits a few ms at most; 5 ms more of delay is already twice that.
     loopDelay: {
       type: 'duration',
-      default: 10,
+      default: 5,
       min: 1,
       max: 10_000,
       doc: 'Event-loop delay p99 over the last quarter second above which interactive traffic counts as waiting (bulk yields).',
     },
-    // a few devices' worth of reports a second keeps moving, whatever the pressure
+    // a thousand devices reporting once a second keep moving, whatever the pressure
     minBulkRate: {
       type: 'integer',
-      default: 100,
+      default: 1000,
       min: 1,
       max: 10_000_000,
       doc: 'Device reports a second always admitted while bulk yields, so it never starves.',

@@ -221,7 +221,8 @@ describe('slo config', () => {
     assert.equal(c.slo.etcdLatency, 20);
     assert.equal(c.slo.target, 0.999);
     assert.equal(c.slo.guard, true);
-    assert.equal(c.slo.loopDelay, 10);
+    assert.equal(c.slo.loopDelay, 5);
+    assert.equal(c.slo.minBulkRate, 1000);
     const e = loadConfig({ env: { EDGEKEEPER_SLO_GUARD: 'false' }, sections: allSections() }) as unknown as {
       slo: SloOptions;
     };
