@@ -53,7 +53,7 @@ export const sloConfigSection: ConfigSection = {
       default: 5,
       min: 1,
       max: 10_000,
-      doc: 'Event-loop delay p99 over the last quarter second above which interactive traffic counts as waiting (bulk yields).',
+      doc: 'Event-loop delay above its quiet level (its level while bulk work runs at its minimum) at which interactive traffic counts as waiting (bulk yields).',
     },
     // a thousand devices reporting once a second keep moving, whatever the pressure
     minBulkRate: {

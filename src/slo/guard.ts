@@ -15,9 +15,13 @@
  * readiness: readiness is "can serve" (src/daemon/health.ts).
  *
  * Pressure. Every `TICK_MS` the guard looks at the last tick: interactive traffic is present
- * (etcd requests in the last 5 s) and waiting — the event loop's delay p99 is above
- * `slo.loopDelay`, or the slowest etcd request or commit is above its threshold, or the fast pair
- * burns. Without interactive traffic there is no pressure: nobody waits for bulk to yield.
+ * (etcd requests in the last 5 s) and waiting — the event loop's delay is more than
+ * `slo.loopDelay` above its quiet level, or the slowest etcd request or commit is above its
+ * threshold, or the fast pair burns. Without interactive traffic there is no pressure: nobody
+ * waits for bulk to yield. The loop delay is the median of the last `LOOP_TICKS` ticks' p99 (one
+ * tick's p99 is nearly its maximum: one GC pause), and its quiet level is what it is while bulk
+ * runs at most at `slo.minBulkRate` (falling at once, rising slowly): delay that other processes
+ * on the machine cause is no reason to hold reports back, since holding them would not remove it.
  *
  * Yielding. Under pressure the guard limits bulk rows (device reports) to half the rate it
  * admitted in the last tick (never below `slo.minBulkRate`, so bulk never starves), by a token
@@ -63,6 +67,10 @@ const RELEASE_MS = 10_000;
 const BURST_S = 0.25;
 /** Interactive traffic counts as present while the 5 s window has events. */
 const PRESENT_S = 5;
+/** Ticks whose loop-delay p99s the signal is the median of. */
+const LOOP_TICKS = 4;
+/** How far the quiet level moves up toward a higher reading per quiet tick. */
+const QUIET_RISE = 0.1;
 /** Event-loop delay sampling period (ms); subtracted from its samples. */
 const LOOP_RESOLUTION_MS = 5;
 
@@ -143,6 +151,9 @@ export class SloGuard implements LoadGuard {
   private slowestRequest = 0;
   private slowestCommit = 0;
   private lastLoopDelay: number | undefined;
+  private loopTicks: number[] = [];
+  /** The loop delay while bulk work runs at most at its minimum rate (see the header). */
+  private quietLoop: number | undefined;
   private timer: Timer | undefined;
   private monitor: ReturnType<typeof monitorEventLoopDelay> | undefined;
   private readonly loopDelay: () => number | undefined;
@@ -259,13 +270,15 @@ export class SloGuard implements LoadGuard {
     this.lastTick = now;
     const admittedRate = (this.admitted * 1000) / dt;
     this.admitted = 0;
-    const loop = this.loopDelay();
-    this.lastLoopDelay = loop;
+    const loop = this.loopSignal(admittedRate);
     const present = this.objectives.etcd_request.counts(this.nowSec(), PRESENT_S).total > 0;
     const reasons: string[] = [];
     if (present) {
-      if (loop !== undefined && loop > this.o.loopDelay)
-        reasons.push(`event-loop delay p99 ${loop.toFixed(1)} ms > ${this.o.loopDelay} ms`);
+      const quiet = this.quietLoop ?? 0;
+      if (loop !== undefined && loop > quiet + this.o.loopDelay)
+        reasons.push(
+          `event-loop delay p99 ${loop.toFixed(1)} ms > ${quiet.toFixed(1)} ms quiet + ${this.o.loopDelay} ms`,
+        );
       if (this.slowestRequest > this.o.etcdLatency)
         reasons.push(`etcd request ${this.slowestRequest.toFixed(1)} ms > ${this.o.etcdLatency} ms`);
       if (this.slowestCommit > this.o.commitLatency)
@@ -308,6 +321,22 @@ export class SloGuard implements LoadGuard {
     }
   }
 
+  /** The median of the last ticks' loop delay; updates the quiet level while bulk is at its minimum. */
+  private loopSignal(admittedRate: number): number | undefined {
+    const sample = this.loopDelay();
+    this.lastLoopDelay = sample;
+    if (sample === undefined) return undefined;
+    this.loopTicks.push(sample);
+    if (this.loopTicks.length > LOOP_TICKS) this.loopTicks.shift();
+    const sorted = [...this.loopTicks].sort((a, b) => a - b);
+    const median = sorted[Math.floor((sorted.length - 1) / 2)]!;
+    const q = this.quietLoop;
+    if (q !== undefined && median < q) this.quietLoop = median;
+    else if (admittedRate <= this.o.minBulkRate)
+      this.quietLoop = q === undefined ? median : q + (median - q) * QUIET_RISE;
+    return median;
+  }
+
   /** Plain data for `/v1/status`. */
   status(): Record<string, unknown> {
     return {
@@ -315,6 +344,7 @@ export class SloGuard implements LoadGuard {
       yielding: this.yielding(),
       bulkLimitPerSecond: this.yielding() ? Math.round(this.limit) : null,
       pressure: this.pressure ? this.reason : null,
+      quietLoopDelayMs: this.quietLoop ?? null,
       burning: Object.fromEntries(
         (Object.keys(this.objectives) as ObjectiveName[]).map((n) => [
           n,

@@ -132,17 +132,50 @@ describe('the guard', () => {
   });
 
   it('never drops below the minimum rate, and lets go at once when interactive traffic leaves', () => {
-    const { g, clock, setDelay } = makeGuard({ minBulkRate: 40 });
-    setDelay(30);
+    const { g, clock } = makeGuard({ minBulkRate: 40 });
+    g.admitBulk(1000);
     for (let i = 0; i < 20; i++) {
-      g.observeRequest(0.002);
+      g.observeRequest(0.2); // slow requests: pressure every tick
       clock.advance(TICK_MS);
     }
     assert.equal(g.status().bulkLimitPerSecond, 40);
     // no etcd request for over 5 s: nobody waits for bulk any more
-    setDelay(0);
     clock.advance(6000);
     assert.equal(g.yielding(), false);
+    g.stop();
+  });
+
+  it('judges the loop delay against its level with bulk at its minimum (delay bulk did not cause)', () => {
+    const { g, clock, setDelay } = makeGuard();
+    // the machine is busy without any bulk work: 30 ms, and bulk does not yield for it
+    setDelay(30);
+    for (let i = 0; i < 4; i++) {
+      g.observeRequest(0.002);
+      clock.advance(TICK_MS);
+    }
+    assert.equal(g.yielding(), false);
+    assert.equal(g.status().quietLoopDelayMs, 30);
+    // bulk flows and the delay rises well above that level: bulk yields
+    setDelay(60);
+    for (let i = 0; i < 3; i++) {
+      g.admitBulk(5000);
+      g.observeRequest(0.002);
+      clock.advance(TICK_MS);
+    }
+    assert.equal(g.yielding(), true);
+    assert.match(String(g.status().pressure), /event-loop delay p99 60\.0 ms > 30\.0 ms quiet \+ 10 ms/);
+    // one short spike is no pressure: the signal is the median of the last four ticks
+    setDelay(5);
+    for (let i = 0; i < 4; i++) {
+      g.observeRequest(0.002);
+      clock.advance(TICK_MS);
+    }
+    assert.equal(g.status().pressure, null);
+    assert.equal(g.status().quietLoopDelayMs, 5, 'the quiet level falls at once');
+    setDelay(100);
+    g.observeRequest(0.002);
+    clock.advance(TICK_MS);
+    assert.equal(g.status().pressure, null);
     g.stop();
   });
 
@@ -155,6 +188,7 @@ describe('the guard', () => {
 
     const off = makeGuard({ guard: false });
     off.setDelay(500);
+    off.g.admitBulk(1000);
     off.g.observeRequest(0.002);
     off.clock.advance(TICK_MS);
     assert.match(String(off.g.status().pressure), /event-loop delay/);
@@ -245,7 +279,7 @@ describe('slo config', () => {
 
 describe('bulk work yields (real store, embedded broker, MQTT.js devices)', () => {
   it('holds QoS 1 reports without a PUBACK while the guard yields, then stores every one once', async () => {
-    const { g, clock, setDelay } = makeGuard({ minBulkRate: 1 });
+    const { g, clock } = makeGuard({ minBulkRate: 1 });
     const h = await harness({}, undefined, undefined, g);
     try {
       const devices = [];
@@ -255,8 +289,7 @@ describe('bulk work yields (real store, embedded broker, MQTT.js devices)', () =
         devices.push({ id, c: await device(h.url, id, secret) });
       }
       // interactive traffic waits: the guard trips, and its clock stands still (no tokens)
-      setDelay(40);
-      g.observeRequest(0.002);
+      g.observeRequest(0.2);
       clock.advance(TICK_MS);
       assert.equal(g.yielding(), true);
       let acked = 0;
@@ -280,8 +313,7 @@ describe('bulk work yields (real store, embedded broker, MQTT.js devices)', () =
       await new Promise((r) => setTimeout(r, 500));
       assert.equal(acked, 0, 'no PUBACK while held');
       assert.equal(reportCount(h.store), 0);
-      // calm, and the interactive traffic gone: the guard lets go
-      setDelay(0);
+      // the interactive traffic gone: the guard lets go
       clock.advance(6000);
       assert.equal(g.yielding(), false);
       await Promise.all(sent);
