@@ -118,7 +118,10 @@ async function setting(
       devicesAcked: res.acked,
       cpu: res.cpu,
       daemonEventLoopP99Ms: s1.value('nodejs_eventloop_lag_p99_seconds') * 1000,
+      yieldingAtStart: s0.value('edgekeeper_slo_yielding'),
       yields: delta('edgekeeper_slo_yields_total'),
+      // null: not limited when the devices stopped
+      bulkLimitAtEnd: s1.value('edgekeeper_slo_bulk_limit_per_second'),
       bulkRefusals: delta('edgekeeper_slo_bulk_refusals_total'),
       etcdBurn5m: s1.value('edgekeeper_slo_burn_rate\\{objective="etcd_request",window="5m"\\}'),
     });
