@@ -16,12 +16,14 @@
  *
  * Pressure. Every `TICK_MS` the guard looks at the last tick: interactive traffic is present
  * (etcd requests in the last 5 s) and waiting — the event loop's delay is more than
- * `slo.loopDelay` above its quiet level, or the slowest etcd request or commit is above its
- * threshold, or the fast pair burns. Without interactive traffic there is no pressure: nobody
- * waits for bulk to yield. The loop delay is the median of the last `LOOP_TICKS` ticks' p99 (one
- * tick's p99 is nearly its maximum: one GC pause), and its quiet level is what it is while bulk
- * runs at most at `slo.minBulkRate` (falling at once, rising slowly): delay that other processes
- * on the machine cause is no reason to hold reports back, since holding them would not remove it.
+ * `slo.loopDelay` above its quiet level, or an objective's fast pair burns (a single slow request
+ * or commit is not enough: on a busy machine one always comes, bulk or not; nor is a fast burn
+ * of fewer than `FAST_MIN_EVENTS` events in 5 s). Without interactive traffic there is no
+ * pressure: nobody waits for bulk to yield. The loop delay is the median of the last
+ * `LOOP_TICKS` ticks' p99 (one tick's p99 is nearly its maximum: one GC pause), and its quiet
+ * level is what it is while bulk runs at most at `slo.minBulkRate` (falling at once, rising
+ * slowly): delay that other processes on the machine cause is no reason to hold reports back,
+ * since holding them would not remove it.
  *
  * Yielding. Under pressure the guard limits bulk rows (device reports) to half the rate it
  * admitted in the last tick (never below `slo.minBulkRate`, so bulk never starves), by a token
@@ -67,6 +69,8 @@ const RELEASE_MS = 10_000;
 const BURST_S = 0.25;
 /** Interactive traffic counts as present while the 5 s window has events. */
 const PRESENT_S = 5;
+/** Events the 5 s window needs before its fast burn counts as pressure (one slow of two is not). */
+const FAST_MIN_EVENTS = 20;
 /** Ticks whose loop-delay p99s the signal is the median of. */
 const LOOP_TICKS = 4;
 /** How far the quiet level moves up toward a higher reading per quiet tick. */
@@ -148,8 +152,6 @@ export class SloGuard implements LoadGuard {
   private admitted = 0;
   private lastTick: number;
   private calmMs = 0;
-  private slowestRequest = 0;
-  private slowestCommit = 0;
   private lastLoopDelay: number | undefined;
   private loopTicks: number[] = [];
   /** The loop delay while bulk work runs at most at its minimum rate (see the header). */
@@ -220,14 +222,12 @@ export class SloGuard implements LoadGuard {
   observeRequest(seconds: number): void {
     const ms = seconds * 1000;
     this.objectives.etcd_request.record(this.nowSec(), ms);
-    if (ms > this.slowestRequest) this.slowestRequest = ms;
   }
 
   /** A store commit took `seconds` (the daemon wires the store's commits here). */
   observeCommit(seconds: number): void {
     const ms = seconds * 1000;
     this.objectives.store_commit.record(this.nowSec(), ms);
-    if (ms > this.slowestCommit) this.slowestCommit = ms;
   }
 
   yielding(): boolean {
@@ -279,15 +279,13 @@ export class SloGuard implements LoadGuard {
         reasons.push(
           `event-loop delay p99 ${loop.toFixed(1)} ms > ${quiet.toFixed(1)} ms quiet + ${this.o.loopDelay} ms`,
         );
-      if (this.slowestRequest > this.o.etcdLatency)
-        reasons.push(`etcd request ${this.slowestRequest.toFixed(1)} ms > ${this.o.etcdLatency} ms`);
-      if (this.slowestCommit > this.o.commitLatency)
-        reasons.push(`commit ${this.slowestCommit.toFixed(1)} ms > ${this.o.commitLatency} ms`);
       for (const name of Object.keys(this.objectives) as ObjectiveName[])
-        if (this.burning(name, 'fast')) reasons.push(`${name} burns its budget fast`);
+        if (
+          this.objectives[name].counts(this.nowSec(), WINDOWS['5s']).total >= FAST_MIN_EVENTS &&
+          this.burning(name, 'fast')
+        )
+          reasons.push(`${name} burns its budget fast`);
     }
-    this.slowestRequest = 0;
-    this.slowestCommit = 0;
     this.pressure = reasons.length > 0;
     if (this.pressure) this.reason = reasons.join('; ');
     if (!this.o.guard) return;
