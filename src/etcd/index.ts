@@ -124,6 +124,7 @@ export function createEtcdPart(ctx: PartContext, options: EtcdOptions = {}): Par
     maxRequestBytes: options.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES,
     stateDir: ctx.stateDir,
     authTokenTtlMs: options.authTokenTtl ?? DEFAULT_TOKEN_TTL_MS,
+    onUnary: ctx.slo ? (seconds) => ctx.slo?.observeRequest(seconds) : undefined,
   };
   return {
     name: 'etcd',

@@ -77,6 +77,8 @@ export interface EtcdServerOptions {
   stateDir?: string;
   /** How long an auth token lives after its last use (etcd's --auth-token-ttl; default 300 s). */
   authTokenTtlMs?: number;
+  /** Hears every unary RPC's latency but Lock's and Campaign's, which wait by design (the SLO guard). */
+  onUnary?: (seconds: number) => void;
 }
 
 export interface EtcdServer {
@@ -175,6 +177,7 @@ export async function startEtcdServer(store: Store, opts: EtcdServerOptions = {}
     version: ETCD_COMPAT_VERSION,
     stateDir: opts.stateDir ?? '',
     watchStreams: new Set(),
+    onUnary: opts.onUnary,
   };
 
   const server = new Server({
