@@ -23,7 +23,7 @@ export const sloConfigSection: ConfigSection = {
       default: 50,
       min: 1,
       max: 60_000,
-      doc: 'Objective for etcd unary requests (Lock and Campaign excepted: they wait by design).',
+      doc: 'Objective for etcd unary requests (Lock and Campaign excepted: they wait by design; so are Authenticate, UserAdd and UserChangePassword, which hash a password).',
     },
     commitLatency: {
       type: 'duration',

@@ -3,7 +3,7 @@
  * work that keeps interactive traffic within them on one node.
  *
  * Objectives. Two latency objectives, each "a fraction `slo.target` of events within a
- * threshold": `etcd_request` (every etcd unary RPC but Lock and Campaign, which wait by design;
+ * threshold": `etcd_request` (every etcd unary RPC but Lock and Campaign, which wait by design, and those that hash a password;
  * threshold `slo.etcdLatency`) and `store_commit` (every commit of the store's writer;
  * `slo.commitLatency`). The error budget is `1 - target`; a window's burn rate is its fraction of
  * slow events divided by the budget (1: the budget lasts exactly the objective's period; 14.4:

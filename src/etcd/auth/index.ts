@@ -30,7 +30,15 @@ import type { Store } from '../../store/types.js';
 import type { EtcdContext } from '../context.js';
 import { toGrpcError } from '../errors.js';
 import { big, buf, num } from '../proto.js';
-import type { CallOrigin, Methods, Msg, StreamCall, StreamHandler, Unary } from '../rpc.js';
+import {
+  type CallOrigin,
+  hashes,
+  type Methods,
+  type Msg,
+  type StreamCall,
+  type StreamHandler,
+  type Unary,
+} from '../rpc.js';
 import { authError, cancelReason, rawAuthError } from './errors.js';
 import { allowed, type Permission, READ, WRITE } from './perms.js';
 import { AuthStore, hashPassword, ROOT, type Role, type User } from './store.js';
@@ -321,7 +329,7 @@ export function authMethods(ctx: EtcdContext, auth: Auth): Methods {
     AuthDisable: managed(() => s.setEnabled(false)),
     AuthStatus: () => ({ ...header(), enabled: s.enabled, authRevision: s.revision }),
 
-    Authenticate: async (m: Msg) => {
+    Authenticate: hashes(async (m: Msg) => {
       if (!s.enabled) throw authError('authNotEnabled');
       const name = str(m.name);
       const u = s.users.get(name);
@@ -331,19 +339,21 @@ export function authMethods(ctx: EtcdContext, auth: Auth): Methods {
       // The user may have gone or changed its password while the hash was computed.
       if (s.users.get(name)?.password !== u.password || !s.enabled) throw authError('authFailed');
       return { ...header(), token: s.tokens.assign(name) };
-    },
-
-    UserAdd: managed(async (m) => {
-      const name = str(m.name);
-      if (name === '') throw authError('userEmpty');
-      const noPassword = !!m.options?.no_password;
-      const password = noPassword ? '' : await hashPassword(str(m.password));
-      await s.change(() => {
-        if (s.users.has(name)) throw authError('userAlreadyExist');
-        const u: User = { name, password, roles: [], noPassword };
-        return { sql: [s.putUser(u)], apply: () => s.users.set(name, u) };
-      });
     }),
+
+    UserAdd: hashes(
+      managed(async (m) => {
+        const name = str(m.name);
+        if (name === '') throw authError('userEmpty');
+        const noPassword = !!m.options?.no_password;
+        const password = noPassword ? '' : await hashPassword(str(m.password));
+        await s.change(() => {
+          if (s.users.has(name)) throw authError('userAlreadyExist');
+          const u: User = { name, password, roles: [], noPassword };
+          return { sql: [s.putUser(u)], apply: () => s.users.set(name, u) };
+        });
+      }),
+    ),
     UserGet: async (m, _signal, origin) => {
       const name = str(m.name);
       if (auth.enabled) {
@@ -375,21 +385,23 @@ export function authMethods(ctx: EtcdContext, auth: Auth): Methods {
         };
       });
     }),
-    UserChangePassword: managed(async (m) => {
-      const name = str(m.name);
-      const password = await hashPassword(str(m.password));
-      await s.change(() => {
-        const u = { ...user(name), password };
-        return {
-          sql: [s.putUser(u)],
-          apply: () => {
-            s.users.set(name, u);
-            s.verified.forget(name);
-            s.tokens.invalidateUser(name);
-          },
-        };
-      });
-    }),
+    UserChangePassword: hashes(
+      managed(async (m) => {
+        const name = str(m.name);
+        const password = await hashPassword(str(m.password));
+        await s.change(() => {
+          const u = { ...user(name), password };
+          return {
+            sql: [s.putUser(u)],
+            apply: () => {
+              s.users.set(name, u);
+              s.verified.forget(name);
+              s.tokens.invalidateUser(name);
+            },
+          };
+        });
+      }),
+    ),
     UserGrantRole: managed((m) =>
       s.change(() => {
         const u = user(str(m.user));
