@@ -185,6 +185,13 @@ SystemCallFilter=@default bpf perf_event_open
     assert.equal(checks.find((c) => c.name === 'RestrictAddressFamilies')?.ok, false);
     assert.equal(checks.find((c) => c.name === 'RuntimeDirectory')?.ok, false);
     assert.match(checks.find((c) => c.name === 'RuntimeDirectory')!.fix!, /RuntimeDirectory=edgekeeper/);
+    writeFileSync(file, `${unit}PrivateDevices=yes\n`);
+    const rd = checkUnit({
+      unit: loadUnit('edgekeeper.service', file)!,
+      groups,
+      kernelRelease: '6.6.0',
+    }).find((c) => c.name === 'RuntimeDirectory')!;
+    assert.match(rd.detail, /\/dev\/shm\/edgekeeper-<hash>, which PrivateDevices= makes private/);
     writeFileSync(file, `${unit}LimitMEMLOCK=infinity\nRuntimeDirectory=edgekeeper\n`);
     const ok = checkUnit({
       unit: loadUnit('edgekeeper.service', file)!,
