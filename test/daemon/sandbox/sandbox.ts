@@ -10,8 +10,9 @@
  * CapabilityBoundingSet= and NoNewPrivileges= through setpriv; ProtectSystem=strict,
  * ProtectHome=, PrivateTmp=, PrivateDevices=, ProtectKernelTunables=, ProtectControlGroups=,
  * ProtectKernelLogs=, ProtectProc=, StateDirectory= and RuntimeDirectory= (modes included, with
- * $RUNTIME_DIRECTORY) and ConfigurationDirectory= as mounts in a private mount namespace; IPAddressDeny=any with IPAddressAllow=localhost as a
- * network namespace holding only loopback; ProtectHostname= as a UTS namespace; UMask=,
+ * $RUNTIME_DIRECTORY) and ConfigurationDirectory= as mounts in a private mount namespace;
+ * IPAddressDeny=any with IPAddressAllow=localhost as a network namespace holding only loopback;
+ * ProtectHostname= as a UTS namespace; UMask=,
  * WorkingDirectory=, Environment=, LimitNOFILE= and LimitMEMLOCK= (capped at this machine's hard
  * limits, which cannot be raised without CAP_SYS_RESOURCE), NOTIFY_SOCKET and WATCHDOG_USEC.
  * Not applied (no effect a test here could see, or cgroup-based): RestrictRealtime=,
@@ -22,8 +23,8 @@
  * /usr/bin/edgekeeper is this checkout's dist/main.js (an overlay on /usr/bin holds a two-line
  * wrapper); /etc/edgekeeper/edgekeeper.json comes from an overlay on /etc; the state directory
  * is a test directory bound to /var/lib/edgekeeper, the runtime directory one bound to
- * /run/edgekeeper. The capability bounding set is the unit's
- * within this process' own (a container may lack some, such as CAP_SYS_RESOURCE).
+ * /run/edgekeeper. The capability bounding set is the unit's within this process' own (a
+ * container may lack some, such as CAP_SYS_RESOURCE).
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
