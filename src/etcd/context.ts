@@ -34,6 +34,8 @@ export interface EtcdContext {
   stateDir: string;
   /** Open watch streams (gRPC and gateway); closed with the server. */
   watchStreams: Set<{ close(end: boolean): void }>;
+  /** Hears the latency of every unary RPC that does not wait by design (see EtcdServerOptions). */
+  onUnary?: (seconds: number) => void;
 }
 
 export function makeHeaderFactory(store: Store): {

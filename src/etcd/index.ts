@@ -109,6 +109,7 @@ export function createEtcdPart(ctx: PartContext, options: EtcdOptions = {}): Par
     progressNotifyMs: options.progressNotifyInterval ?? DEFAULT_PROGRESS_NOTIFY_MS,
     maxRequestBytes: options.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES,
     stateDir: ctx.stateDir,
+    onUnary: ctx.slo ? (seconds) => ctx.slo?.observeRequest(seconds) : undefined,
   };
   return {
     name: 'etcd',

@@ -74,6 +74,8 @@ export interface EtcdServerOptions {
   maxRequestBytes?: number;
   /** Where Snapshot stages its temporary copy (default: the OS temp dir). */
   stateDir?: string;
+  /** Hears every unary RPC's latency but Lock's and Campaign's, which wait by design (the SLO guard). */
+  onUnary?: (seconds: number) => void;
 }
 
 export interface EtcdServer {
@@ -168,6 +170,7 @@ export async function startEtcdServer(store: Store, opts: EtcdServerOptions = {}
     version: ETCD_COMPAT_VERSION,
     stateDir: opts.stateDir ?? '',
     watchStreams: new Set(),
+    onUnary: opts.onUnary,
   };
 
   const server = new Server({
