@@ -4,6 +4,7 @@
 import type { Logger } from '../log.js';
 import type { Store } from '../store/types.js';
 import type { Alarms } from './alarms.js';
+import type { Auth } from './auth/index.js';
 import type { EtcdMetrics } from './metrics.js';
 import { long } from './proto.js';
 
@@ -19,6 +20,7 @@ export interface EtcdContext {
   logger: Logger;
   metrics: EtcdMetrics;
   alarms: Alarms;
+  auth: Auth;
   nodeName: string;
   /** Client URLs this server answers on (for MemberList). */
   clientUrls(): string[];
@@ -34,6 +36,8 @@ export interface EtcdContext {
   stateDir: string;
   /** Open watch streams (gRPC and gateway); closed with the server. */
   watchStreams: Set<{ close(end: boolean): void }>;
+  /** Hears the latency of every unary RPC that does not wait by design (see EtcdServerOptions). */
+  onUnary?: (seconds: number) => void;
 }
 
 export function makeHeaderFactory(store: Store): {

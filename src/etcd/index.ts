@@ -17,7 +17,12 @@ import {
 } from './server.js';
 
 export { etcdCliCommands, startEtcdServer };
-export { etcdMigrations } from './alarms.js';
+import type { Migration } from '../store/types.js';
+import { alarmsMigration } from './alarms.js';
+import { authMigration, DEFAULT_TOKEN_TTL_MS } from './auth/index.js';
+
+/** The etcd part's schema: its alarms (1) and auth (2) tables. */
+export const etcdMigrations: Migration[] = [alarmsMigration, authMigration];
 export type { EtcdServer, EtcdServerOptions };
 export { ETCD_COMPAT_VERSION, isLoopbackHost } from './server.js';
 export {
@@ -41,6 +46,8 @@ export interface EtcdOptions {
   progressNotifyInterval?: number;
   /** Bytes; keep equal to the store's maxRequestBytes. */
   maxRequestBytes?: number;
+  /** Milliseconds. */
+  authTokenTtl?: number;
 }
 
 export const etcdConfigSection: ConfigSection = {
@@ -82,6 +89,13 @@ export const etcdConfigSection: ConfigSection = {
       max: 64 * 1024 * 1024,
       doc: "Largest request the API accepts (etcd's --max-request-bytes); keep it equal to the store's limit",
     },
+    authTokenTtl: {
+      type: 'duration',
+      default: DEFAULT_TOKEN_TTL_MS,
+      min: 1000,
+      max: 24 * 60 * 60 * 1000,
+      doc: "How long an etcd auth token lives after its last use (etcd's --auth-token-ttl, 300s)",
+    },
   },
 };
 
@@ -109,6 +123,8 @@ export function createEtcdPart(ctx: PartContext, options: EtcdOptions = {}): Par
     progressNotifyMs: options.progressNotifyInterval ?? DEFAULT_PROGRESS_NOTIFY_MS,
     maxRequestBytes: options.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES,
     stateDir: ctx.stateDir,
+    authTokenTtlMs: options.authTokenTtl ?? DEFAULT_TOKEN_TTL_MS,
+    onUnary: ctx.slo ? (seconds) => ctx.slo?.observeRequest(seconds) : undefined,
   };
   return {
     name: 'etcd',
