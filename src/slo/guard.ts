@@ -298,7 +298,7 @@ export class SloGuard implements LoadGuard {
       if (was === Number.POSITIVE_INFINITY) {
         this.tokens = 0;
         this.tokensAt = now;
-        this.yieldingSince = this.d.clock.now();
+        this.yieldingSince = this.d.clock.monotonic();
         this.yields?.inc();
         this.d.logger.info(
           { reason: this.reason, bulkLimit: Math.round(this.limit) },
@@ -310,7 +310,7 @@ export class SloGuard implements LoadGuard {
       this.limit *= INCREASE;
       if (!present || (this.calmMs >= RELEASE_MS && this.limit >= 2 * admittedRate)) {
         this.d.logger.info(
-          { yieldedMs: this.d.clock.now() - (this.yieldingSince ?? this.d.clock.now()) },
+          { yieldedMs: this.d.clock.monotonic() - (this.yieldingSince ?? this.d.clock.monotonic()) },
           'interactive traffic no longer waits: bulk work resumes at full rate',
         );
         this.limit = Number.POSITIVE_INFINITY;

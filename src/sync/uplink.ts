@@ -532,12 +532,12 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
         // While bulk work yields to interactive traffic (the SLO guard), uploads pause; one batch
         // still goes every YIELD_MAX_PAUSE_MS so a guard that never lets go cannot stop the uplink.
         if (ctx.slo?.yielding()) {
-          yieldingSince ??= clock.now();
-          if (clock.now() - yieldingSince < YIELD_MAX_PAUSE_MS) {
+          yieldingSince ??= clock.monotonic();
+          if (clock.monotonic() - yieldingSince < YIELD_MAX_PAUSE_MS) {
             await sleep(YIELD_RECHECK_MS);
             continue;
           }
-          yieldingSince = clock.now();
+          yieldingSince = clock.monotonic();
         } else yieldingSince = undefined;
         if (!pending) {
           // Never read a batch while the budget is deleting rows: it could pick up rows that are
