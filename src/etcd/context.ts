@@ -4,6 +4,7 @@
 import type { Logger } from '../log.js';
 import type { Store } from '../store/types.js';
 import type { Alarms } from './alarms.js';
+import type { StreamGuard } from './limits.js';
 import type { EtcdMetrics } from './metrics.js';
 import { long } from './proto.js';
 
@@ -34,6 +35,8 @@ export interface EtcdContext {
   stateDir: string;
   /** Open watch streams (gRPC and gateway); closed with the server. */
   watchStreams: Set<{ close(end: boolean): void }>;
+  /** Bounds on streams and watchers (limits.ts). */
+  guard: StreamGuard;
 }
 
 export function makeHeaderFactory(store: Store): {
