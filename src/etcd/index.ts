@@ -115,7 +115,7 @@ export const etcdConfigSection: ConfigSection = {
       type: 'integer',
       default: DEFAULT_LIMITS.maxStreams,
       min: 1,
-      doc: 'Concurrent gRPC streams over all connections; one more is reset with REFUSED_STREAM',
+      doc: "Concurrent gRPC streams over all connections; one more is reset with REFUSED_STREAM, unless it is among its connection's first 8",
     },
     maxWatchersPerConnection: {
       type: 'integer',

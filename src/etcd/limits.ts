@@ -13,7 +13,9 @@
  *   window instead of streaming the claimed size;
  * - an incomplete message's bytes count toward one budget for the whole port; the stream that
  *   would exceed it is reset with ENHANCE_YOUR_CALM (clients report RESOURCE_EXHAUSTED);
- * - streams beyond the total are reset with REFUSED_STREAM (clients may retry: nothing ran).
+ * - streams beyond the total are reset with REFUSED_STREAM (clients may retry: nothing ran),
+ *   except a connection's first RESERVED_STREAMS: whoever holds the total, a client that keeps
+ *   to a few streams (etcd's clients multiplex everything on one connection) still gets served.
  * Streams per connection are HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS (grpc-js's
  * `grpc.max_concurrent_streams`): clients queue calls beyond it.
  */
@@ -37,10 +39,10 @@ export interface EtcdLimits {
 
 export const DEFAULT_LIMITS: Readonly<EtcdLimits> = Object.freeze({
   // A node's clients are a few local processes and a handful of remote ones.
-  maxConnections: 1024,
+  maxConnections: 256,
   maxStreamsPerConnection: 1000,
-  // ~6 KB each in grpc-js: ~60 MB at the bound.
-  maxStreams: 10_000,
+  // A half-open stream costs ~15 KB (grpc-js and nghttp2; measured, 10,000 of them: +152 MB).
+  maxStreams: 2000,
   maxWatchersPerConnection: 20_000,
   maxWatchers: 100_000,
   // 16 requests of etcd's largest size (1.5 MiB) arriving at once.
@@ -52,6 +54,12 @@ export const DEFAULT_LIMITS: Readonly<EtcdLimits> = Object.freeze({
  * stream's headers here, so a value a client sends is overwritten.
  */
 export const CONNECTION_KEY = 'edgekeeper-connection';
+
+/**
+ * Streams a connection may open even when the total is reached. The worst case is therefore
+ * maxStreams + RESERVED_STREAMS × maxConnections streams (defaults: 4,048, ~60 MB).
+ */
+export const RESERVED_STREAMS = 8;
 
 export type Refusal =
   | 'connections'
@@ -69,7 +77,7 @@ export class StreamGuard {
   /** Watchers open (gRPC and gateway). */
   watchers = 0;
   private readonly watchersByConn = new Map<string, number>();
-  private readonly sessions = new WeakMap<Http2Session, string>();
+  private readonly sessions = new WeakMap<Http2Session, { id: string; streams: number }>();
   private nextConn = 0;
 
   constructor(
@@ -115,29 +123,32 @@ export class StreamGuard {
     else this.watchersByConn.delete(conn);
   }
 
-  private connectionOf(session: Http2Session | undefined): string {
-    if (!session) return '';
-    let id = this.sessions.get(session);
-    if (id === undefined) {
-      id = String(++this.nextConn);
-      this.sessions.set(session, id);
+  private connectionOf(session: Http2Session | undefined): { id: string; streams: number } {
+    if (!session) return { id: '', streams: 0 };
+    let conn = this.sessions.get(session);
+    if (conn === undefined) {
+      conn = { id: String(++this.nextConn), streams: 0 };
+      this.sessions.set(session, conn);
     }
-    return id;
+    return conn;
   }
 
   private onStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void {
-    headers[CONNECTION_KEY] = this.connectionOf(stream.session);
+    const conn = this.connectionOf(stream.session);
+    headers[CONNECTION_KEY] = conn.id;
     this.streams++;
+    conn.streams++;
     let held = 0;
     stream.once('close', () => {
       this.streams--;
+      conn.streams--;
       this.pendingBytes -= held;
       held = 0;
     });
     // grpc-js sets the call up in its own listener, after this one; resetting afterwards lets
     // it see an ordinary cancellation.
     const reset = (code: number) => setImmediate(() => stream.close(code));
-    if (this.streams > this.limits.maxStreams) {
+    if (this.streams > this.limits.maxStreams && conn.streams > RESERVED_STREAMS) {
       this.refused('streams');
       reset(h2.NGHTTP2_REFUSED_STREAM);
       return;

@@ -220,7 +220,7 @@ describe('etcd port under attack', { timeout: 120_000 }, () => {
     );
   });
 
-  it('streams: the per-connection bound is announced, the total bound refuses with REFUSED_STREAM', async () => {
+  it('streams: the per-connection bound is announced, the total refuses with REFUSED_STREAM, the first 8 of a connection pass', async () => {
     const sessions = [session(), session(), session()];
     try {
       const streams: http2.ClientHttp2Stream[] = [];
@@ -235,6 +235,12 @@ describe('etcd port under attack', { timeout: 120_000 }, () => {
       assert.ok(refused.every((r) => r.rstCode === http2.constants.NGHTTP2_REFUSED_STREAM));
       assert.equal(await metric('edgekeeper_etcd_streams'), 50);
       assert.equal(await metric('edgekeeper_etcd_bad_input_total', { kind: 'streams' }), 10);
+      // A client that keeps to a few streams is served whoever holds the total.
+      const polite = session();
+      sessions.push(polite);
+      const few = Array.from({ length: 3 }, () => grpcStream(polite, '/etcdserverpb.Watch/Watch'));
+      await waitFor(async () => (await metric('edgekeeper_etcd_streams')) === 53, 'the polite streams');
+      assert.ok(few.every((r) => !r.closed));
     } finally {
       for (const s of sessions) s.destroy();
     }
