@@ -4,8 +4,8 @@
  * complete. etcd bounds none of these but streams per connection (--max-concurrent-streams,
  * unbounded by default); a Pi cannot afford that: 20,000 half-open streams cost ~126 MB.
  *
- * The guard sees each HTTP/2 stream before grpc-js does (a 'stream' listener put first on the
- * HTTP/2 server grpc-js serves) and reads only the 5-byte gRPC prefixes of what the client sends,
+ * The guard sees each HTTP/2 stream before grpc-js does (it stands in front of grpc-js's 'stream'
+ * listener on the HTTP/2 server grpc-js serves) and reads only the 5-byte gRPC prefixes of what the client sends,
  * so it knows each message's size before its bytes arrive:
  * - a prefix claiming more than the largest request: grpc-js answers RESOURCE_EXHAUSTED from the
  *   prefix, and the guard then resets the stream (NO_ERROR, as grpc-go does when it has answered
@@ -40,7 +40,9 @@ export interface EtcdLimits {
 export const DEFAULT_LIMITS: Readonly<EtcdLimits> = Object.freeze({
   // A node's clients are a few local processes and a handful of remote ones.
   maxConnections: 256,
-  maxStreamsPerConnection: 1000,
+  // grpc-go and grpc-js clients queue calls beyond it; a burst of 1,000 new streams on one
+  // connection held the event loop ~0.3 s.
+  maxStreamsPerConnection: 128,
   // A half-open stream costs ~15 KB (grpc-js and nghttp2; measured, 10,000 of them: +152 MB).
   maxStreams: 2000,
   maxWatchersPerConnection: 20_000,
@@ -87,11 +89,18 @@ export class StreamGuard {
     private readonly refused: (kind: Refusal) => void,
   ) {}
 
-  /** Watch the streams of `server` (call before any connection reaches it). */
+  /**
+   * Stand in front of `server`'s 'stream' listeners (grpc-js's): a stream is handed to them only
+   * once admitted, so a refused one costs grpc-js nothing. Call after grpc-js has set its
+   * listeners up and before any connection reaches the server.
+   */
   attach(server: Http2Server): void {
-    server.prependListener('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders) =>
-      this.onStream(stream, headers),
-    );
+    const theirs = server.listeners('stream') as ((...args: unknown[]) => void)[];
+    server.removeAllListeners('stream');
+    server.on('stream', (stream: ServerHttp2Stream, headers: IncomingHttpHeaders, ...rest: unknown[]) => {
+      if (!this.admit(stream, headers)) return;
+      for (const l of theirs) l.call(server, stream, headers, ...rest);
+    });
   }
 
   /**
@@ -133,8 +142,15 @@ export class StreamGuard {
     return conn;
   }
 
-  private onStream(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): void {
+  /** Count and watch `stream`; false when it was refused (and reset). */
+  private admit(stream: ServerHttp2Stream, headers: IncomingHttpHeaders): boolean {
     const conn = this.connectionOf(stream.session);
+    if (this.streams >= this.limits.maxStreams && conn.streams >= RESERVED_STREAMS) {
+      this.refused('streams');
+      stream.on('error', () => {}); // the reset itself, reported on the stream
+      stream.close(h2.NGHTTP2_REFUSED_STREAM);
+      return false;
+    }
     headers[CONNECTION_KEY] = conn.id;
     this.streams++;
     conn.streams++;
@@ -145,14 +161,9 @@ export class StreamGuard {
       this.pendingBytes -= held;
       held = 0;
     });
-    // grpc-js sets the call up in its own listener, after this one; resetting afterwards lets
-    // it see an ordinary cancellation.
+    // grpc-js handles the stream right after this returns; resetting later lets it see an
+    // ordinary cancellation (and send its RESOURCE_EXHAUSTED first).
     const reset = (code: number) => setImmediate(() => stream.close(code));
-    if (this.streams > this.limits.maxStreams && conn.streams > RESERVED_STREAMS) {
-      this.refused('streams');
-      reset(h2.NGHTTP2_REFUSED_STREAM);
-      return;
-    }
     let prefix = 0; // bytes of the current 5-byte prefix read
     let size = 0; // the message size being assembled from the prefix
     let left = 0; // bytes of the current message still to come
@@ -193,5 +204,6 @@ export class StreamGuard {
       }
     };
     stream.on('data', onData);
+    return true;
   }
 }
