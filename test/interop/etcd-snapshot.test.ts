@@ -418,7 +418,7 @@ describe('etcd-format snapshots, differential against real etcd 3.4', () => {
     ]);
     assert.equal(r.code, 0, r.stderr);
     assert.equal(badFormat.code, 2);
-    assert.match(badFormat.stderr, /--format must be sqlite or etcd, got "xml"/);
+    assert.match(badFormat.stderr, /--format must be one of sqlite, etcd, got "xml"/);
     const st = await etcdctl('127.0.0.1:1', ['snapshot', 'status', '-w', 'json', file]);
     assert.equal(st.status, 0, st.stderr);
     assert.equal(JSON.parse(st.stdout).revision, rev);

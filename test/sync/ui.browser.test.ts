@@ -330,7 +330,8 @@ describe('fleet pages in Chromium', { skip: missing }, () => {
     assert.deepEqual(new Set(health.slice(3)), new Set(['OK']));
     const first = await page.locator('table.nodes tbody tr').first().locator('td').allTextContents();
     assert.equal(first[1]!.trim(), STALE);
-    assert.match(first[2]!, /^no contact for 4 min/);
+    // four minutes set above, five when the machine is slow between the setup and this look
+    assert.match(first[2]!, /^no contact for [45] min/);
     assert.match(first[3]!, /4 min ago/);
     const problems = await page.locator('table.nodes tbody tr td.problem').allTextContents();
     assert.ok(problems.some((p) => p.includes('fsync p99 412 ms')));
@@ -369,7 +370,7 @@ describe('fleet pages in Chromium', { skip: missing }, () => {
     assert.deepEqual(size, [800, 800], 'shown at its own size');
     assert.match(
       (await page.locator('.stale-note').textContent()) ?? '',
-      /STALE: this frame is from 4 min ago/,
+      /STALE: this frame is from [45] min ago/,
     );
     await shot('node-stale.png', true);
   });

@@ -20,7 +20,8 @@
  *         1, 32 and 256 goroutines for EDGEKEEPER_BENCH_SDCARD_FAST_SECONDS (5) each, the servers
  *         alternating per phase.
  *   wear  edgekeeper alone on a card with fleet sync on (the reference receiver, `edgekeeper
- *         fleet-server`, on PostgreSQL 15 off the card), probes and frames on: after
+ *         fleet-server`, on PostgreSQL 15 off the card; sync.batchDelay at most half the
+ *         window), probes and frames on: after
  *         EDGEKEEPER_BENCH_SDCARD_SETTLE_SECONDS (30), bytes/s written while idle and its RSS,
  *         then bytes per report with one registered device reporting once a second, each for
  *         EDGEKEEPER_BENCH_SDCARD_WEAR_SECONDS (60).
@@ -49,6 +50,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
 import mqtt from 'mqtt';
+import { adminFetch } from '../../../src/admin.js';
 import { ETCD_BIN, freePort } from '../../etcd/helpers.js';
 import { startPostgres } from '../../sync/pg.js';
 import { cpuMs, memoryMb } from '../proc.js';
@@ -651,7 +653,12 @@ async function wearPhase(ctx: Ctx): Promise<void> {
           dataDir: join(card.mount, 'edgekeeper'),
           configDir: card.dir,
           card,
-          extra: { sync: { url: fleet.url, token } },
+          // Sync at its defaults, except that new records never wait longer than half the
+          // reporting window for more (sync.batchDelay, 30 s): in a short window (the test's
+          // short form) uploads still happen inside it.
+          extra: {
+            sync: { url: fleet.url, token, batchDelay: Math.min(30_000, (WEAR_SECONDS * 1000) / 2) },
+          },
           track: track(ctx),
         });
         await withServer(ctx, start, (d) => wearOn(ctx, card, d));
@@ -674,7 +681,8 @@ async function wearPhase(ctx: Ctx): Promise<void> {
 async function wearOn(ctx: Ctx, card: Card, d: Daemon): Promise<void> {
   const run = ctx.run;
   // the device is registered before the settle period: its secret's write is not wear
-  const reg = await fetch(`${d.httpBase}/v1/devices`, {
+  // registering a device needs the daemon's admin token (found through the 401, as the CLI does)
+  const reg = await adminFetch(`${d.httpBase}/v1/devices`, {
     method: 'POST',
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify({ id: 'sensor-1' }),
