@@ -241,6 +241,17 @@ describe('etcd port under attack', { timeout: 120_000 }, () => {
       const few = Array.from({ length: 3 }, () => grpcStream(polite, '/etcdserverpb.Watch/Watch'));
       await waitFor(async () => (await metric('edgekeeper_etcd_streams')) === 53, 'the polite streams');
       assert.ok(few.every((r) => !r.closed));
+      // A connection that keeps opening streams past its refusals is closed.
+      const flood = session();
+      for (let wave = 0; wave < 10 && !flood.destroyed; wave++) {
+        // Waves of 12: HTTP/2 clients keep to the connection's 20 at once themselves.
+        const w = Array.from({ length: 12 }, () => grpcStream(flood, '/etcdserverpb.KV/Put'));
+        await waitFor(() => flood.destroyed || w.filter((r) => r.closed).length >= 4, 'refusals');
+      }
+      await waitFor(() => flood.destroyed, 'the flooding connection closed');
+      assert.equal(await metric('edgekeeper_etcd_bad_input_total', { kind: 'stream_flood' }), 1);
+      await waitFor(async () => (await metric('edgekeeper_etcd_streams')) === 53, 'its streams gone');
+      assert.ok(few.every((r) => !r.closed));
     } finally {
       for (const s of sessions) s.destroy();
     }
