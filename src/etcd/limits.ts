@@ -18,7 +18,7 @@
  *   to a few streams (etcd's clients multiplex everything on one connection) still gets served.
  *   A connection refused more streams than it may hold at once is closed (GOAWAY
  *   ENHANCE_YOUR_CALM): a client that keeps opening streams would otherwise make the server set
- *   up and reset each one (~200 µs of the event loop apiece).
+ *   up and reset each one on the main thread.
  * Streams per connection are HTTP/2's SETTINGS_MAX_CONCURRENT_STREAMS (grpc-js's
  * `grpc.max_concurrent_streams`): clients queue calls beyond it.
  */
