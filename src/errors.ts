@@ -285,6 +285,20 @@ export class PermissionDeniedError extends EdgeError {
   }
 }
 
+/**
+ * etcd auth refused a request or an auth change (etcd's API). The message is etcd's own text
+ * ("etcdserver: permission denied", "etcdserver: invalid auth token", ...) and `grpcCode` its gRPC
+ * status, because etcd clients match on both.
+ */
+export class EtcdAuthError extends EdgeError {
+  constructor(
+    readonly grpcCode: number,
+    message: string,
+  ) {
+    super('EDGE_ERR_ETCD_AUTH', message, grpcCode === 7 ? 403 : grpcCode === 16 ? 401 : 400);
+  }
+}
+
 /** A bound of the local HTTP server is reached (connections or request bytes in flight); retry later (HTTP 503). */
 export class HttpBusyError extends EdgeError {
   constructor(what: string) {

@@ -30,6 +30,20 @@ export interface HttpRoutes {
   ): void;
 }
 
+/**
+ * The SLO guard's face to the parts (src/slo/ says how it decides). Bulk work asks it before it
+ * adds load; interactive work reports how long it took. Absent outside the daemon: then nothing
+ * yields.
+ */
+export interface LoadGuard {
+  /** True while interactive traffic is waiting: bulk work (uploads, frames, probe stores) holds back. */
+  yielding(): boolean;
+  /** May `n` bulk rows (device reports) be written now? false: hold them and ask again later. */
+  admitBulk(n: number): boolean;
+  /** An interactive request (an etcd unary RPC) was answered after `seconds`. */
+  observeRequest(seconds: number): void;
+}
+
 /** A readiness check: the daemon is ready while every check returns undefined. */
 export type ReadinessCheck = () => string | undefined;
 
@@ -53,6 +67,8 @@ export interface PartContext {
   readiness?(): { ready: boolean; failing: Record<string, string> };
   /** The daemon's reader of CPU, memory, disk and temperature (the one /metrics uses). */
   host?: HostReader;
+  /** The SLO guard (see LoadGuard); absent outside the daemon. */
+  slo?: LoadGuard;
 }
 
 export interface Part {

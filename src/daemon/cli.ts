@@ -361,7 +361,7 @@ const restoreCommand = defineCommand({
       );
       if (r.authEnabled) {
         io.out(
-          "note: that etcd had authentication on; edgekeeper has no etcd users or roles: protect its API with loopback, the socket's permissions or TLS client certificates\n",
+          'note: that etcd had authentication on; its users and roles were not imported: recreate them with etcdctl (user add, role add, auth enable)\n',
         );
       }
       if (!r.hasHash) {

@@ -18,6 +18,7 @@ import { HttpServer, sendJson } from '../http/index.js';
 import { HostReader } from '../host.js';
 import { createLogger, type Logger } from '../log.js';
 import type { Part, PartContext } from '../part.js';
+import { SloGuard, type SloOptions } from '../slo/index.js';
 import { openStore } from '../store/index.js';
 import type { Store } from '../store/types.js';
 import { DB_FILE, runScheduledBackup, writeEtcdBackup } from './backup.js';
@@ -223,6 +224,19 @@ export async function startDaemon(
     registerObjectiveMetrics(registry, store, sc.commitP99Objective);
     const host = new HostReader({ diskPath: stateDir });
     registerHostMetrics(registry, host);
+    // The SLO guard: absent when the config has no `slo` section (a daemon assembled without it).
+    const sloOptions = (config as unknown as { slo?: SloOptions }).slo;
+    const slo = sloOptions
+      ? new SloGuard(sloOptions, { clock, logger: logger.child({ part: 'slo' }), registry })
+      : undefined;
+    if (slo) {
+      const off = store.onCommit?.((c) => slo.observeCommit(c.commitSeconds));
+      slo.start();
+      cleanups.push(() => {
+        off?.();
+        slo.stop();
+      });
+    }
 
     const ctx: PartContext = {
       store,
@@ -236,6 +250,7 @@ export async function startDaemon(
       addReadinessCheck: (name, check) => http.addReadinessCheck(name, check),
       readiness: () => http.readiness(),
       host,
+      slo,
     };
     const started: Part[] = [];
     cleanups.push(async () => {
@@ -250,7 +265,7 @@ export async function startDaemon(
     });
     // Runs before the parts stop: no new HTTP requests, readiness fails, in-flight ones finish.
     cleanups.push(() => http.close());
-    addDaemonRoutes(http, store, stateDir, config, started, clock);
+    addDaemonRoutes(http, store, stateDir, config, started, clock, slo);
     const peers = new Map<string, Part>();
     for (const entry of entries) {
       await notifier.send(`STATUS=starting ${entry.name}`);
@@ -367,6 +382,7 @@ function addDaemonRoutes(
   config: Config,
   parts: Part[],
   clock: Clock,
+  slo?: SloGuard,
 ): void {
   const startedAt = clock.now();
   http.add('GET', '/v1/status', (_req, res) => {
@@ -379,6 +395,7 @@ function addDaemonRoutes(
       uptimeSeconds: Math.round((clock.now() - startedAt) / 1000),
       readiness: http.readiness(),
       store: store.stats(),
+      slo: slo?.status(),
       parts: partStatus,
     });
   });

@@ -43,6 +43,7 @@ import {
   probesConfigSection,
   probesMigrations,
 } from '../probes/index.js';
+import { sloConfigSection } from '../slo/index.js';
 import type { Migration } from '../store/types.js';
 import {
   createSyncPart,
@@ -240,7 +241,7 @@ export function nodeHealth(ctx: PartContext, peers: Peers): NodeHealthInput {
 
 /** Every config section: the daemon's, then each part's. */
 export function allSections(entries: PartEntry[] = parts): ConfigSection[] {
-  return [...daemonSections, ...entries.flatMap((p) => (p.section ? [p.section] : []))];
+  return [...daemonSections, sloConfigSection, ...entries.flatMap((p) => (p.section ? [p.section] : []))];
 }
 
 /** Every `run` flag that maps to a config key. */

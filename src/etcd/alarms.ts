@@ -24,20 +24,18 @@ export const ACTION_GET = 0;
 export const ACTION_ACTIVATE = 1;
 export const ACTION_DEACTIVATE = 2;
 
-/** The etcd part's tables. Member IDs are uint64, kept as decimal text (SQLite integers are signed). */
-export const etcdMigrations: Migration[] = [
-  {
-    part: 'etcd',
-    version: 1,
-    sql: `
+/** The alarms table (the etcd part's schema, version 1). Member IDs are uint64, kept as decimal text (SQLite integers are signed). */
+export const alarmsMigration: Migration = {
+  part: 'etcd',
+  version: 1,
+  sql: `
 CREATE TABLE IF NOT EXISTS etcd_alarms(
   member_id TEXT NOT NULL,
   alarm INTEGER NOT NULL,
   PRIMARY KEY (member_id, alarm)
 ) WITHOUT ROWID;
 `,
-  },
-];
+};
 
 export interface AlarmMember {
   memberId: bigint;

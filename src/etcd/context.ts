@@ -5,6 +5,7 @@ import type { Logger } from '../log.js';
 import type { Store } from '../store/types.js';
 import type { Alarms } from './alarms.js';
 import type { StreamGuard } from './limits.js';
+import type { Auth } from './auth/index.js';
 import type { EtcdMetrics } from './metrics.js';
 import { long } from './proto.js';
 
@@ -20,6 +21,7 @@ export interface EtcdContext {
   logger: Logger;
   metrics: EtcdMetrics;
   alarms: Alarms;
+  auth: Auth;
   nodeName: string;
   /** Client URLs this server answers on (for MemberList). */
   clientUrls(): string[];
@@ -37,6 +39,8 @@ export interface EtcdContext {
   watchStreams: Set<{ close(end: boolean): void }>;
   /** Bounds on streams and watchers (limits.ts). */
   guard: StreamGuard;
+  /** Hears the latency of every unary RPC that does not wait by design (see EtcdServerOptions). */
+  onUnary?: (seconds: number) => void;
 }
 
 export function makeHeaderFactory(store: Store): {

@@ -11,6 +11,7 @@ import {
   DuplicateKeyError,
   EdgeError,
   EmptyKeyError,
+  EtcdAuthError,
   FutureRevisionError,
   InvalidArgumentError,
   KeyNotFoundError,
@@ -44,7 +45,6 @@ export const ETCD_MESSAGES = {
   stopped: 'etcdserver: server stopped',
   corrupt: 'etcdserver: corrupt cluster',
   notCapable: 'etcdserver: not capable',
-  authNotEnabled: 'etcdserver: authentication is not enabled',
   canceled: 'etcdserver: request canceled',
   tooManyRequests: 'etcdserver: too many requests',
   // concurrency package errors, passed through by etcd's v3election server as code UNKNOWN.
@@ -73,6 +73,7 @@ export function grpcError(code: number, details: string): GrpcStatusError {
 export function toGrpcError(err: unknown): GrpcStatusError {
   if (err instanceof GrpcStatusError) return err;
   if (err instanceof EdgeError) {
+    if (err instanceof EtcdAuthError) return grpcError(err.grpcCode, err.message);
     if (err instanceof CompactedError) return grpcError(Code.OUT_OF_RANGE, ETCD_MESSAGES.compacted);
     if (err instanceof FutureRevisionError) return grpcError(Code.OUT_OF_RANGE, ETCD_MESSAGES.futureRev);
     if (err instanceof LeaseNotFoundError) return grpcError(Code.NOT_FOUND, ETCD_MESSAGES.leaseNotFound);

@@ -39,57 +39,59 @@ import {
 } from './rpc.js';
 
 /** etcd 3.4's gateway routes (after `/v3/`) and the RPC each one calls. */
-const ROUTES: Record<string, [string, string]> = {
-  'kv/range': ['etcdserverpb.KV', 'Range'],
-  'kv/put': ['etcdserverpb.KV', 'Put'],
-  'kv/deleterange': ['etcdserverpb.KV', 'DeleteRange'],
-  'kv/txn': ['etcdserverpb.KV', 'Txn'],
-  'kv/compaction': ['etcdserverpb.KV', 'Compact'],
-  watch: ['etcdserverpb.Watch', 'Watch'],
-  'lease/grant': ['etcdserverpb.Lease', 'LeaseGrant'],
-  'lease/revoke': ['etcdserverpb.Lease', 'LeaseRevoke'],
-  'kv/lease/revoke': ['etcdserverpb.Lease', 'LeaseRevoke'],
-  'lease/keepalive': ['etcdserverpb.Lease', 'LeaseKeepAlive'],
-  'lease/timetolive': ['etcdserverpb.Lease', 'LeaseTimeToLive'],
-  'kv/lease/timetolive': ['etcdserverpb.Lease', 'LeaseTimeToLive'],
-  'lease/leases': ['etcdserverpb.Lease', 'LeaseLeases'],
-  'kv/lease/leases': ['etcdserverpb.Lease', 'LeaseLeases'],
-  'cluster/member/add': ['etcdserverpb.Cluster', 'MemberAdd'],
-  'cluster/member/remove': ['etcdserverpb.Cluster', 'MemberRemove'],
-  'cluster/member/update': ['etcdserverpb.Cluster', 'MemberUpdate'],
-  'cluster/member/list': ['etcdserverpb.Cluster', 'MemberList'],
-  'cluster/member/promote': ['etcdserverpb.Cluster', 'MemberPromote'],
-  'maintenance/alarm': ['etcdserverpb.Maintenance', 'Alarm'],
-  'maintenance/status': ['etcdserverpb.Maintenance', 'Status'],
-  'maintenance/defragment': ['etcdserverpb.Maintenance', 'Defragment'],
-  // Hash and HashKV share this path in etcd's gateway; the first registered, Hash, answers.
-  'maintenance/hash': ['etcdserverpb.Maintenance', 'Hash'],
-  'maintenance/snapshot': ['etcdserverpb.Maintenance', 'Snapshot'],
-  'maintenance/transfer-leadership': ['etcdserverpb.Maintenance', 'MoveLeader'],
-  'auth/enable': ['etcdserverpb.Auth', 'AuthEnable'],
-  'auth/disable': ['etcdserverpb.Auth', 'AuthDisable'],
-  'auth/authenticate': ['etcdserverpb.Auth', 'Authenticate'],
-  'auth/user/add': ['etcdserverpb.Auth', 'UserAdd'],
-  'auth/user/get': ['etcdserverpb.Auth', 'UserGet'],
-  'auth/user/list': ['etcdserverpb.Auth', 'UserList'],
-  'auth/user/delete': ['etcdserverpb.Auth', 'UserDelete'],
-  'auth/user/changepw': ['etcdserverpb.Auth', 'UserChangePassword'],
-  'auth/user/grant': ['etcdserverpb.Auth', 'UserGrantRole'],
-  'auth/user/revoke': ['etcdserverpb.Auth', 'UserRevokeRole'],
-  'auth/role/add': ['etcdserverpb.Auth', 'RoleAdd'],
-  'auth/role/get': ['etcdserverpb.Auth', 'RoleGet'],
-  'auth/role/list': ['etcdserverpb.Auth', 'RoleList'],
-  'auth/role/delete': ['etcdserverpb.Auth', 'RoleDelete'],
-  'auth/role/grant': ['etcdserverpb.Auth', 'RoleGrantPermission'],
-  'auth/role/revoke': ['etcdserverpb.Auth', 'RoleRevokePermission'],
-  'lock/lock': ['v3lockpb.Lock', 'Lock'],
-  'lock/unlock': ['v3lockpb.Lock', 'Unlock'],
-  'election/campaign': ['v3electionpb.Election', 'Campaign'],
-  'election/proclaim': ['v3electionpb.Election', 'Proclaim'],
-  'election/leader': ['v3electionpb.Election', 'Leader'],
-  'election/observe': ['v3electionpb.Election', 'Observe'],
-  'election/resign': ['v3electionpb.Election', 'Resign'],
-};
+const ROUTES = new Map<string, [string, string]>(
+  Object.entries({
+    'kv/range': ['etcdserverpb.KV', 'Range'],
+    'kv/put': ['etcdserverpb.KV', 'Put'],
+    'kv/deleterange': ['etcdserverpb.KV', 'DeleteRange'],
+    'kv/txn': ['etcdserverpb.KV', 'Txn'],
+    'kv/compaction': ['etcdserverpb.KV', 'Compact'],
+    watch: ['etcdserverpb.Watch', 'Watch'],
+    'lease/grant': ['etcdserverpb.Lease', 'LeaseGrant'],
+    'lease/revoke': ['etcdserverpb.Lease', 'LeaseRevoke'],
+    'kv/lease/revoke': ['etcdserverpb.Lease', 'LeaseRevoke'],
+    'lease/keepalive': ['etcdserverpb.Lease', 'LeaseKeepAlive'],
+    'lease/timetolive': ['etcdserverpb.Lease', 'LeaseTimeToLive'],
+    'kv/lease/timetolive': ['etcdserverpb.Lease', 'LeaseTimeToLive'],
+    'lease/leases': ['etcdserverpb.Lease', 'LeaseLeases'],
+    'kv/lease/leases': ['etcdserverpb.Lease', 'LeaseLeases'],
+    'cluster/member/add': ['etcdserverpb.Cluster', 'MemberAdd'],
+    'cluster/member/remove': ['etcdserverpb.Cluster', 'MemberRemove'],
+    'cluster/member/update': ['etcdserverpb.Cluster', 'MemberUpdate'],
+    'cluster/member/list': ['etcdserverpb.Cluster', 'MemberList'],
+    'cluster/member/promote': ['etcdserverpb.Cluster', 'MemberPromote'],
+    'maintenance/alarm': ['etcdserverpb.Maintenance', 'Alarm'],
+    'maintenance/status': ['etcdserverpb.Maintenance', 'Status'],
+    'maintenance/defragment': ['etcdserverpb.Maintenance', 'Defragment'],
+    // Hash and HashKV share this path in etcd's gateway; the first registered, Hash, answers.
+    'maintenance/hash': ['etcdserverpb.Maintenance', 'Hash'],
+    'maintenance/snapshot': ['etcdserverpb.Maintenance', 'Snapshot'],
+    'maintenance/transfer-leadership': ['etcdserverpb.Maintenance', 'MoveLeader'],
+    'auth/enable': ['etcdserverpb.Auth', 'AuthEnable'],
+    'auth/disable': ['etcdserverpb.Auth', 'AuthDisable'],
+    'auth/authenticate': ['etcdserverpb.Auth', 'Authenticate'],
+    'auth/user/add': ['etcdserverpb.Auth', 'UserAdd'],
+    'auth/user/get': ['etcdserverpb.Auth', 'UserGet'],
+    'auth/user/list': ['etcdserverpb.Auth', 'UserList'],
+    'auth/user/delete': ['etcdserverpb.Auth', 'UserDelete'],
+    'auth/user/changepw': ['etcdserverpb.Auth', 'UserChangePassword'],
+    'auth/user/grant': ['etcdserverpb.Auth', 'UserGrantRole'],
+    'auth/user/revoke': ['etcdserverpb.Auth', 'UserRevokeRole'],
+    'auth/role/add': ['etcdserverpb.Auth', 'RoleAdd'],
+    'auth/role/get': ['etcdserverpb.Auth', 'RoleGet'],
+    'auth/role/list': ['etcdserverpb.Auth', 'RoleList'],
+    'auth/role/delete': ['etcdserverpb.Auth', 'RoleDelete'],
+    'auth/role/grant': ['etcdserverpb.Auth', 'RoleGrantPermission'],
+    'auth/role/revoke': ['etcdserverpb.Auth', 'RoleRevokePermission'],
+    'lock/lock': ['v3lockpb.Lock', 'Lock'],
+    'lock/unlock': ['v3lockpb.Lock', 'Unlock'],
+    'election/campaign': ['v3electionpb.Election', 'Campaign'],
+    'election/proclaim': ['v3electionpb.Election', 'Proclaim'],
+    'election/leader': ['v3electionpb.Election', 'Leader'],
+    'election/observe': ['v3electionpb.Election', 'Observe'],
+    'election/resign': ['v3electionpb.Election', 'Resign'],
+  }) as [string, [string, string]][],
+);
 
 /** grpc-gateway 1.6's HTTP status for each gRPC code (FAILED_PRECONDITION is 412 there). */
 const HTTP_STATUS = [200, 408, 500, 400, 504, 404, 409, 403, 429, 412, 409, 400, 501, 500, 503, 500, 401];
@@ -122,7 +124,7 @@ interface Route {
 }
 
 export class Gateway {
-  private readonly routes = new Map<string, Route | null>();
+  private readonly routes = new Map<string, Route>();
   private readonly maxBodyBytes: number;
   private bodyBytes = 0;
   private readonly requests: Counter<'path' | 'status'>;
@@ -141,8 +143,24 @@ export class Gateway {
     });
   }
 
-  /** The HTTP/1 server's request handler. */
+  /** The HTTP/1 server's request handler; nothing a request does may throw out of it. */
   handle = (req: IncomingMessage, res: ServerResponse): void => {
+    this.guard(req, res, () => this.serve(req, res));
+  };
+
+  /** Run `fn`; an unexpected exception ends this request (500, logged), never the process. */
+  private guard(req: IncomingMessage, res: ServerResponse, fn: () => void): void {
+    try {
+      fn();
+    } catch (err) {
+      this.opts.ctx.logger.error({ err, url: req.url }, 'etcd gateway request failed');
+      if (!res.headersSent)
+        jsonError(res, grpcError(Code.INTERNAL, 'edgekeeper: internal error; the log has the details'));
+      else res.destroy();
+    }
+  }
+
+  private serve(req: IncomingMessage, res: ServerResponse): void {
     let path = (req.url ?? '/').split('?')[0]!;
     try {
       path = decodeURIComponent(path);
@@ -208,31 +226,27 @@ export class Gateway {
     }
     if (route.method.requestStream) this.bidi(route, req, res);
     else this.withBody(req, res, (body) => this.single(route, req, res, body));
-  };
+  }
 
+  /** The route for a path after `/v3/` (only etcd's routes are looked up and cached). */
   private route(rest: string): Route | null {
-    let r = this.routes.get(rest);
-    if (r !== undefined) return r;
-    const target = ROUTES[rest];
-    r = null;
-    if (target) {
-      const [service, name] = target;
-      const svc = protoRoot().lookupService(service);
-      const method = svc.methods[name];
-      if (method) {
-        method.resolve();
-        r = {
+    const target = ROUTES.get(rest);
+    if (!target) return null;
+    const cached = this.routes.get(rest);
+    if (cached) return cached;
+    const [service, name] = target;
+    const method = protoRoot().lookupService(service).methods[name];
+    method?.resolve();
+    const r: Route = method
+      ? {
           service,
           name,
           method,
           impl: this.opts.services.get(service)?.[name],
           stat: this.opts.ctx.metrics.method(service, name, grpcType(method)),
-        };
-      } else {
-        // A route of etcd's whose RPC our protos do not declare.
-        r = { service, name, method: undefined as never, impl: undefined, stat: undefined as never };
-      }
-    }
+        }
+      : // A route of etcd's whose RPC our protos do not declare: answered UNIMPLEMENTED.
+        { service, name, method: undefined as never, impl: undefined, stat: undefined as never };
     this.routes.set(rest, r);
     return r;
   }
@@ -275,7 +289,7 @@ export class Gateway {
       if (refused) return;
       const body = Buffer.concat(chunks);
       release();
-      then(body);
+      this.guard(req, res, () => then(body));
     });
     req.on('close', () => {
       if (size) release();
@@ -335,21 +349,38 @@ export class Gateway {
       });
       signal = ac.signal;
     }
-    runUnary(this.opts.ctx, route.stat, impl, msg, signal, (err, out) => {
-      if (res.destroyed) return;
-      if (err) {
-        jsonError(res, err);
-        return;
-      }
-      route.stat.sent++;
-      const json = messageJson(resType, out as Record<string, unknown>);
-      res.writeHead(200, {
-        'Content-Type': 'application/json',
-        'Grpc-Metadata-Content-Type': 'application/grpc',
-        'Content-Length': Buffer.byteLength(json),
-      });
-      res.end(json);
+    runUnary(
+      this.opts.ctx,
+      route.stat,
+      impl,
+      msg,
+      signal,
+      (err, out) => this.guard(req, res, () => this.answer(res, resType, route.stat, err, out)),
+      // Only the headers: etcd's gateway never passes the HTTP client's certificate on as a user.
+      { headers: req.headers },
+    );
+  }
+
+  private answer(
+    res: ServerResponse,
+    resType: Protobuf.Type,
+    stat: MethodStat,
+    err: GrpcStatusError | null,
+    out: object | undefined,
+  ): void {
+    if (res.destroyed) return;
+    if (err) {
+      jsonError(res, err);
+      return;
+    }
+    stat.sent++;
+    const json = messageJson(resType, out as Record<string, unknown>);
+    res.writeHead(200, {
+      'Content-Type': 'application/json',
+      'Grpc-Metadata-Content-Type': 'application/grpc',
+      'Content-Length': Buffer.byteLength(json),
     });
+    res.end(json);
   }
 
   /** A bidirectional stream (Watch, LeaseKeepAlive): the body is a stream of request objects. */
@@ -414,10 +445,10 @@ export class Gateway {
     req.on('data', (c: Buffer) => {
       if (!reading) return;
       buf = buf.length ? Buffer.concat([buf, c]) : c;
-      pump(false);
+      this.guard(req, res, () => pump(false));
     });
     req.on('end', () => {
-      if (reading) pump(true);
+      if (reading) this.guard(req, res, () => pump(true));
     });
   }
 
@@ -559,6 +590,11 @@ class GatewayStream extends EventEmitter implements StreamCall {
 
   get writableLength(): number {
     return this.queued;
+  }
+
+  /** The request's headers (auth reads `Authorization`). */
+  get headers(): IncomingMessage['headers'] {
+    return this.req.headers;
   }
 
   write(msg: object, cb?: () => void): boolean {

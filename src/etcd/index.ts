@@ -18,7 +18,12 @@ import {
 } from './server.js';
 
 export { etcdCliCommands, startEtcdServer };
-export { etcdMigrations } from './alarms.js';
+import type { Migration } from '../store/types.js';
+import { alarmsMigration } from './alarms.js';
+import { authMigration, DEFAULT_TOKEN_TTL_MS } from './auth/index.js';
+
+/** The etcd part's schema: its alarms (1) and auth (2) tables. */
+export const etcdMigrations: Migration[] = [alarmsMigration, authMigration];
 export type { EtcdServer, EtcdServerOptions };
 export { ETCD_COMPAT_VERSION, isLoopbackHost } from './server.js';
 export {
@@ -49,6 +54,8 @@ export interface EtcdOptions {
   maxWatchers?: number;
   /** Bytes. */
   maxPendingBytes?: number;
+  /** Milliseconds. */
+  authTokenTtl?: number;
 }
 
 const LIMIT_KEYS = [
@@ -135,6 +142,13 @@ export const etcdConfigSection: ConfigSection = {
       min: 64 * 1024,
       doc: 'Bytes of gRPC requests received but not complete yet, over all streams; the stream that would pass it is reset (RESOURCE_EXHAUSTED)',
     },
+    authTokenTtl: {
+      type: 'duration',
+      default: DEFAULT_TOKEN_TTL_MS,
+      min: 1000,
+      max: 24 * 60 * 60 * 1000,
+      doc: "How long an etcd auth token lives after its last use (etcd's --auth-token-ttl, 300s)",
+    },
   },
 };
 
@@ -165,6 +179,8 @@ export function createEtcdPart(ctx: PartContext, options: EtcdOptions = {}): Par
     limits: Object.fromEntries(
       LIMIT_KEYS.filter((k) => options[k] !== undefined).map((k) => [k, options[k]]),
     ),
+    authTokenTtlMs: options.authTokenTtl ?? DEFAULT_TOKEN_TTL_MS,
+    onUnary: ctx.slo ? (seconds) => ctx.slo?.observeRequest(seconds) : undefined,
   };
   return {
     name: 'etcd',

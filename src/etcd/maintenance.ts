@@ -18,7 +18,7 @@ import {
   alarmText,
 } from './alarms.js';
 import type { EtcdContext } from './context.js';
-import { Code, ETCD_MESSAGES, grpcError, toGrpcError } from './errors.js';
+import { Code, grpcError, toGrpcError } from './errors.js';
 import { big, long, num } from './proto.js';
 import type { Methods, Msg as M, StreamCall } from './rpc.js';
 import { writeEtcdSnapshot } from './snapshot/index.js';
@@ -199,19 +199,6 @@ export function clusterMethods(ctx: EtcdContext): Methods {
     MemberRemove: refuse('removing a member'),
     MemberUpdate: refuse('updating a member'),
     MemberPromote: refuse('promoting a member'),
-  };
-}
-
-export function authMethods(ctx: EtcdContext): Methods {
-  return {
-    Authenticate: () => {
-      throw grpcError(Code.FAILED_PRECONDITION, ETCD_MESSAGES.authNotEnabled);
-    },
-    AuthStatus: () => ({
-      header: ctx.hdr(ctx.store.revision()),
-      enabled: false,
-      authRevision: 0,
-    }),
   };
 }
 

@@ -23,10 +23,11 @@ import { ConfigError } from '../errors.js';
 import { type Logger, silentLogger } from '../log.js';
 import type { Store } from '../store/types.js';
 import { Alarms } from './alarms.js';
+import { Auth, authMethods, DEFAULT_TOKEN_TTL_MS, guardServices } from './auth/index.js';
 import { type EtcdContext, makeHeaderFactory } from './context.js';
 import { kvMethods } from './kv.js';
 import { leaseMethods } from './lease.js';
-import { authMethods, clusterMethods, healthMethods, maintenanceMethods } from './maintenance.js';
+import { clusterMethods, healthMethods, maintenanceMethods } from './maintenance.js';
 import { Gateway } from './gateway.js';
 import { CONNECTION_KEY, DEFAULT_LIMITS, type EtcdLimits, StreamGuard } from './limits.js';
 import { SharedListener } from './listener.js';
@@ -79,6 +80,10 @@ export interface EtcdServerOptions {
   stateDir?: string;
   /** Bounds on connections, streams, watchers and pending bytes (limits.ts); unset ones default. */
   limits?: Partial<EtcdLimits>;
+  /** How long an auth token lives after its last use (etcd's --auth-token-ttl; default 300 s). */
+  authTokenTtlMs?: number;
+  /** Hears every unary RPC's latency but Lock's and Campaign's, which wait by design (the SLO guard). */
+  onUnary?: (seconds: number) => void;
 }
 
 export interface EtcdServer {
@@ -140,7 +145,7 @@ export async function startEtcdServer(store: Store, opts: EtcdServerOptions = {}
   const tcp = listen === '' ? undefined : parseListen(listen);
   if (tcp && !isLoopbackHost(tcp.host) && !opts.tls) {
     throw new ConfigError([
-      `\`etcd.listen\` is ${listen}, which is not a loopback address: the etcd API has no authentication, so ` +
+      `\`etcd.listen\` is ${listen}, which is not a loopback address: without TLS, passwords and tokens (etcd auth) would cross the network in clear, so ` +
         'edgekeeper serves it beyond this machine only over TLS. Set `etcd.tlsCert` and `etcd.tlsKey` ' +
         '(and `etcd.tlsClientCa` with `etcd.clientCertAuth: true` to require client certificates), or listen on 127.0.0.1.',
     ]);
@@ -167,6 +172,10 @@ export async function startEtcdServer(store: Store, opts: EtcdServerOptions = {}
     logger,
     metrics,
     alarms: new Alarms(store, memberId, logger),
+    auth: new Auth(store, logger, {
+      tokenTtlMs: opts.authTokenTtlMs ?? DEFAULT_TOKEN_TTL_MS,
+      clientCertAuth: !!opts.tls?.clientCertAuth,
+    }),
     nodeName: opts.nodeName ?? 'edgekeeper',
     clientUrls,
     memberId,
@@ -178,6 +187,7 @@ export async function startEtcdServer(store: Store, opts: EtcdServerOptions = {}
     stateDir: opts.stateDir ?? '',
     watchStreams: new Set(),
     guard,
+    onUnary: opts.onUnary,
   };
 
   const server = new Server({
@@ -323,17 +333,17 @@ function registerLimitGauges(registry: Registry, guard: StreamGuard, listener: S
 
 /** Every service edgekeeper serves, with its methods. */
 function etcdServices(ctx: EtcdContext): [string, Methods][] {
-  return [
+  return guardServices(ctx.auth, ctx.store, [
     ['etcdserverpb.KV', kvMethods(ctx)],
     ['etcdserverpb.Watch', watchMethods(ctx)],
     ['etcdserverpb.Lease', leaseMethods(ctx)],
     ['etcdserverpb.Maintenance', maintenanceMethods(ctx)],
     ['etcdserverpb.Cluster', clusterMethods(ctx)],
-    ['etcdserverpb.Auth', authMethods(ctx)],
+    ['etcdserverpb.Auth', authMethods(ctx, ctx.auth)],
     ['v3lockpb.Lock', lockMethods(ctx)],
     ['v3electionpb.Election', electionMethods(ctx)],
     ['grpc.health.v1.Health', healthMethods()],
-  ];
+  ]);
 }
 
 /** grpc-js handlers for a service's methods; a method without an implementation is left to grpc-js (UNIMPLEMENTED). */
@@ -371,7 +381,15 @@ function grpcHandlers(
           call.on('cancelled', () => ac.abort());
           signal = ac.signal;
         }
-        runUnary(ctx, stat, unary, call.request, signal, cb as (err: Error | null, res?: object) => void);
+        runUnary(
+          ctx,
+          stat,
+          unary,
+          call.request,
+          signal,
+          cb as (err: Error | null, res?: object) => void,
+          call,
+        );
       };
     }
   }

@@ -135,6 +135,14 @@ class WatchStream {
         canceled: true,
         cancel_reason: reason,
       });
+    // etcd checks READ on the range when a watch is created (and not again while it runs).
+    if (ctx.auth.enabled) {
+      const why = ctx.auth.watchRefusal(this.call, key, rangeEnd);
+      if (why) {
+        refuse(why);
+        return;
+      }
+    }
     // etcd's mvcc: a range whose end is not after its start watches nothing and is refused.
     const fromKey = rangeEnd.length === 1 && rangeEnd[0] === 0;
     if (rangeEnd.length > 0 && !fromKey && Buffer.compare(key, rangeEnd) >= 0) {

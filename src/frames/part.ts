@@ -98,6 +98,9 @@ function sendError(res: ServerResponse, err: EdgeError): void {
   res.end(body);
 }
 
+/** How much longer the frame interval is while the SLO guard makes bulk work yield. */
+const YIELD_SLOWDOWN = 4;
+
 export function createFramesPart(
   ctx: PartContext,
   options: FramesOptions & { sources: FrameSources },
@@ -359,7 +362,8 @@ export function createFramesPart(
       timer = undefined;
       inFlight = tick().finally(() => {
         inFlight = undefined;
-        if (running) schedule(interval);
+        // While bulk work yields to interactive traffic (the SLO guard), frames come 4x less often.
+        if (running) schedule(ctx.slo?.yielding() ? interval * YIELD_SLOWDOWN : interval);
       });
     }, ms);
   };

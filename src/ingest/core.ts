@@ -4,6 +4,7 @@
  */
 import type { Clock } from '../clock.js';
 import type { Logger } from '../log.js';
+import type { LoadGuard } from '../part.js';
 import type { Store } from '../store/types.js';
 import { VerifiedCache, verifySecret } from './auth.js';
 import { ReportCommitter } from './commit.js';
@@ -13,6 +14,12 @@ import type { EdgeEvent, PasswordCheck } from './edge.js';
 import type { IngestMetrics } from './metrics.js';
 import { DeviceRegistry } from './registry.js';
 import { DeadLetters } from './rejects.js';
+
+/**
+ * While bulk work yields, a batch is stored in transactions of this many reports (see commit.ts):
+ * at about 10 µs of main-thread time per report, well under a millisecond each.
+ */
+const YIELD_CHUNK_REPORTS = 64;
 
 export class IngestCore {
   readonly committer: ReportCommitter;
@@ -33,8 +40,18 @@ export class IngestCore {
     readonly metrics: IngestMetrics,
     readonly log: Logger,
     readonly opts: IngestOptions,
+    /** The SLO guard: reports are written only as fast as it admits them (after the sync's budget). */
+    guard?: Pick<LoadGuard, 'admitBulk' | 'yielding'>,
   ) {
-    this.committer = new ReportCommitter(store, clock, metrics, log, opts.admit);
+    const admit = opts.admit;
+    this.committer = new ReportCommitter(
+      store,
+      clock,
+      metrics,
+      log,
+      admit || guard ? (n) => (admit?.() ?? true) && (guard?.admitBulk(n) ?? true) : undefined,
+      guard ? () => (guard.yielding() ? YIELD_CHUNK_REPORTS : undefined) : undefined,
+    );
     this.committer.onCommitted = (n) => this.countRate(n);
     this.registry = new DeviceRegistry(store, clock, metrics, log, {
       mirrorInterval: opts.mirrorInterval,

@@ -98,7 +98,7 @@ export function createMetrics(registry: Registry) {
     }),
     held: new Gauge({
       name: 'edgekeeper_ingest_held_reports',
-      help: 'Reports held unacknowledged because the disk budget is full.',
+      help: 'Reports held unacknowledged by admission (the uplink disk budget is full, or bulk work yields to the SLO guard).',
       registers,
     }),
     retentionDeleted: new Counter({

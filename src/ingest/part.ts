@@ -75,7 +75,7 @@ export function createIngestPart(ctx: PartContext, opts: IngestOptions): IngestP
   const log = ctx.logger.child({ part: 'ingest' });
   const repeats = new RepeatLimiter(log);
   const metrics = createMetrics(ctx.registry);
-  const core = new IngestCore(ctx.store, ctx.clock, metrics, log, options);
+  const core = new IngestCore(ctx.store, ctx.clock, metrics, log, options, ctx.slo);
   const source = {
     neverConnected: () => {
       let n = 0;

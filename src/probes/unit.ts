@@ -325,6 +325,21 @@ export function checkUnit(o: UnitCheckOptions): CheckItem[] {
     );
   }
 
+  // Status frames are rewritten every few seconds: without RuntimeDirectory= they fall back to
+  // /dev/shm, which PrivateDevices= makes the service's own, out of a panel driver's reach.
+  const runtime = setting(lines, 'RuntimeDirectory');
+  const privateDevices = /^(yes|true|1|on)$/i.test(setting(lines, 'PrivateDevices') ?? '');
+  out.push(
+    runtime
+      ? { name: 'RuntimeDirectory', ok: true, detail: `/run/${runtime.split(/\s+/)[0]} (status frames)` }
+      : {
+          name: 'RuntimeDirectory',
+          ok: false,
+          detail: `not set: status frames go to /dev/shm/edgekeeper-<hash>${privateDevices ? ', which PrivateDevices= makes private to the service' : ''}`,
+          fix: "RuntimeDirectory=edgekeeper and RuntimeDirectoryMode=0700 (the package's unit has them)",
+        },
+  );
+
   const families = setting(lines, 'RestrictAddressFamilies');
   if (families && !families.startsWith('~') && !families.split(/\s+/).includes('AF_UNIX')) {
     out.push({

@@ -41,7 +41,7 @@
  * all of them beats one short batch now and a long one later. With a fast disk (commits under
  * `LINGER_MIN_COMMIT_MS`) it never waits.
  */
-import { closeSync, fdatasync, fstatSync, fsyncSync, openSync, statSync } from 'node:fs';
+import { closeSync, fdatasync, fsyncSync, openSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { BusyError, StorageError, StoreClosedError } from '../errors.js';
 import type { BatchResult, EngineOpenResult, EngineOptions, EngineRequest, EngineResult } from './engine.js';
@@ -303,19 +303,14 @@ export class Writer {
   }
 
   /**
-   * The WAL's descriptor, opened once it exists (after the first commit). Its directory is
-   * synced once so the file's name survives a power cut too. Reopened when the file was
-   * replaced (a checkpoint that truncates keeps the same file).
+   * The WAL's descriptor, opened once it exists (after the first commit); its directory is synced
+   * then, so the file's name survives a power cut too. The file is never replaced while the
+   * writer's connection is open (SQLite removes a WAL only when its last connection closes, and
+   * cuts it back in place), so the descriptor stays valid for the store's life.
    */
   private wal(): number {
+    if (this.walFd !== undefined) return this.walFd;
     const path = `${this.opts.file}-wal`;
-    if (this.walFd !== undefined) {
-      const open = fstatSync(this.walFd);
-      const now = statSync(path, { throwIfNoEntry: false });
-      if (now && now.ino === open.ino && now.dev === open.dev) return this.walFd;
-      closeSync(this.walFd);
-      this.walFd = undefined;
-    }
     this.walFd = openSync(path, 'r');
     const dir = openSync(dirname(path), 'r');
     try {

@@ -83,6 +83,11 @@ interface Ack {
   upTo: { events: number | null; reports: number | null; samples: number | null };
 }
 
+/** While the SLO guard makes bulk work yield, uploads pause, re-checked this often... */
+const YIELD_RECHECK_MS = 1000;
+/** ...but at most this long in a row: then one batch goes. */
+const YIELD_MAX_PAUSE_MS = 60_000;
+
 export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
   const log = ctx.logger.child({ part: 'sync' });
   // A full disk fails the loop and the budget check every round: one line a minute each.
@@ -515,6 +520,7 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
 
   async function loop(): Promise<void> {
     let maxRecords = o.batchMaxRecords;
+    let yieldingSince: number | undefined;
     // The next batch, read and compressed while the current one is on the wire (the receiver and
     // PostgreSQL work meanwhile). Used only if the current one is acknowledged as sent, not as a
     // duplicate covering other ids.
@@ -526,6 +532,16 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
           await sleep(60_000 - (clock.now() % 60_000) + 10);
           continue;
         }
+        // While bulk work yields to interactive traffic (the SLO guard), uploads pause; one batch
+        // still goes every YIELD_MAX_PAUSE_MS so a guard that never lets go cannot stop the uplink.
+        if (ctx.slo?.yielding()) {
+          yieldingSince ??= clock.now();
+          if (clock.now() - yieldingSince < YIELD_MAX_PAUSE_MS) {
+            await sleep(YIELD_RECHECK_MS);
+            continue;
+          }
+          yieldingSince = clock.now();
+        } else yieldingSince = undefined;
         if (!pending) {
           // Never read a batch while the budget is deleting rows: it could pick up rows that are
           // about to be reported as dropped.

@@ -1,15 +1,16 @@
 /**
  * The unit, proven: the daemon started under systemd/edgekeeper.service's own sandbox (read from
  * the unit file; see sandbox/sandbox.ts for what is applied and how) attaches bpftrace, commits,
- * and answers etcd, MQTT and HTTP. A control run shows the harness bites: the unit's filter
- * with `~@debug` added back (the shipped unit's old mistake) stops bpftrace with "Failed to open
- * perf buffer", while the shipped filter lets it attach. `edgekeeper doctor --unit-file` names
+ * answers etcd, MQTT and HTTP, and writes its status frames to RuntimeDirectory=. A control run
+ * shows the harness bites: the unit's filter with `~@debug` added back (the shipped unit's old
+ * mistake) stops bpftrace with "Failed to open perf buffer", while the shipped filter lets it
+ * attach. `edgekeeper doctor --unit-file` names
  * the same mistakes. Needs root, bpftrace with tracefs, unshare/nsenter/setpriv (util-linux),
  * gcc and libseccomp-dev, systemd-analyze, etcdctl, mosquitto_pub.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -143,7 +144,10 @@ describe('edgekeeper.service, applied', () => {
       assert.equal(etcd('put', '/sandbox/k', 'v1').status, 0);
       assert.equal(etcd('get', '--print-value-only', '/sandbox/k').stdout.trim(), 'v1');
 
+      // The admin token is in the state directory, which is /var/lib/edgekeeper only inside.
       const add = daemon.inNet([
+        'env',
+        `EDGEKEEPER_HTTP_TOKEN_FILE=${join(d, 'state', 'http.token')}`,
         process.execPath,
         join(repo, 'dist', 'main.js'),
         'device',
@@ -159,6 +163,14 @@ describe('edgekeeper.service, applied', () => {
       ]);
       assert.equal(pub.status, 0, `${pub.stdout}${pub.stderr}`);
       assert.equal(http('/healthz').status, 0);
+      // Status frames go to RuntimeDirectory= (a tmpfs under /run), found in $RUNTIME_DIRECTORY.
+      assert.equal(plan.runtimeDirectory, '/run/edgekeeper', 'RuntimeDirectory=edgekeeper');
+      assert.equal(plan.runtimeMode, '0700');
+      await until(
+        'a frame file in the runtime directory',
+        () => (readdirSync(join(d, 'runtime')).some((f) => /^frame-.+\.png$/.test(f)) ? true : undefined),
+        daemon,
+      );
 
       const before = daemon.exited.then((code) => code);
       daemon.kill('SIGTERM');
@@ -197,7 +209,7 @@ describe('edgekeeper.service, applied', () => {
     const unitChecks = (r: ReturnType<typeof doctor>) =>
       (JSON.parse(r.stdout) as { unit: { name: string; ok: boolean; detail: string }[] }).unit;
     const shipped = unitChecks(doctor(unitFile));
-    for (const name of ['SystemCallFilter', 'CapabilityBoundingSet', 'User'])
+    for (const name of ['SystemCallFilter', 'CapabilityBoundingSet', 'User', 'RuntimeDirectory'])
       assert.ok(shipped.find((c) => c.name === name)?.ok, JSON.stringify(shipped));
     const debug = join(dir, 'debug.service');
     writeFileSync(debug, withDebugDenied);

@@ -260,6 +260,14 @@ describe('bad input on the gateway: answered, bounded, counted', () => {
     assert.ok((await metric('edgekeeper_etcd_bad_input_total', { kind: 'gateway_json' })) >= before + 4);
   });
 
+  it('paths that name JavaScript object properties are unknown routes', async () => {
+    for (const p of ['/v3/constructor', '/v3/__proto__', '/v3/toString', '/v3/hasOwnProperty']) {
+      const r = await curl(`${base}${p}`, { body: '{}' });
+      assert.equal(r.status, 404, p);
+      assert.equal(r.body, 'Not Found\n');
+    }
+  });
+
   it('garbage bytes: HTTP 400, the connection closed, gRPC unharmed', async () => {
     const reply = await new Promise<string>((resolve) => {
       let got = '';

@@ -284,6 +284,8 @@ export interface CurlRequest {
   body?: string | Buffer;
   /** Seconds after which curl stops reading (streams); default 20. */
   maxTime?: number;
+  /** Extra request headers ("Name: value"). */
+  headers?: string[];
 }
 
 const CURL_MARK = '\n<<<curl-done %{http_code} %{content_type}>>>\n';
@@ -301,6 +303,7 @@ export async function curlBatch(reqs: CurlRequest[]): Promise<CurlResult[]> {
     reqs.forEach((r, i) => {
       if (i > 0) args.push('--next');
       args.push('-s', '-N', '-o', '-', '-w', CURL_MARK, '--max-time', String(r.maxTime ?? 20));
+      for (const h of r.headers ?? []) args.push('-H', h);
       if (r.method === 'HEAD') args.push('--head');
       else if (r.method) args.push('-X', r.method);
       if (r.body !== undefined) {

@@ -15,7 +15,7 @@ import {
 } from '../../src/ingest/index.js';
 import { ReportWriter } from '../../src/ingest/writer.js';
 import { silentLogger } from '../../src/log.js';
-import type { PartContext, RouteHandler } from '../../src/part.js';
+import type { LoadGuard, PartContext, RouteHandler } from '../../src/part.js';
 import { openStore } from '../../src/store/index.js';
 import type { Store, WatchEvent } from '../../src/store/types.js';
 
@@ -58,6 +58,8 @@ export async function harness(
   opts: Partial<IngestOptions> = {},
   clock: Clock = systemClock,
   existing?: { dir: string },
+  /** The SLO guard the part sees (PartContext.slo). */
+  slo?: LoadGuard,
 ): Promise<Harness> {
   const dir = existing?.dir ?? tempDir();
   const store = await openTestStore(dir, clock);
@@ -73,6 +75,7 @@ export async function harness(
     runtimeDir: dir,
     nodeName: 'test',
     addReadinessCheck: () => undefined,
+    slo,
   };
   const part = createIngestPart(ctx, ingestDefaults({ listen: '127.0.0.1:0', ...opts }));
   await part.start();

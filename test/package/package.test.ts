@@ -212,9 +212,14 @@ describe(`the Debian package (${arch})`, () => {
       'ok - etcdctl get',
       'ok - MQTT report acknowledged (QoS 1)',
       'ok - a status frame (GET /frame.png)',
+      'ok - the frame file is in RuntimeDirectory=',
+      'ok - it says why (http.listen)',
       'ok - the old daemon still serves',
       'ok - refused with exit 65 (not restarted by the unit)',
+      'ok - a half-removed install: one line and exit 127',
       'ok - purge keeps nothing: /var/lib/edgekeeper',
+      "ok - names the unit that hides the package's",
+      'ok - names the foreign owner of the data',
       'ok - the daemon refuses it with one clear line',
     ]) {
       assert.ok(r.stdout.includes(check), `missing "${check}":\n${r.stdout}`);

@@ -173,7 +173,7 @@ SystemCallFilter=@default bpf perf_event_open
     assert.match(c!.fix!, /apt install edgekeeper/);
   });
 
-  test('memlock on kernels before 5.11, address families without AF_UNIX', () => {
+  test('memlock on kernels before 5.11, address families without AF_UNIX, no RuntimeDirectory=', () => {
     const file = join(tmp, 'x.service');
     writeFileSync(file, `${unit}RestrictAddressFamilies=AF_INET\n`);
     const checks = checkUnit({
@@ -183,13 +183,23 @@ SystemCallFilter=@default bpf perf_event_open
     });
     assert.equal(checks.find((c) => c.name === 'LimitMEMLOCK')?.ok, false);
     assert.equal(checks.find((c) => c.name === 'RestrictAddressFamilies')?.ok, false);
-    writeFileSync(file, `${unit}LimitMEMLOCK=infinity\n`);
+    assert.equal(checks.find((c) => c.name === 'RuntimeDirectory')?.ok, false);
+    assert.match(checks.find((c) => c.name === 'RuntimeDirectory')!.fix!, /RuntimeDirectory=edgekeeper/);
+    writeFileSync(file, `${unit}PrivateDevices=yes\n`);
+    const rd = checkUnit({
+      unit: loadUnit('edgekeeper.service', file)!,
+      groups,
+      kernelRelease: '6.6.0',
+    }).find((c) => c.name === 'RuntimeDirectory')!;
+    assert.match(rd.detail, /\/dev\/shm\/edgekeeper-<hash>, which PrivateDevices= makes private/);
+    writeFileSync(file, `${unit}LimitMEMLOCK=infinity\nRuntimeDirectory=edgekeeper\n`);
     const ok = checkUnit({
       unit: loadUnit('edgekeeper.service', file)!,
       groups,
       kernelRelease: '5.10.103-v8+',
     });
     assert.equal(ok.find((c) => c.name === 'LimitMEMLOCK')?.ok, true);
+    assert.equal(ok.find((c) => c.name === 'RuntimeDirectory')?.detail, '/run/edgekeeper (status frames)');
     assert.equal(
       checkUnit({ unit: loadUnit('edgekeeper.service', file)!, groups, kernelRelease: '6.6.0' }).find(
         (c) => c.name === 'LimitMEMLOCK',

@@ -56,7 +56,7 @@ interface LoadResult {
   cpu: Record<string, number>;
 }
 
-function out(o: Record<string, unknown>): void {
+export function out(o: Record<string, unknown>): void {
   const r: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(o)) r[k] = round(v);
   console.log(JSON.stringify(r));
@@ -69,7 +69,7 @@ function round(v: unknown): unknown {
   return v;
 }
 
-function spawnNode(
+export function spawnNode(
   build: JsBuild,
   ts: string,
   args: string[],
@@ -82,11 +82,11 @@ function spawnNode(
   });
 }
 
-function lines(p: ChildProcess): Interface {
+export function lines(p: ChildProcess): Interface {
   return createInterface({ input: p.stdout! });
 }
 
-function exited(p: ChildProcess): Promise<void> {
+export function exited(p: ChildProcess): Promise<void> {
   return p.exitCode !== null ? Promise.resolve() : new Promise((r) => p.once('exit', () => r()));
 }
 
@@ -100,7 +100,7 @@ let seqBase = 0;
  * rates are counted over); `watch` are the processes whose CPU use over that window is reported,
  * besides the devices' own.
  */
-function load(
+export function load(
   build: JsBuild,
   port: number,
   n: number,
@@ -148,7 +148,7 @@ function load(
 }
 
 /** The broker's raw QoS 1 delivery rate to a subscriber that only counts. */
-async function rawRate(
+export async function rawRate(
   build: JsBuild,
   port: number,
   n: number,
@@ -200,9 +200,10 @@ class Scrape {
   }
 }
 
-interface Daemon {
+export interface Daemon {
   pid: number;
   mqttPort: number;
+  etcdPort: number;
   etcd: Etcd3;
   committed(): number;
   /** One read of /metrics (prom-client resets the event-loop delay histogram on every read). */
@@ -211,7 +212,12 @@ interface Daemon {
 }
 
 /** `edgekeeper run` on compiled JavaScript, in its own process, on free loopback ports. */
-async function startDaemon(build: JsBuild, mqtt: Record<string, unknown>): Promise<Daemon> {
+export async function startDaemon(
+  build: JsBuild,
+  mqtt: Record<string, unknown>,
+  /** More config sections (the SLO bench sets `slo`). */
+  extra: Record<string, unknown> = {},
+): Promise<Daemon> {
   const dir = mkdtempSync(join(tmpdir(), 'ek-bench-ingest-'));
   const [httpPort, etcdPort, mqttPort] = [await freePort(), await freePort(), await freePort()];
   const config = {
@@ -227,6 +233,7 @@ async function startDaemon(build: JsBuild, mqtt: Record<string, unknown>): Promi
       ...mqtt,
     },
     probes: { enabled: [] },
+    ...extra,
   };
   writeFileSync(join(dir, 'config.json'), JSON.stringify(config));
   const proc = spawnNode(
@@ -256,6 +263,7 @@ async function startDaemon(build: JsBuild, mqtt: Record<string, unknown>): Promi
   return {
     pid: proc.pid!,
     mqttPort,
+    etcdPort,
     etcd,
     committed: () => maxId.get() as number,
     async scrape() {
@@ -272,7 +280,7 @@ async function startDaemon(build: JsBuild, mqtt: Record<string, unknown>): Promi
 }
 
 /** One device publishes until a report is committed: the daemon is connected end to end. */
-async function firstReport(build: JsBuild, d: Daemon, brokerPort: number): Promise<void> {
+export async function firstReport(build: JsBuild, d: Daemon, brokerPort: number): Promise<void> {
   for (let i = 0; i < 20 && d.committed() === 0; i++) {
     const child = spawnNode(build, join(here, 'load.ts'), [
       JSON.stringify({ port: brokerPort, n: 1, seconds: 0.2, window: 1, prefix: 'warm' }),

@@ -9,9 +9,10 @@
  * ProtectKernelLogs=, ProtectHostname= and PrivateDevices= refuse) through seccomp-exec.c;
  * CapabilityBoundingSet= and NoNewPrivileges= through setpriv; ProtectSystem=strict,
  * ProtectHome=, PrivateTmp=, PrivateDevices=, ProtectKernelTunables=, ProtectControlGroups=,
- * ProtectKernelLogs=, ProtectProc=, StateDirectory= (mode included) and ConfigurationDirectory=
- * as mounts in a private mount namespace; IPAddressDeny=any with IPAddressAllow=localhost as a
- * network namespace holding only loopback; ProtectHostname= as a UTS namespace; UMask=,
+ * ProtectKernelLogs=, ProtectProc=, StateDirectory= and RuntimeDirectory= (modes included, with
+ * $RUNTIME_DIRECTORY) and ConfigurationDirectory= as mounts in a private mount namespace;
+ * IPAddressDeny=any with IPAddressAllow=localhost as a network namespace holding only loopback;
+ * ProtectHostname= as a UTS namespace; UMask=,
  * WorkingDirectory=, Environment=, LimitNOFILE= and LimitMEMLOCK= (capped at this machine's hard
  * limits, which cannot be raised without CAP_SYS_RESOURCE), NOTIFY_SOCKET and WATCHDOG_USEC.
  * Not applied (no effect a test here could see, or cgroup-based): RestrictRealtime=,
@@ -21,8 +22,9 @@
  *
  * /usr/bin/edgekeeper is this checkout's dist/main.js (an overlay on /usr/bin holds a two-line
  * wrapper); /etc/edgekeeper/edgekeeper.json comes from an overlay on /etc; the state directory
- * is a test directory bound to /var/lib/edgekeeper. The capability bounding set is the unit's
- * within this process' own (a container may lack some, such as CAP_SYS_RESOURCE).
+ * is a test directory bound to /var/lib/edgekeeper, the runtime directory one bound to
+ * /run/edgekeeper. The capability bounding set is the unit's within this process' own (a
+ * container may lack some, such as CAP_SYS_RESOURCE).
  */
 import { spawn, spawnSync } from 'node:child_process';
 import { chmodSync, copyFileSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
@@ -56,6 +58,8 @@ const KNOWN = new Set([
   'Environment',
   'StateDirectory',
   'StateDirectoryMode',
+  'RuntimeDirectory',
+  'RuntimeDirectoryMode',
   'ConfigurationDirectory',
   'WorkingDirectory',
   'UMask',
@@ -112,6 +116,9 @@ export interface SandboxPlan {
   exec: string[];
   stateDirectory: string;
   stateMode: string;
+  /** /run/<RuntimeDirectory=>, if the unit has one. */
+  runtimeDirectory: string | undefined;
+  runtimeMode: string;
   configurationDirectory: string | undefined;
   workingDirectory: string;
   umask: string;
@@ -229,6 +236,8 @@ export function planSandbox(lines: readonly UnitLine[]): SandboxPlan {
     env[a.value.slice(0, eq)] = a.value.slice(eq + 1);
   }
   const exec = setting(lines, 'ExecStart')!.split(/\s+/);
+  const runtime = setting(lines, 'RuntimeDirectory');
+  if (runtime?.includes(' ')) fail('one RuntimeDirectory= only');
   return {
     spec: `${spec.join('\n')}\n`,
     bounding: ['-all', ...keep.map((c) => `+${c.replace(/^CAP_/, '').toLowerCase()}`)].join(','),
@@ -237,6 +246,8 @@ export function planSandbox(lines: readonly UnitLine[]): SandboxPlan {
     exec,
     stateDirectory: `/var/lib/${setting(lines, 'StateDirectory') ?? fail('StateDirectory=')}`,
     stateMode: setting(lines, 'StateDirectoryMode') ?? '0755',
+    runtimeDirectory: runtime ? `/run/${runtime}` : undefined,
+    runtimeMode: setting(lines, 'RuntimeDirectoryMode') ?? '0755',
     configurationDirectory: setting(lines, 'ConfigurationDirectory'),
     workingDirectory: setting(lines, 'WorkingDirectory') ?? '/',
     umask: setting(lines, 'UMask') ?? '0022',
@@ -273,8 +284,9 @@ export interface Sandboxed {
 
 /**
  * Starts `command` (default: the unit's ExecStart) in the sandbox. `dir` holds the state
- * directory (`dir/state`), the config (`dir/edgekeeper.json`) and the notify socket's directory
- * (`dir/run`, seen inside as /run/ek-harness); `seccompExec` is the compiled helper.
+ * directory (`dir/state`), the runtime directory (`dir/runtime`), the config
+ * (`dir/edgekeeper.json`) and the notify socket's directory (`dir/run`, seen inside as
+ * /run/ek-harness); `seccompExec` is the compiled helper.
  */
 export function startSandboxed(
   plan: SandboxPlan,
@@ -285,6 +297,10 @@ export function startSandboxed(
   const harness = join(dir, 'run');
   mkdirSync(harness, { recursive: true });
   mkdirSync(join(dir, 'state'), { recursive: true, mode: Number.parseInt(plan.stateMode, 8) });
+  if (plan.runtimeDirectory) {
+    mkdirSync(join(dir, 'runtime'), { recursive: true });
+    chmodSync(join(dir, 'runtime'), Number.parseInt(plan.runtimeMode, 8));
+  }
   mkdirSync(join(dir, 'ovl'), { recursive: true });
   copyFileSync(seccompExec, join(harness, 'seccomp-exec'));
   chmodSync(join(harness, 'seccomp-exec'), 0o755);
@@ -307,6 +323,7 @@ export function startSandboxed(
     PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin',
     NOTIFY_SOCKET: '/run/ek-harness/notify.sock',
     ...(plan.watchdogUsec ? { WATCHDOG_USEC: String(plan.watchdogUsec) } : {}),
+    ...(plan.runtimeDirectory ? { RUNTIME_DIRECTORY: plan.runtimeDirectory } : {}),
     ...plan.env,
   };
   const q = (s: string) => `'${s.replace(/'/g, `'\\''`)}'`;
@@ -330,6 +347,7 @@ mount --bind ${q(repo)} /var/lib/edgekeeper-src
 mount -t tmpfs -o mode=0755 tmpfs /run
 mkdir -p /run/ek-harness /run/ek-dev
 mount --bind "$D/run" /run/ek-harness
+${plan.runtimeDirectory ? `# RuntimeDirectory=\nmkdir -p ${q(plan.runtimeDirectory)}\nmount --bind "$D/runtime" ${q(plan.runtimeDirectory)}` : ''}
 # PrivateDevices=: a /dev with the pseudo devices only.
 for n in null zero full random urandom tty; do touch /run/ek-dev/$n; mount --bind /dev/$n /run/ek-dev/$n; done
 mount -t tmpfs -o mode=0755 tmpfs /dev
@@ -348,11 +366,11 @@ mount -t proc -o hidepid=invisible proc /proc
 mount --bind /proc/sys /proc/sys
 for p in /proc/sysrq-trigger /proc/kcore; do [ -e $p ] && mount --bind $p $p; done
 [ -e /proc/kmsg ] && mount --bind /dev/null /proc/kmsg
-# ProtectSystem=strict: everything read-only but the API file systems, the private /tmp and the
-# state directory; /proc/sys and /sys (with tracefs and the cgroup tree) read-only too.
+# ProtectSystem=strict: everything read-only but the API file systems, the private /tmp, the
+# state and runtime directories; /proc/sys and /sys (with tracefs and the cgroup tree) read-only too.
 awk '{print $5}' /proc/self/mountinfo | sort -u | while read -r mp; do
   case "$mp" in
-    /dev|/dev/*|/proc|/tmp|/var/tmp|${plan.stateDirectory}) continue ;;
+    /dev|/dev/*|/proc|/tmp|/var/tmp|${plan.stateDirectory}${plan.runtimeDirectory ? `|${plan.runtimeDirectory}` : ''}) continue ;;
   esac
   mount -o remount,bind,ro "$mp" 2>/dev/null || true
 done
