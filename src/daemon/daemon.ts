@@ -4,7 +4,16 @@
  * reverse, the store finishes in-flight commits and closes, pid file removed.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import { chmodSync, closeSync, createReadStream, existsSync, mkdirSync, openSync, statSync } from 'node:fs';
+import {
+  chmodSync,
+  closeSync,
+  createReadStream,
+  existsSync,
+  mkdirSync,
+  openSync,
+  rmSync,
+  statSync,
+} from 'node:fs';
 import { rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -121,6 +130,10 @@ export async function startDaemon(
     delete process.env.WATCHDOG_PID;
   }
   const cleanups: (() => Promise<void> | void)[] = [() => releasePid(), () => notifier.close()];
+  // Our own fallback runtime directory goes with the daemon (systemd removes RuntimeDirectory=
+  // itself; a configured node.runtimeDir is the operator's).
+  if (!config.node.runtimeDir && !(opts.env ?? process.env).RUNTIME_DIRECTORY)
+    cleanups.push(() => rmSync(runtimeDir, { recursive: true, force: true }));
   const unwind = async () => {
     for (const fn of cleanups.reverse()) {
       try {
