@@ -61,3 +61,55 @@ export function createLogger(
 export function silentLogger(): Logger {
   return pino({ level: 'silent' });
 }
+
+/** A repeating failure is logged at most this often per cause. */
+export const REPEAT_INTERVAL_MS = 60_000;
+
+/**
+ * Logs a repeating failure once per cause per interval: the first occurrence at once, the next
+ * one an interval later with how many were left out in between (`suppressed`). A failure that
+ * repeats every tick (a full disk fails every part's writes) would otherwise fill the journal —
+ * 52.7 MB in 6 minutes with 20 devices — and the disk it is about. The cause is the message and
+ * the error's code (else its message), so a new kind of failure is logged at once.
+ */
+export class RepeatLimiter {
+  private readonly last = new Map<string, { at: number; suppressed: number }>();
+
+  constructor(
+    private readonly logger: Logger,
+    private readonly intervalMs = REPEAT_INTERVAL_MS,
+    private readonly now: () => number = () => performance.now(),
+  ) {}
+
+  warn(fields: { err?: unknown } & Record<string, unknown>, msg: string): void {
+    this.log('warn', fields, msg);
+  }
+
+  error(fields: { err?: unknown } & Record<string, unknown>, msg: string): void {
+    this.log('error', fields, msg);
+  }
+
+  private log(
+    level: 'warn' | 'error',
+    fields: { err?: unknown } & Record<string, unknown>,
+    msg: string,
+  ): void {
+    const err = fields.err as { code?: unknown; message?: unknown } | string | undefined;
+    const why = typeof err === 'object' && err ? String(err.code ?? err.message ?? '') : String(err ?? '');
+    const cause = `${msg}\0${why}`;
+    const t = this.now();
+    const seen = this.last.get(cause);
+    if (seen && t - seen.at < this.intervalMs) {
+      seen.suppressed++;
+      return;
+    }
+    if (this.last.size >= 1000) this.last.clear(); // causes are few; never let them grow
+    this.last.set(cause, { at: t, suppressed: 0 });
+    if (seen?.suppressed)
+      this.logger[level](
+        { ...fields, suppressed: seen.suppressed },
+        `${msg} (${seen.suppressed} more like it left out in the last ${Math.round((t - seen.at) / 1000)} s)`,
+      );
+    else this.logger[level](fields, msg);
+  }
+}

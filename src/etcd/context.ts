@@ -4,6 +4,7 @@
 import type { Logger } from '../log.js';
 import type { Store } from '../store/types.js';
 import type { Alarms } from './alarms.js';
+import type { StreamGuard } from './limits.js';
 import type { Auth } from './auth/index.js';
 import type { EtcdMetrics } from './metrics.js';
 import { long } from './proto.js';
@@ -36,6 +37,8 @@ export interface EtcdContext {
   stateDir: string;
   /** Open watch streams (gRPC and gateway); closed with the server. */
   watchStreams: Set<{ close(end: boolean): void }>;
+  /** Bounds on streams and watchers (limits.ts). */
+  guard: StreamGuard;
   /** Hears the latency of every unary RPC that does not wait by design (see EtcdServerOptions). */
   onUnary?: (seconds: number) => void;
 }

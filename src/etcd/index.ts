@@ -8,6 +8,7 @@ import type { ConfigSection } from '../config/types.js';
 import { ConfigError } from '../errors.js';
 import type { Part, PartContext } from '../part.js';
 import { etcdCliCommands } from './cli.js';
+import { DEFAULT_LIMITS, type EtcdLimits } from './limits.js';
 import {
   DEFAULT_MAX_REQUEST_BYTES,
   DEFAULT_PROGRESS_NOTIFY_MS,
@@ -46,9 +47,25 @@ export interface EtcdOptions {
   progressNotifyInterval?: number;
   /** Bytes; keep equal to the store's maxRequestBytes. */
   maxRequestBytes?: number;
+  maxConnections?: number;
+  maxStreamsPerConnection?: number;
+  maxStreams?: number;
+  maxWatchersPerConnection?: number;
+  maxWatchers?: number;
+  /** Bytes. */
+  maxPendingBytes?: number;
   /** Milliseconds. */
   authTokenTtl?: number;
 }
+
+const LIMIT_KEYS = [
+  'maxConnections',
+  'maxStreamsPerConnection',
+  'maxStreams',
+  'maxWatchersPerConnection',
+  'maxWatchers',
+  'maxPendingBytes',
+] as const satisfies readonly (keyof EtcdLimits)[];
 
 export const etcdConfigSection: ConfigSection = {
   name: 'etcd',
@@ -89,6 +106,42 @@ export const etcdConfigSection: ConfigSection = {
       max: 64 * 1024 * 1024,
       doc: "Largest request the API accepts (etcd's --max-request-bytes); keep it equal to the store's limit",
     },
+    maxConnections: {
+      type: 'integer',
+      default: DEFAULT_LIMITS.maxConnections,
+      min: 1,
+      doc: 'Open connections on the etcd port (gRPC and JSON, TCP and unix socket); more are closed at accept',
+    },
+    maxStreamsPerConnection: {
+      type: 'integer',
+      default: DEFAULT_LIMITS.maxStreamsPerConnection,
+      min: 1,
+      doc: "Concurrent gRPC streams per connection, announced in HTTP/2's settings (etcd's --max-concurrent-streams): clients queue calls beyond it",
+    },
+    maxStreams: {
+      type: 'integer',
+      default: DEFAULT_LIMITS.maxStreams,
+      min: 1,
+      doc: "Concurrent gRPC streams over all connections; one more is reset with REFUSED_STREAM, unless it is among its connection's first 8",
+    },
+    maxWatchersPerConnection: {
+      type: 'integer',
+      default: DEFAULT_LIMITS.maxWatchersPerConnection,
+      min: 1,
+      doc: 'Watchers on the watch streams of one gRPC connection; one more is refused with a cancel_reason',
+    },
+    maxWatchers: {
+      type: 'integer',
+      default: DEFAULT_LIMITS.maxWatchers,
+      min: 1,
+      doc: 'Watchers over all connections (gRPC and JSON); one more is refused with a cancel_reason',
+    },
+    maxPendingBytes: {
+      type: 'bytes',
+      default: DEFAULT_LIMITS.maxPendingBytes,
+      min: 64 * 1024,
+      doc: 'Bytes of gRPC requests received but not complete yet, over all streams; the stream that would pass it is reset (RESOURCE_EXHAUSTED)',
+    },
     authTokenTtl: {
       type: 'duration',
       default: DEFAULT_TOKEN_TTL_MS,
@@ -123,6 +176,9 @@ export function createEtcdPart(ctx: PartContext, options: EtcdOptions = {}): Par
     progressNotifyMs: options.progressNotifyInterval ?? DEFAULT_PROGRESS_NOTIFY_MS,
     maxRequestBytes: options.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES,
     stateDir: ctx.stateDir,
+    limits: Object.fromEntries(
+      LIMIT_KEYS.filter((k) => options[k] !== undefined).map((k) => [k, options[k]]),
+    ),
     authTokenTtlMs: options.authTokenTtl ?? DEFAULT_TOKEN_TTL_MS,
     onUnary: ctx.slo ? (seconds) => ctx.slo?.observeRequest(seconds) : undefined,
   };

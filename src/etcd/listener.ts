@@ -25,7 +25,7 @@ export interface Handoff {
   /** Any other connection (its first bytes unshifted back). */
   http(socket: Socket): void;
   /** A connection that failed before it could be handed on (TLS handshake, silence, reset). */
-  dropped(reason: 'tls' | 'timeout'): void;
+  dropped(reason: 'tls' | 'timeout' | 'connections'): void;
 }
 
 export class SharedListener {
@@ -36,8 +36,13 @@ export class SharedListener {
 
   constructor(
     private readonly handoff: Handoff,
-    private readonly firstBytesTimeoutMs = FIRST_BYTES_TIMEOUT_MS,
+    private readonly opts: { maxConnections?: number; firstBytesTimeoutMs?: number } = {},
   ) {}
+
+  /** Connections open now. */
+  get openCount(): number {
+    return this.open.size;
+  }
 
   /** Listen on TCP `host:port` (port 0: any free port); resolves with the bound port. */
   listenTcp(host: string, port: number, tls?: TlsOptions): Promise<number> {
@@ -97,6 +102,12 @@ export class SharedListener {
   }
 
   private sniff(socket: Socket): void {
+    if (this.open.size >= (this.opts.maxConnections ?? Number.POSITIVE_INFINITY)) {
+      // Closed before a byte is read: the bound holds whatever the client sends.
+      this.handoff.dropped('connections');
+      socket.destroy();
+      return;
+    }
     this.open.add(socket);
     socket.once('close', () => this.open.delete(socket));
     this.pending.add(socket);
@@ -116,7 +127,7 @@ export class SharedListener {
       finish();
       this.handoff.dropped('timeout');
       socket.destroy();
-    }, this.firstBytesTimeoutMs);
+    }, this.opts.firstBytesTimeoutMs ?? FIRST_BYTES_TIMEOUT_MS);
     timer.unref();
     const onData = (chunk: Buffer) => {
       head = head ? Buffer.concat([head, chunk]) : chunk;

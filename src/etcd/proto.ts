@@ -78,6 +78,7 @@ export function serviceDefinition(
       requestSerialize: (v: unknown) => reqType.encode(v as Protobuf.Message).finish() as Buffer,
       requestDeserialize: (b: Buffer) => {
         try {
+          checkWireTypes(b, reqType);
           const msg = reqType.decode(b) as unknown as Decoded;
           if (stat) {
             stat.received++;
@@ -102,6 +103,80 @@ export function serviceDefinition(
     };
   }
   return def as ServiceDefinition;
+}
+
+// --- wire types ------------------------------------------------------------------------------
+
+/**
+ * A field of a message: the wire type it must arrive with, the other one a repeated scalar may
+ * use (packed), and its message type when it nests one.
+ */
+interface WireRule {
+  wireType: number;
+  packed: number;
+  nested?: WireRules;
+  nestedName?: string;
+}
+type WireRules = Map<number, WireRule>;
+
+const rulesCache = new WeakMap<Protobuf.Type, WireRules>();
+
+/** The wire rules of a message type, built once per type. */
+function wireRules(type: Protobuf.Type): WireRules {
+  const cached = rulesCache.get(type);
+  if (cached) return cached;
+  const rules: WireRules = new Map();
+  // Set before filling: message types nest recursively (TxnRequest in RequestOp in TxnRequest).
+  rulesCache.set(type, rules);
+  for (const f of type.fieldsArray) {
+    f.resolve();
+    const basic = (protobuf.types.basic as Record<string, number | undefined>)[f.type];
+    let wireType: number;
+    let nested: WireRules | undefined;
+    let nestedName: string | undefined;
+    if (f.map) wireType = 2;
+    else if (f.resolvedType instanceof protobuf.Type) {
+      wireType = 2;
+      nested = wireRules(f.resolvedType);
+      nestedName = f.resolvedType.name;
+    } else if (f.resolvedType)
+      wireType = 0; // an enum
+    // protobufjs's `types.basic` gives each scalar's wire type; string and bytes are 2.
+    else wireType = basic ?? 2;
+    const packable = f.repeated && wireType !== 2;
+    rules.set(f.id, { wireType, packed: packable ? 2 : wireType, nested, nestedName });
+  }
+  return rules;
+}
+
+/**
+ * Refuse a message where a known field arrives with another wire type than its declared type's
+ * (protobufjs would read it as its declared type: field 1 of a LeaseGrant sent length-delimited
+ * became a TTL of 4,294,967,295 s). etcd's generated decoders refuse it ("proto: wrong wireType =
+ * 2 for field TTL") and grpc-go answers INTERNAL. Unknown fields are skipped, as everywhere in
+ * protobuf. One pass over the tags, no allocation but the reader: cheap next to the decode.
+ */
+export function checkWireTypes(b: Uint8Array, type: Protobuf.Type): void {
+  const r = protobuf.Reader.create(b);
+  walk(r, b.length, wireRules(type), type.name);
+}
+
+function walk(r: Protobuf.Reader, end: number, rules: WireRules, typeName: string): void {
+  while (r.pos < end) {
+    const tag = r.uint32();
+    const id = tag >>> 3;
+    const wt = tag & 7;
+    const rule = rules.get(id);
+    if (rule && wt !== rule.wireType && wt !== rule.packed)
+      throw new Error(`proto: wrong wireType = ${wt} for field ${id} of ${typeName}`);
+    if (rule?.nested) {
+      const len = r.uint32();
+      const stop = r.pos + len;
+      if (stop > end) throw new RangeError(`proto: field ${id} of ${typeName} runs past its message`);
+      walk(r, stop, rule.nested, rule.nestedName ?? typeName);
+    } else r.skipType(wt);
+  }
+  if (r.pos !== end) throw new RangeError(`proto: a field of ${typeName} runs past its message`);
 }
 
 // --- int64 helpers ----------------------------------------------------------------------------

@@ -53,6 +53,8 @@ export interface StreamCall extends EventEmitter, CallOrigin {
   /** The request of a server-streaming call. */
   readonly request: Msg;
   readonly writableLength: number;
+  /** The gRPC connection the call came on (limits.ts); undefined over the JSON gateway. */
+  connection?: string;
   write(msg: object, cb?: () => void): boolean;
   end(): void;
   pause(): unknown;

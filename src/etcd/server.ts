@@ -6,9 +6,11 @@
 import { readFileSync } from 'node:fs';
 import { rm } from 'node:fs/promises';
 import { Server as HttpServer } from 'node:http';
-import { isIP } from 'node:net';
+import { isIP, Server as NetServer } from 'node:net';
 import type { TlsOptions } from 'node:tls';
+import type { Http2Server } from 'node:http2';
 import {
+  type Metadata,
   type sendUnaryData,
   Server,
   ServerCredentials,
@@ -27,8 +29,9 @@ import { kvMethods } from './kv.js';
 import { leaseMethods } from './lease.js';
 import { clusterMethods, healthMethods, maintenanceMethods } from './maintenance.js';
 import { Gateway } from './gateway.js';
+import { CONNECTION_KEY, DEFAULT_LIMITS, type EtcdLimits, StreamGuard } from './limits.js';
 import { SharedListener } from './listener.js';
-import { EtcdMetrics, registerEtcdServerMetrics } from './metrics.js';
+import { EtcdMetrics, registerEtcdServerMetrics, registerView } from './metrics.js';
 import { serviceDefinition } from './proto.js';
 import { electionMethods, lockMethods } from './recipes.js';
 import {
@@ -75,6 +78,8 @@ export interface EtcdServerOptions {
   maxRequestBytes?: number;
   /** Where Snapshot stages its temporary copy (default: the OS temp dir). */
   stateDir?: string;
+  /** Bounds on connections, streams, watchers and pending bytes (limits.ts); unset ones default. */
+  limits?: Partial<EtcdLimits>;
   /** How long an auth token lives after its last use (etcd's --auth-token-ttl; default 300 s). */
   authTokenTtlMs?: number;
   /** Hears every unary RPC's latency but Lock's and Campaign's, which wait by design (the SLO guard). */
@@ -149,6 +154,10 @@ export async function startEtcdServer(store: Store, opts: EtcdServerOptions = {}
   const logger = (opts.logger ?? silentLogger()).child({ part: 'etcd' });
   const metrics = new EtcdMetrics(opts.registry);
   const maxRequestBytes = opts.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES;
+  const limits: EtcdLimits = { ...DEFAULT_LIMITS, ...opts.limits };
+  const guard = new StreamGuard(limits, maxRequestBytes + GRPC_OVERHEAD_BYTES, (kind) =>
+    metrics.badInput.inc({ kind }),
+  );
   const scheme = opts.tls ? 'https' : 'http';
   let port = 0;
   const { hdr, memberId, clusterId } = makeHeaderFactory(store);
@@ -177,6 +186,7 @@ export async function startEtcdServer(store: Store, opts: EtcdServerOptions = {}
     version: ETCD_COMPAT_VERSION,
     stateDir: opts.stateDir ?? '',
     watchStreams: new Set(),
+    guard,
     onUnary: opts.onUnary,
   };
 
@@ -186,6 +196,7 @@ export async function startEtcdServer(store: Store, opts: EtcdServerOptions = {}
     // etcd's defaults: ping an idle client every 2 h, drop it after 20 s without an answer.
     'grpc.keepalive_time_ms': 2 * 60 * 60 * 1000,
     'grpc.keepalive_timeout_ms': 20_000,
+    'grpc.max_concurrent_streams': limits.maxStreamsPerConnection,
   });
   const onDecodeFailure = (method: string, err: unknown) => {
     metrics.badInput.inc({ kind: 'undecodable' });
@@ -200,6 +211,7 @@ export async function startEtcdServer(store: Store, opts: EtcdServerOptions = {}
   // One listener per address for gRPC and the JSON gateway (listener.ts). TLS, when configured,
   // is ended in the listener, so grpc-js gets plain HTTP/2 either way.
   const injector = server.createConnectionInjector(ServerCredentials.createInsecure());
+  guard.attach(injectorHttp2Server(server));
   const gateway = new Gateway({
     ctx,
     services: new Map(services),
@@ -219,12 +231,18 @@ export async function startEtcdServer(store: Store, opts: EtcdServerOptions = {}
   // This server never listens itself (the shared listener hands it connections), but its
   // connection list and header timeout start on 'listening'.
   http.emit('listening');
-  const listener = new SharedListener({
-    grpc: (s) => injector.injectConnection(s),
-    http: (s) => http.emit('connection', s),
-    dropped: (reason) =>
-      metrics.badInput.inc({ kind: reason === 'tls' ? 'tls_handshake' : 'silent_connection' }),
-  });
+  const listener = new SharedListener(
+    {
+      grpc: (s) => injector.injectConnection(s),
+      http: (s) => http.emit('connection', s),
+      dropped: (reason) =>
+        metrics.badInput.inc({
+          kind: reason === 'tls' ? 'tls_handshake' : reason === 'timeout' ? 'silent_connection' : reason,
+        }),
+    },
+    { maxConnections: limits.maxConnections },
+  );
+  if (opts.registry) registerLimitGauges(opts.registry, guard, listener);
 
   try {
     if (tcp) port = await listener.listenTcp(tcp.host, tcp.port, tls);
@@ -285,6 +303,34 @@ export async function startEtcdServer(store: Store, opts: EtcdServerOptions = {}
   };
 }
 
+/**
+ * The HTTP/2 server behind grpc-js's connection injector, for the stream guard. grpc-js keeps it
+ * in a private map (1.10+); checked at start so an upgrade that moves it fails every test.
+ */
+function injectorHttp2Server(server: Server): Http2Server {
+  const servers = (server as unknown as { http2Servers?: Map<unknown, unknown> }).http2Servers;
+  const found = servers ? [...servers.keys()].find((s) => s instanceof NetServer) : undefined;
+  if (!found) throw new Error('grpc-js no longer exposes its HTTP/2 server; the stream guard needs it');
+  return found as Http2Server;
+}
+
+function registerLimitGauges(registry: Registry, guard: StreamGuard, listener: SharedListener): void {
+  const gauge = (name: string, help: string, read: () => number) =>
+    registerView(registry, name, help, 'gauge', () => [{ value: read() }]);
+  gauge(
+    'edgekeeper_etcd_connections',
+    'Open connections on the etcd port (gRPC and JSON)',
+    () => listener.openCount,
+  );
+  gauge('edgekeeper_etcd_streams', 'Open gRPC streams', () => guard.streams);
+  gauge('edgekeeper_etcd_watchers', 'Open watchers (gRPC and JSON)', () => guard.watchers);
+  gauge(
+    'edgekeeper_etcd_pending_request_bytes',
+    'Bytes of gRPC request messages received but not complete yet',
+    () => guard.pendingBytes,
+  );
+}
+
 /** Every service edgekeeper serves, with its methods. */
 function etcdServices(ctx: EtcdContext): [string, Methods][] {
   return guardServices(ctx.auth, ctx.store, [
@@ -321,7 +367,8 @@ function grpcHandlers(
     const stat = ctx.metrics.method(service, name, type);
     if (d.requestStream || d.responseStream) {
       // grpc-js's server streams provide everything StreamCall names.
-      out[name] = ((call: StreamCall) => {
+      out[name] = ((call: StreamCall & { metadata: Metadata }) => {
+        call.connection = call.metadata.get(CONNECTION_KEY)[0] as string | undefined;
         trackStream(stat, call);
         (impl as StreamHandler)(call);
       }) as unknown as UntypedServiceImplementation[string];

@@ -160,6 +160,11 @@ class WatchStream {
       );
       return;
     }
+    const over = ctx.guard.admitWatcher(this.call.connection);
+    if (over !== undefined) {
+      refuse(over);
+      return;
+    }
     let id = requested;
     if (id === 0) {
       // etcd numbers auto IDs from 0 per stream, skipping IDs the client chose.
@@ -243,10 +248,16 @@ class WatchStream {
     }
   }
 
-  private onCancel(entry: Entry, reason: Error): void {
-    if (entry.done) return;
+  /** The watcher leaves this stream and gives its place back to the guard. */
+  private remove(entry: Entry): void {
     entry.done = true;
     this.watchers.delete(entry.id);
+    this.ctx.guard.releaseWatcher(this.call.connection);
+  }
+
+  private onCancel(entry: Entry, reason: Error): void {
+    if (entry.done) return;
+    this.remove(entry);
     const { ctx } = this;
     if (reason instanceof CompactedError) {
       ctx.metrics.watchCancels.inc({ reason: 'compacted' });
@@ -282,8 +293,7 @@ class WatchStream {
     const entry = this.watchers.get(id);
     // etcd answers a cancel of an unknown watch ID with nothing.
     if (!entry) return;
-    entry.done = true;
-    this.watchers.delete(id);
+    this.remove(entry);
     entry.handle?.cancel();
     this.send({ header: this.ctx.hdr(this.ctx.store.revision()), watch_id: id, canceled: true });
   }
@@ -331,10 +341,9 @@ class WatchStream {
     if (this.progressTimer) clearInterval(this.progressTimer);
     if (this.pendingProgress) clearTimeout(this.pendingProgress);
     for (const e of this.watchers.values()) {
-      e.done = true;
+      this.remove(e);
       e.handle?.cancel();
     }
-    this.watchers.clear();
     if (endStream) {
       try {
         this.call.end();

@@ -16,7 +16,7 @@
  * the chunks already stored are taken as redeliveries (the reports' dedupe window).
  */
 import type { Clock, Timer } from '../clock.js';
-import type { Logger } from '../log.js';
+import { type Logger, RepeatLimiter } from '../log.js';
 import type { BlobColumn, SqlOp, Store } from '../store/types.js';
 import type { IngestMetrics } from './metrics.js';
 import { arrivalTime, type ReportBatch } from './writer.js';
@@ -45,10 +45,15 @@ export class ReportCommitter {
     private readonly store: Store,
     private readonly clock: Clock,
     private readonly metrics: IngestMetrics,
-    private readonly log: Logger,
+    log: Logger,
     private readonly admit?: (reports: number) => boolean,
     private readonly chunkRows?: () => number | undefined,
-  ) {}
+  ) {
+    this.repeats = new RepeatLimiter(log);
+  }
+
+  /** A full disk fails every batch: one line a minute, with a count. */
+  private readonly repeats: RepeatLimiter;
 
   /** Resolves with the rows inserted once committed; rejects when the store refused the batch. */
   commit(batch: ReportBatch): Promise<number> {
@@ -106,7 +111,7 @@ export class ReportCommitter {
       }
     } catch (err) {
       this.metrics.writeErrors.inc();
-      this.log.warn(
+      this.repeats.warn(
         { err, reports: n },
         'storing a batch of reports failed; they stay unacknowledged and devices will resend them',
       );

@@ -15,7 +15,7 @@
  * Delivery is at least once: a device may see a command twice around reconnects.
  */
 import type { Clock, Timer } from '../clock.js';
-import type { Logger } from '../log.js';
+import { type Logger, RepeatLimiter } from '../log.js';
 import type { KeyValue, Store, WatchHandle } from '../store/types.js';
 import { COMMANDS_PREFIX, validCommandName, validDeviceId } from './ids.js';
 import type { IngestMetrics } from './metrics.js';
@@ -62,6 +62,8 @@ export class Downlink {
   private watch: WatchHandle | undefined;
   private timer: Timer | undefined;
   private stopped = false;
+  /** Every delivery fails to record on a full disk: one line a minute, with a count. */
+  private readonly repeats: RepeatLimiter;
 
   constructor(
     private readonly store: Store,
@@ -71,6 +73,7 @@ export class Downlink {
     private readonly log: Logger,
     private readonly ttl: number,
   ) {
+    this.repeats = new RepeatLimiter(log);
     transport.onReachable = (device) => this.deliverDevice(device);
   }
 
@@ -214,7 +217,7 @@ export class Downlink {
         success: [{ put: { key: Buffer.from(`${key}/state`), value: Buffer.from(value) } }],
       });
     } catch (err) {
-      if (!this.stopped) this.log.warn({ err, key }, 'could not write a command state');
+      if (!this.stopped) this.repeats.warn({ err, key }, 'could not write a command state');
     }
   }
 

@@ -5,6 +5,7 @@
  */
 import type { IncomingMessage, ServerResponse } from 'node:http';
 import { InvalidArgumentError, RequestTooLargeError } from '../errors.js';
+import { RepeatLimiter } from '../log.js';
 import type { Part, PartContext } from '../part.js';
 import type { IngestOptions } from './config.js';
 import { IngestCore } from './core.js';
@@ -72,6 +73,7 @@ export function createIngestPart(ctx: PartContext, opts: IngestOptions): IngestP
     mode: opts.mode === 'auto' || opts.mode === undefined ? (opts.url ? 'external' : 'embedded') : opts.mode,
   };
   const log = ctx.logger.child({ part: 'ingest' });
+  const repeats = new RepeatLimiter(log);
   const metrics = createMetrics(ctx.registry);
   const core = new IngestCore(ctx.store, ctx.clock, metrics, log, options, ctx.slo);
   const source = {
@@ -176,7 +178,7 @@ export function createIngestPart(ctx: PartContext, opts: IngestOptions): IngestP
       const loop = () => {
         retention.run().then(
           () => undefined,
-          (err) => log.warn({ err }, 'retention failed; retrying next interval'),
+          (err) => repeats.warn({ err }, 'retention failed; retrying next interval'),
         );
         retentionTimer = ctx.clock.setTimeout(loop, options.retentionInterval);
       };

@@ -7,7 +7,7 @@
  * `edgekeeper_ingest_rejects_unrecorded_total{reason}`, so the table never drops silently.
  */
 import type { Clock } from '../clock.js';
-import type { Logger } from '../log.js';
+import { type Logger, RepeatLimiter } from '../log.js';
 import type { Store } from '../store/types.js';
 import { sanitize } from './ids.js';
 import type { IngestMetrics } from './metrics.js';
@@ -47,9 +47,14 @@ export class DeadLetters {
     private readonly store: Store,
     private readonly clock: Clock,
     private readonly metrics: IngestMetrics,
-    private readonly log: Logger,
+    log: Logger,
     private readonly max: number,
-  ) {}
+  ) {
+    this.repeats = new RepeatLimiter(log);
+  }
+
+  /** Recording fails for every reject on a full disk: one line a minute, with a count. */
+  private readonly repeats: RepeatLimiter;
 
   record(
     reason: RejectReason,
@@ -112,7 +117,7 @@ export class DeadLetters {
         () => undefined,
         (err) => {
           for (const r of rows) this.dropped(r.reason as string, 1);
-          this.log.warn(
+          this.repeats.warn(
             { err, rows: rows.length },
             'could not record rejected input in ingest_rejects; it is still counted in /metrics',
           );

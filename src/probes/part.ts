@@ -8,7 +8,7 @@ import { encode } from 'cbor-x';
 import { ConfigError } from '../errors.js';
 import type { Migration } from '../store/types.js';
 import type { Part, PartContext } from '../part.js';
-import type { Logger } from '../log.js';
+import { type Logger, RepeatLimiter } from '../log.js';
 import { PROBE_NAMES, type ProbeName, probeOfMap } from './catalog.js';
 import { checkEnvironment, type EnvironmentReport } from './environment.js';
 import { Log2Histogram } from './histogram.js';
@@ -163,6 +163,8 @@ export function reasonCode(state: ProbeStatus): string {
 export class ProbesPart implements Part {
   readonly name = 'probes';
   private readonly log: Logger;
+  /** Sample writes and retention fail every tick on a full disk: one line a minute, with a count. */
+  private readonly repeats: RepeatLimiter;
   private readonly enabled: ProbeName[];
   private readonly o: Required<
     Pick<
@@ -207,6 +209,7 @@ export class ProbesPart implements Part {
     private readonly opts: ProbesOptions = {},
   ) {
     this.log = ctx.logger.child({ part: 'probes' });
+    this.repeats = new RepeatLimiter(this.log);
     this.enabled = resolveEnabled(opts.enabled);
     this.o = {
       interval: opts.interval ?? 10_000,
@@ -525,7 +528,7 @@ export class ProbesPart implements Part {
       })
       .catch((err: unknown) => {
         this.metrics.writeErrors.inc();
-        this.log.error({ err }, 'storing probe samples failed; they are still in /metrics');
+        this.repeats.error({ err }, 'storing probe samples failed; they are still in /metrics');
       })
       .finally(() => this.writes.delete(p));
     this.writes.add(p);
@@ -596,7 +599,7 @@ export class ProbesPart implements Part {
         }
       }
     } catch (err) {
-      this.log.error({ err }, 'probe sample retention failed; will retry');
+      this.repeats.error({ err }, 'probe sample retention failed; will retry');
     }
     return { aged, capped };
   }

@@ -6,7 +6,7 @@
  * durable (fdatasync of the WAL) before anyone is told.
  */
 import { randomBytes } from 'node:crypto';
-import { closeSync, fdatasyncSync, fstatSync, openSync, writeSync } from 'node:fs';
+import { closeSync, fdatasyncSync, fstatSync, openSync, statSync, writeSync } from 'node:fs';
 import Database from 'better-sqlite3';
 import {
   CompactedError,
@@ -205,6 +205,7 @@ export class Engine {
   private readonly leases = new Map<bigint, number>();
   private readonly sqlCache = new Map<string, Database.Statement>();
   private readonly quota: number;
+  private readonly walFile: string;
   private noSpace = false;
   private wantPrev = true;
   /** Keeper row per key for the compaction in progress (see compactChunk). */
@@ -224,6 +225,7 @@ export class Engine {
   constructor(opts: EngineOptions) {
     this.db = openChecked(opts.file);
     this.quota = opts.quotaBytes;
+    this.walFile = `${this.db.name}-wal`;
     migrate(this.db, opts.migrations);
     this.log = new LogReader(this.db);
     this.insLog = this.db.prepare(
@@ -341,8 +343,15 @@ export class Engine {
     this.noSpace = this.dbSizeInUse() > this.quota;
   }
 
+  /**
+   * Bytes the quota counts: the database's pages in use, and the WAL's length past the size it
+   * is kept at (WAL_LIMIT_BYTES, a fixed reserve next to the quota). The WAL grows past that
+   * only while checkpoints cannot catch up (a long reader); that growth takes disk like data does.
+   */
   private dbSizeInUse(): number {
-    return ((this.pageCount.get() as number) - (this.freeCount.get() as number)) * this.pageSize;
+    const pages = ((this.pageCount.get() as number) - (this.freeCount.get() as number)) * this.pageSize;
+    const wal = statSync(this.walFile, { throwIfNoEntry: false })?.size ?? 0;
+    return pages + Math.max(0, wal - WAL_LIMIT_BYTES);
   }
 
   /** Run a group of requests in one transaction, committed but not yet synced. */

@@ -8,7 +8,7 @@
  * transaction as the event rows, so a restart neither repeats nor loses a change.
  */
 import type { Clock } from '../clock.js';
-import type { Logger } from '../log.js';
+import { type Logger, RepeatLimiter } from '../log.js';
 import type { Store } from '../store/types.js';
 import { type AlertSeverity, HEALTH_MAX_ITEMS, HEALTH_MAX_TEXT } from './codec.js';
 
@@ -78,6 +78,8 @@ export class HealthTracker {
   private lastText = new Map<string, string>();
   /** Rows written since start (tests and status). */
   written = 0;
+  /** Every look fails to record on a full disk: one line a minute, with a count. */
+  private readonly repeats: RepeatLimiter;
 
   constructor(
     private readonly store: Pick<Store, 'write' | 'query'>,
@@ -85,6 +87,7 @@ export class HealthTracker {
     private readonly log: Logger,
     private readonly observe: () => Observation,
   ) {
+    this.repeats = new RepeatLimiter(log);
     const row = store.query<{ value: string }>('SELECT value FROM sync_state WHERE name = ?').get(STATE_ROW);
     if (row) {
       try {
@@ -193,7 +196,7 @@ export class HealthTracker {
         },
         (err: unknown) => {
           // Not recorded: the next look sees the same difference and tries again.
-          this.log.warn({ err: (err as Error).message }, 'could not record a node health change');
+          this.repeats.warn({ err: (err as Error).message }, 'could not record a node health change');
           return 0;
         },
       )

@@ -21,6 +21,7 @@ import cron from 'node-cron';
 import { Counter, Gauge } from 'prom-client';
 import type { Timer } from '../clock.js';
 import { ConfigError, SyncUploadError } from '../errors.js';
+import { RepeatLimiter } from '../log.js';
 import type { PartContext } from '../part.js';
 import { prefixEnd } from '../store/index.js';
 import type { RequestOp } from '../store/types.js';
@@ -89,6 +90,8 @@ const YIELD_MAX_PAUSE_MS = 60_000;
 
 export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
   const log = ctx.logger.child({ part: 'sync' });
+  // A full disk fails the loop and the budget check every round: one line a minute each.
+  const repeats = new RepeatLimiter(log);
   const { store, clock } = ctx;
   const random = options.random ?? Math.random;
   const o = {
@@ -626,7 +629,7 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
         // A store failure (disk full, closed): keep the data, try again later.
         if (!running) break;
         lastError = (err as Error).message;
-        log.error({ err }, 'sync loop failed; retrying');
+        repeats.error({ err }, 'sync loop failed; retrying');
         pending = undefined;
         await sleep(backoff(failures++));
       }
@@ -787,7 +790,7 @@ export function createUplink(ctx: PartContext, options: SyncOptions): SyncPart {
   function runBudget(): void {
     if (budgetRunning || !running) return;
     budgetRunning = enforceBudget()
-      .catch((err: unknown) => log.error({ err }, 'disk budget check failed'))
+      .catch((err: unknown) => repeats.error({ err }, 'disk budget check failed'))
       .finally(() => {
         budgetRunning = undefined;
       });

@@ -295,7 +295,7 @@ describe('bad input on the gateway: answered, bounded, counted', () => {
         http: () => assert.fail('not HTTP'),
         dropped: (r) => dropped.push(r),
       },
-      200,
+      { firstBytesTimeoutMs: 200 },
     );
     const port = await l.listenTcp('127.0.0.1', 0);
     try {

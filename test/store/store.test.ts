@@ -7,6 +7,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'node:test';
+import Database from 'better-sqlite3';
 import { Registry } from 'prom-client';
 import { ManualClock } from '../../src/clock.js';
 import { openStore } from '../../src/store/index.js';
@@ -164,6 +165,29 @@ test('the quota refuses writes but allows deletes and compaction, then recovers'
     await s.compact(s.revision(), true);
     await s.put({ key: b('small'), value: b('x') });
     assert.equal(s.stats().noSpace, false);
+  });
+});
+
+test('the WAL past its kept size counts in the quota (a reader holding checkpoints back)', async () => {
+  await withStore({ quotaBytes: 6 * 1024 * 1024 }, async (s, file) => {
+    // A reader on its own connection pins a snapshot: the WAL can neither be copied past it nor
+    // restart, so every write grows the file while the database's pages in use stay ~1 MB.
+    const reader = new Database(file, { readonly: true });
+    reader.exec('BEGIN');
+    reader.prepare('SELECT count(*) FROM meta').get();
+    let refused = 'no error';
+    let n = 0;
+    try {
+      for (; n < 60 && refused === 'no error'; n++) {
+        refused = await code(s.put({ key: b('one'), value: Buffer.alloc(256 * 1024, n) }));
+        if (refused === 'no error') await s.compact(s.revision(), true);
+      }
+      assert.equal(refused, 'EDGE_ERR_NO_SPACE', `the WAL reached ${s.stats().walSize} bytes unrefused`);
+      assert.ok(s.stats().dbSizeInUse < 2 * 1024 * 1024);
+    } finally {
+      reader.exec('COMMIT');
+      reader.close();
+    }
   });
 });
 

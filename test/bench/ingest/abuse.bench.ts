@@ -11,6 +11,9 @@
  *   login      wrong-secret log-ins for a real device id, 40 at a time, for 10 s; the device itself
  *              and a device never seen before log in meanwhile
  *   sigterm    SIGTERM while 100 sockets that never logged in are open
+ *   grpcPrefix 4 HTTP/2 connections to the etcd port send Put streams whose gRPC prefix claims
+ *              100 MB and stream bytes until closed, for 10 s
+ *   grpcStreams 20,000 half-open Put streams and 2,000 watch streams (1,000 per connection), 15 s
  * One JSON line per attack: the daemon's RSS before and its peak during (delta), the put p99 in
  * the 5 s before and during (ratio), whether the daemon is alive after it, the device's
  * acknowledged reports that are not stored (lost), the daemon's CPU, and how long the refusal
@@ -31,7 +34,9 @@ import { buildJs, type JsBuild, unitEnvironment } from '../build.js';
 import { cpuMs, memoryMb } from '../proc.js';
 
 const here = fileURLToPath(new URL('.', import.meta.url));
-const ATTACKS = (process.env.EDGEKEEPER_BENCH_ATTACKS ?? 'none,huge,idle,subscribe,login,sigterm').split(',');
+const ATTACKS = (
+  process.env.EDGEKEEPER_BENCH_ATTACKS ?? 'none,huge,idle,subscribe,login,grpcPrefix,grpcStreams,sigterm'
+).split(',');
 const ATTACKER = '127.0.0.2';
 
 const round = (v: number) => Math.round(v * 100) / 100;
@@ -60,6 +65,7 @@ interface Daemon {
   dir: string;
   http: string;
   mqttPort: number;
+  etcdPort: number;
   etcd: Etcd3;
   db: Database.Database;
   token: string;
@@ -105,6 +111,7 @@ async function startDaemon(build: JsBuild): Promise<Daemon> {
     dir,
     http,
     mqttPort,
+    etcdPort,
     etcd: new Etcd3({ hosts: `http://127.0.0.1:${etcdPort}` }),
     db: new Database(join(dir, 'edgekeeper.db'), { readonly: true, fileMustExist: true }),
     token: readFileSync(join(dir, 'http.token'), 'utf8').trim(),
@@ -384,6 +391,23 @@ export default async function abuseBench(): Promise<void> {
         },
       );
     }
+
+    if (ATTACKS.includes('grpcPrefix'))
+      await attack(build, d, rep, 'grpcPrefix', {
+        kind: 'grpcPrefix',
+        port: d.etcdPort,
+        seconds: 10,
+        conns: 4,
+      });
+
+    if (ATTACKS.includes('grpcStreams'))
+      await attack(build, d, rep, 'grpcStreams', {
+        kind: 'grpcStreams',
+        port: d.etcdPort,
+        seconds: 15,
+        streams: 20_000,
+        watches: 2000,
+      });
 
     await rep.stop();
     if (ATTACKS.includes('sigterm')) {

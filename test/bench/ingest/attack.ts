@@ -8,14 +8,19 @@
  * - idle: `conns` sockets that send nothing, opened as fast as possible and held `seconds`;
  * - subscribe: logged in as `device`, SUBSCRIBE packets of 10,000 filters, again on every close;
  * - login: wrong-secret log-ins for `device`, `inFlight` at once, for `seconds`;
+ * - grpcPrefix: on the etcd port, `conns` HTTP/2 connections each open Put streams one after
+ *   another whose gRPC prefix claims 100 MB, and stream bytes until the stream is closed;
+ * - grpcStreams: on the etcd port, `streams` half-open Put streams (headers, never a message) and
+ *   `watches` watch streams with one watcher each, 1,000 per connection, held `seconds`;
  * - none: nothing for `seconds` (the bench's control: how much the put p99 moves on its own).
  * Times are ms; "refuse" is from the first byte of the attack to the close (or the CONNACK).
  */
+import http2 from 'node:http2';
 import net from 'node:net';
 import mqttPacket from 'mqtt-packet';
 
 const cfg = JSON.parse(process.argv[2]!) as {
-  kind: 'none' | 'huge' | 'idle' | 'subscribe' | 'login';
+  kind: 'none' | 'huge' | 'idle' | 'subscribe' | 'login' | 'grpcPrefix' | 'grpcStreams';
   port: number;
   from: string;
   seconds: number;
@@ -23,6 +28,8 @@ const cfg = JSON.parse(process.argv[2]!) as {
   device?: string;
   secret?: string;
   inFlight?: number;
+  streams?: number;
+  watches?: number;
 };
 
 const HUGE = 268_435_455;
@@ -234,12 +241,104 @@ async function loginFlood(): Promise<Record<string, unknown>> {
   };
 }
 
+function h2session(): http2.ClientHttp2Session {
+  const s = http2.connect(`http://127.0.0.1:${cfg.port}`, {
+    createConnection: () => net.connect({ port: cfg.port, host: '127.0.0.1', localAddress: cfg.from }),
+  });
+  s.on('error', () => undefined);
+  return s;
+}
+
+function h2stream(s: http2.ClientHttp2Session, path: string): http2.ClientHttp2Stream {
+  const req = s.request({
+    ':method': 'POST',
+    ':path': path,
+    'content-type': 'application/grpc',
+    te: 'trailers',
+  });
+  req.on('error', () => undefined);
+  req.on('data', () => undefined);
+  return req;
+}
+
+async function grpcPrefix(): Promise<Record<string, unknown>> {
+  const end = performance.now() + cfg.seconds * 1000;
+  const sent: number[] = [];
+  const refused: number[] = [];
+  const chunk = Buffer.alloc(64 * 1024);
+  const prefix = Buffer.from([0, 0x06, 0x40, 0, 0]); // 100 MiB
+  const worker = async () => {
+    const s = h2session();
+    while (performance.now() < end && !s.destroyed) {
+      const req = h2stream(s, '/etcdserverpb.KV/Put');
+      const t0 = performance.now();
+      let n = 0;
+      req.write(prefix);
+      while (!req.closed && n < 100 * 1024 * 1024 && performance.now() < end + 60_000) {
+        n += chunk.length;
+        if (!req.write(chunk))
+          await Promise.race([
+            new Promise((r) => req.once('drain', r)),
+            new Promise((r) => req.once('close', r)),
+            new Promise((r) => setTimeout(r, 1000)),
+          ]);
+      }
+      if (!req.closed) await new Promise((r) => req.once('close', r));
+      sent.push(n);
+      refused.push(performance.now() - t0);
+    }
+    s.destroy();
+  };
+  await Promise.all(Array.from({ length: cfg.conns ?? 4 }, worker));
+  return {
+    claims: sent.length,
+    sentBytesP50: quantile(sent, 0.5),
+    sentBytesMax: Math.max(...sent),
+    refusedP50Ms: quantile(refused, 0.5),
+    refusedP99Ms: quantile(refused, 0.99),
+  };
+}
+
+async function grpcStreams(): Promise<Record<string, unknown>> {
+  const t0 = performance.now();
+  const sessions: http2.ClientHttp2Session[] = [];
+  const all: http2.ClientHttp2Stream[] = [];
+  const open = (n: number, path: string, first?: Buffer) => {
+    for (let i = 0; i < n; i += 1000) {
+      const s = h2session();
+      sessions.push(s);
+      for (let j = i; j < Math.min(n, i + 1000); j++) {
+        const req = h2stream(s, path);
+        if (first) req.write(first);
+        all.push(req);
+      }
+    }
+  };
+  open(cfg.streams ?? 20_000, '/etcdserverpb.KV/Put');
+  // WatchRequest { create_request { key: "/w" } }
+  const create = Buffer.from([0x0a, 0x04, 0x0a, 0x02, 0x2f, 0x77]);
+  const framed = Buffer.concat([Buffer.from([0, 0, 0, 0, create.length]), create]);
+  open(cfg.watches ?? 2000, '/etcdserverpb.Watch/Watch', framed);
+  await new Promise((r) => setTimeout(r, cfg.seconds * 1000));
+  const closed = all.filter((r) => r.closed);
+  const out = {
+    opened: all.length,
+    connections: sessions.length,
+    refused: closed.filter((r) => r.rstCode === http2.constants.NGHTTP2_REFUSED_STREAM).length,
+    closedOther: closed.filter((r) => r.rstCode !== http2.constants.NGHTTP2_REFUSED_STREAM).length,
+    heldOpen: all.length - closed.length,
+    seconds: (performance.now() - t0) / 1000,
+  };
+  for (const s of sessions) s.destroy();
+  return out;
+}
+
 const none = async () => {
   await new Promise((r) => setTimeout(r, cfg.seconds * 1000));
   return {};
 };
 
-const run = { none, huge, idle, subscribe, login: loginFlood }[cfg.kind];
+const run = { none, huge, idle, subscribe, login: loginFlood, grpcPrefix, grpcStreams }[cfg.kind];
 run().then(
   (r) => {
     console.log(JSON.stringify(r));
