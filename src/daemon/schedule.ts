@@ -2,21 +2,22 @@
  * A cron schedule on the injected clock that a wall-clock step cannot confuse. node-cron's runner
  * plans its next slot once: after the clock steps back it waits for that slot (a year later if
  * the step was a year), and after a step forward it walks every slot in between. This one looks
- * at the wall clock at each minute boundary (never more than a minute of monotonic time apart)
- * and runs when the current minute matches: after a step forward the job runs at most once (at
- * the next matching minute of the new time, no catch-up of missed slots); after a step back it
- * runs at the next matching minute of the new time, and never twice within a minute of monotonic
- * time. A run still going when the next one is due skips that one.
+ * at the wall clock at each boundary of its unit (a minute; a second for node-cron's 6-field form
+ * with seconds), never more than a unit of monotonic time apart, and runs when the current one
+ * matches: after a step forward the job runs at most once (at the next matching slot of the new
+ * time, no catch-up of missed slots); after a step back it runs at the next matching slot of the
+ * new time, and never twice within a unit of monotonic time. A run still going when the next
+ * one is due skips that one.
  */
 import cron from 'node-cron';
 import type { Clock, Timer } from '../clock.js';
 
-const MINUTE = 60_000;
-
 export class CronSchedule {
   private readonly matcher: ReturnType<typeof cron.createTask>;
   private timer: Timer | undefined;
-  private lastMinute = Number.NaN;
+  /** A minute, or a second when the expression has a seconds field. */
+  private readonly unit: number;
+  private lastSlot = Number.NaN;
   private lastRun = Number.NEGATIVE_INFINITY; // monotonic
   private running: Promise<unknown> | undefined;
 
@@ -27,10 +28,11 @@ export class CronSchedule {
   ) {
     // a task that is never started: only its matcher is used
     this.matcher = cron.createTask(expr, () => {});
+    this.unit = expr.trim().split(/\s+/).length === 6 ? 1000 : 60_000;
   }
 
   start(): void {
-    this.lastMinute = Math.floor(this.clock.now() / MINUTE);
+    this.lastSlot = Math.floor(this.clock.now() / this.unit);
     this.arm();
   }
 
@@ -43,18 +45,18 @@ export class CronSchedule {
 
   private arm(): void {
     // 10 ms past the boundary, so the look falls inside the new minute
-    const wait = MINUTE - (this.clock.now() % MINUTE) + 10;
-    this.timer = this.clock.setTimeout(() => this.look(), Math.min(MINUTE, wait));
+    const wait = this.unit - (this.clock.now() % this.unit) + 10;
+    this.timer = this.clock.setTimeout(() => this.look(), Math.min(this.unit, wait));
   }
 
   private look(): void {
-    const minute = Math.floor(this.clock.now() / MINUTE);
+    const slot = Math.floor(this.clock.now() / this.unit);
     const mono = this.clock.monotonic();
     if (
-      minute !== this.lastMinute &&
+      slot !== this.lastSlot &&
       !this.running &&
-      mono - this.lastRun >= MINUTE &&
-      this.matcher.match(new Date(minute * MINUTE))
+      mono - this.lastRun >= this.unit &&
+      this.matcher.match(new Date(slot * this.unit))
     ) {
       this.lastRun = mono;
       this.running = this.job()
@@ -63,7 +65,7 @@ export class CronSchedule {
           this.running = undefined;
         });
     }
-    this.lastMinute = minute;
+    this.lastSlot = slot;
     if (this.timer) this.arm();
   }
 }

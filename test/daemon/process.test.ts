@@ -204,7 +204,9 @@ describe('edgekeeper run under a notify socket', () => {
     assert.match(daemon.out(), /stopped; database closed/);
     assert.ok(!existsSync(join(dataDir, 'edgekeeper.pid')), 'pid file removed');
     verifyDatabaseFile(join(dataDir, 'edgekeeper.db'));
-    const kept = readdirSync(join(dataDir, 'backups')).filter((f) => /^edgekeeper-\d{8}T\d{9}Z\.db$/.test(f));
+    const kept = readdirSync(join(dataDir, 'backups')).filter((f) =>
+      /^edgekeeper-\d{8}T\d{9}Z-\d+\.db$/.test(f),
+    );
     assert.equal(kept.length, 2, kept.join(','));
     for (const f of kept) verifyDatabaseFile(join(dataDir, 'backups', f));
     // The seeded database had the daemon's tables only: the other parts' schema steps were
