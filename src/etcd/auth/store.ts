@@ -3,9 +3,9 @@
  * memory, plus the simple tokens (in memory only, as etcd's: a restart ends every session).
  * Changes are serialized (one at a time) and applied in memory only once they are stored.
  */
-import { createHash, randomBytes, scrypt as scryptCb, timingSafeEqual } from 'node:crypto';
-import { promisify } from 'node:util';
+import { randomBytes } from 'node:crypto';
 import type { Logger } from '../../log.js';
+import { VerifiedCache, verifySecret } from '../../secret.js';
 import type { Migration, Store } from '../../store/types.js';
 import { authError } from './errors.js';
 import { mergePerms, type Permission, type UserPerms } from './perms.js';
@@ -51,63 +51,24 @@ export interface Role {
   perms: Permission[];
 }
 
-// --- passwords: scrypt, its parameters and salt stored with the hash ---------------------------
+// --- passwords: scrypt hashes (src/secret.ts) ---------------------------------------------------
 
-const scrypt = promisify(scryptCb) as (
-  pw: string,
-  salt: Buffer,
-  len: number,
-  opts: { N: number; r: number; p: number; maxmem: number },
-) => Promise<Buffer>;
-// N=2^14, r=8, p=1 (16 MiB, tens of ms): the usual interactive-login setting; etcd's bcrypt
-// cost 10 is of the same order.
-const N = 16384;
-const R = 8;
-const P = 1;
-
-export async function hashPassword(pw: string): Promise<string> {
-  const salt = randomBytes(16);
-  const key = await scrypt(pw, salt, 32, { N, r: R, p: P, maxmem: 64 * 1024 * 1024 });
-  return `scrypt$${N}$${R}$${P}$${salt.toString('base64')}$${key.toString('base64')}`;
-}
-
-export async function checkPassword(pw: string, stored: string): Promise<boolean> {
-  const f = stored.split('$');
-  if (f.length !== 6 || f[0] !== 'scrypt') return false;
-  const [n, r, p] = [Number(f[1]), Number(f[2]), Number(f[3])];
-  const want = Buffer.from(f[5]!, 'base64');
-  // Bounded, so a damaged row cannot make a check take the machine's memory.
-  if (![n, r, p].every(Number.isInteger) || n > 1 << 20 || r > 32 || p > 16 || want.length === 0)
-    return false;
-  const got = await scrypt(pw, Buffer.from(f[4]!, 'base64'), want.length, {
-    N: n,
-    r,
-    p,
-    maxmem: 256 * n * r + 1024 * 1024,
-  });
-  return timingSafeEqual(got, want);
-}
+export { hashSecret as hashPassword } from '../../secret.js';
 
 /**
- * Successful checks, remembered per user as a SHA-256 of the stored hash and the password: etcdctl
- * authenticates on every command, and a scrypt per command would cost a Pi tens of ms of CPU
- * each time. A new password or a deleted user misses (the stored hash changes or is gone).
+ * Successful checks, remembered per user: etcdctl authenticates on every command, and a scrypt
+ * per command would cost a Pi tens of ms of CPU each time.
  */
 export class VerifiedPasswords {
-  private readonly map = new Map<string, Buffer>();
-  private static key(stored: string, pw: string): Buffer {
-    return createHash('sha256').update(stored).update('\0').update(pw).digest();
-  }
+  private readonly cache = new VerifiedCache();
   async check(user: string, pw: string, stored: string): Promise<boolean> {
-    const k = VerifiedPasswords.key(stored, pw);
-    const seen = this.map.get(user);
-    if (seen && timingSafeEqual(seen, k)) return true;
-    if (!(await checkPassword(pw, stored))) return false;
-    this.map.set(user, k);
+    if (this.cache.has(user, stored, pw)) return true;
+    if (!(await verifySecret(pw, stored))) return false;
+    this.cache.add(user, stored, pw);
     return true;
   }
   forget(user: string): void {
-    this.map.delete(user);
+    this.cache.drop(user);
   }
 }
 
