@@ -15,7 +15,7 @@ import { Gauge, type Registry } from 'prom-client';
 import type { Clock, Timer } from '../clock.js';
 import type { Logger } from '../log.js';
 import type { Migration, Store } from '../store/types.js';
-import { registerCollector } from './collector.js';
+import { registerView } from '../metrics.js';
 import { VERSIONS_TABLE_SQL } from './upgrade.js';
 
 /**
@@ -171,7 +171,7 @@ export function registerObjectiveMetrics(
     help: 'The commit p99 objective (store.commitP99Objective)',
     registers: [registry],
   }).set(objectiveMs / 1000);
-  registerCollector(
+  registerView(
     registry,
     'edgekeeper_daemon_commit_p99_seconds',
     "p99 of the last minute's store commits; absent with fewer than 20 of them",
@@ -181,7 +181,7 @@ export function registerObjectiveMetrics(
       return v === undefined ? [] : [{ value: v / 1000 }];
     },
   );
-  registerCollector(
+  registerView(
     registry,
     'edgekeeper_daemon_commit_objective_met',
     "1 while the last minute's commit p99 is within the objective, 0 when above; absent with fewer than 20 commits",

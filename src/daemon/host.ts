@@ -6,13 +6,13 @@
  */
 import type { Registry } from 'prom-client';
 import { CPU_MODES, type HostReader, THROTTLE_CONDITIONS } from '../host.js';
-import { registerCollector, type Sample } from './collector.js';
+import { registerView, type Sample } from '../metrics.js';
 
 const one = (v: number | undefined): Sample[] => (v === undefined ? [] : [{ value: v }]);
 
 export function registerHostMetrics(registry: Registry, host: HostReader): void {
   const add = (name: string, help: string, samples: () => Sample[], type: 'gauge' | 'counter' = 'gauge') =>
-    registerCollector(registry, `edgekeeper_host_${name}`, help, type, samples);
+    registerView(registry, `edgekeeper_host_${name}`, help, type, samples);
 
   add(
     'cpu_seconds_total',

@@ -31,7 +31,8 @@ import { clusterMethods, healthMethods, maintenanceMethods } from './maintenance
 import { Gateway } from './gateway.js';
 import { CONNECTION_KEY, DEFAULT_LIMITS, type EtcdLimits, StreamGuard } from './limits.js';
 import { SharedListener } from './listener.js';
-import { EtcdMetrics, registerEtcdServerMetrics, registerView } from './metrics.js';
+import { registerView } from '../metrics.js';
+import { EtcdMetrics, registerEtcdServerMetrics } from './metrics.js';
 import { serviceDefinition } from './proto.js';
 import { electionMethods, lockMethods } from './recipes.js';
 import {
